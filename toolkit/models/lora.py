@@ -1,0 +1,135 @@
+"""LoRA: low-rank adapters on Gemma's einsum projections.
+
+The adapter layout mirrors keras-hub's `EinsumDense.enable_lora`: for a kernel
+of shape `(*lead, out)`, A has shape `(*lead, rank)` and B `(rank, out)`, and
+the effective kernel is `kernel + (alpha / rank) * A @ B`. Mirroring it means
+an adapter trained here loads into keras-hub with `backbone.enable_lora(rank)`
++ `load_lora_weights`, and the codelab's recipe is reproduced exactly. For the
+attention q/k/v kernels `(heads, embed, head_dim)` that makes A per-head.
+
+The forward pass never materialises the merged kernel: `x @ A @ B` costs
+O(rank) per token, and, more importantly, the backward pass then never builds
+a gradient the size of the frozen kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+    """Which projections get adapters and how big they are.
+
+    `alpha` defaults to `rank` (scale 1), keras-hub's default, so the
+    codelab's `enable_lora(rank=4)` is `LoRAConfig(rank=4, targets=("q", "v"))`.
+    """
+
+    rank: int = 4
+    alpha: float | None = None
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("q", "v")
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
+        bad = [t for t in targets if t not in TARGETS]
+        if bad or not targets:
+            raise ValueError(f"LoRA targets {bad or targets!r} invalid; choose from {TARGETS}")
+        object.__setattr__(self, "targets", targets)
+
+    @property
+    def scale(self) -> float:
+        return (self.alpha if self.alpha is not None else self.rank) / self.rank
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LoRAConfig":
+        return cls(**d)
+
+
+def _lora_equations(equation: str) -> tuple[str, str]:
+    """Split `x, kernel -> y` into `x, A -> h` and `h, B -> y` over a rank letter.
+
+    The kernel's last letter (its output dim) is replaced by the rank letter `r`
+    in A's and h's subscripts; B maps `r` back to that letter.
+    """
+    lhs, out = equation.split("->")
+    x_sub, k_sub = lhs.split(",")
+    rank = next(c for c in "rzyxwvu" if c not in equation)
+    last = k_sub[-1]
+    h_sub = out.replace(last, rank)
+    return f"{x_sub},{k_sub[:-1]}{rank}->{h_sub}", f"{h_sub},{rank}{last}->{out}"
+
+
+class Einsum(nnx.Module):
+    """A bias-free einsum projection with a frozen kernel and an optional adapter.
+
+    `axes` are the kernel's logical axis names; the adapter's A inherits all but
+    the last, B inherits the last, and the rank axis is never sharded. Spelling
+    this out here is what keeps an adapter from being sharded by accident.
+    """
+
+    def __init__(
+        self,
+        equation: str,
+        shape: Sequence[int],
+        axes: Sequence[str | None],
+        *,
+        param_dtype: Any,
+        dtype: Any,
+        rngs: nnx.Rngs,
+        lora: LoRAConfig | None = None,
+    ):
+        self.equation = equation
+        self.dtype = dtype
+        shape = tuple(shape)
+        fan_in = 1
+        x_sub, k_sub = equation.split("->")[0].split(",")
+        for size, c in zip(shape, k_sub):
+            if c in x_sub:
+                fan_in *= size
+        init = jax.nn.initializers.normal(stddev=fan_in**-0.5)
+        self.kernel = nnx.Param(
+            init(rngs.params(), shape, param_dtype), sharding_names=tuple(axes), eager_sharding=False
+        )
+        self.lora = lora
+        if lora is not None:
+            self.lora_a = nnx.LoRAParam(
+                jax.nn.initializers.he_uniform(in_axis=tuple(range(len(shape) - 1)), out_axis=-1)(
+                    rngs.params(), (*shape[:-1], lora.rank), jnp.float32
+                ),
+                sharding_names=(*axes[:-1], None),
+                eager_sharding=False,
+            )
+            self.lora_b = nnx.LoRAParam(
+                jnp.zeros((lora.rank, shape[-1]), jnp.float32),
+                sharding_names=(None, axes[-1]),
+                eager_sharding=False,
+            )
+            self.lora_dropout = nnx.Dropout(lora.dropout, rngs=rngs)
+            self._eq_a, self._eq_b = _lora_equations(equation)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.einsum(self.equation, x, self.kernel[...].astype(self.dtype))
+        if self.lora is None:
+            return y
+        h = jnp.einsum(self._eq_a, self.lora_dropout(x), self.lora_a[...].astype(self.dtype))
+        delta = jnp.einsum(self._eq_b, h, self.lora_b[...].astype(self.dtype))
+        return y + (self.lora.scale * delta).astype(y.dtype)
+
+    def merged_kernel(self) -> jax.Array:
+        """The kernel with the adapter folded in, in fp32 (for export)."""
+        k = self.kernel[...].astype(jnp.float32)
+        if self.lora is None:
+            return k
+        return k + self.lora.scale * jnp.einsum("...r,ro->...o", self.lora_a[...], self.lora_b[...])
