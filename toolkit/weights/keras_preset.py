@@ -451,3 +451,80 @@ def _to_float32(raw: np.ndarray, dtype_attr: Any, path: Path, dataset: str, key:
             "(quantized int8/int4 keras presets are not)"
         )
     return raw.astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------------------
+# The other direction: our config and weights into a keras-hub backbone.
+
+
+def keras_backbone_config(config: ModelConfig) -> dict[str, Any]:
+    """The keras-hub backbone (`{"class_name", "config"}`) equivalent of `config`.
+
+    The inverse of `keras_config_to_model_config` for everything keras-hub can
+    express; an architecture it cannot hold raises naming the field.
+    """
+    if config.family != "gemma3" and config.sliding_window_pattern not in (None, 2):
+        raise WeightImportError(f"{config.name}: keras-hub's GemmaBackbone alternates local/global layers "
+                                f"(pattern 2); sliding_window_pattern={config.sliding_window_pattern} cannot be held")
+    if config.family == "gemma3" and config.sliding_window_pattern not in (None, 6):
+        raise WeightImportError(f"{config.name}: keras-hub's Gemma3Backbone uses 5 local : 1 global layers; "
+                                f"sliding_window_pattern={config.sliding_window_pattern} cannot be held")
+    if config.query_pre_attn_scalar not in (config.head_dim, config.embed_dim // config.num_heads):
+        raise WeightImportError(f"{config.name}: query_pre_attn_scalar={config.query_pre_attn_scalar} is neither "
+                                "head_dim nor embed_dim // num_heads, the two scales keras-hub can express")
+    c: dict[str, Any] = dict(
+        vocabulary_size=config.vocab_size,
+        num_layers=config.num_layers,
+        num_query_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads,
+        hidden_dim=config.embed_dim,
+        head_dim=config.head_dim,
+        query_head_dim_normalize=config.query_pre_attn_scalar == config.head_dim,
+        use_post_ffw_norm=config.use_post_ffw_norm,
+        use_post_attention_norm=config.use_post_attn_norm,
+        attention_logit_soft_cap=config.attn_logit_softcap,
+        final_logit_soft_cap=config.final_logit_softcap,
+        use_sliding_window_attention=config.sliding_window_pattern is not None,
+        sliding_window_size=config.sliding_window or 4096,
+        layer_norm_epsilon=config.norm_eps,
+        dropout=0,
+    )
+    if config.family == "gemma3":
+        if (config.rope_base_local, config.rope_base_global) != (10_000.0, 1_000_000.0):
+            raise WeightImportError(f"{config.name}: keras-hub's Gemma3Backbone fixes RoPE bases at 10k local / 1M "
+                                    f"global; got {config.rope_base_local} / {config.rope_base_global}")
+        c.update(intermediate_dim=config.mlp_dim, use_query_key_norm=config.use_qk_norm,
+                 local_rope_scaling_factor=config.rope_scale_local,
+                 global_rope_scaling_factor=config.rope_scale_global,
+                 image_size=896, vision_encoder=None)
+        return {"class_name": "Gemma3Backbone", "config": c}
+    if config.use_qk_norm or config.rope_base_global != 10_000.0 or config.rope_scale_global != 1.0:
+        raise WeightImportError(f"{config.name}: keras-hub's GemmaBackbone has no QK-norm and fixed RoPE "
+                                "(base 10k, no scaling); this config cannot be held")
+    c.update(intermediate_dim=2 * config.mlp_dim)
+    return {"class_name": "GemmaBackbone", "config": c}
+
+
+def set_backbone_weights(backbone: Any, config: ModelConfig, params: Mapping[str, np.ndarray]) -> None:
+    """Assign our flat weights to a built keras-hub Gemma backbone, in place.
+
+    The h5 group paths in `_expected` name each keras variable's owner by
+    attribute (`layers/<block>/attention/query_dense`), so the same table that
+    reads presets also writes them; nothing is listed twice.
+    """
+    family = type(backbone).__name__
+    blocks = backbone.transformer_layers
+    for key, group, _, shape in _expected(config, family):
+        parts = group.split("/")[1:]
+        if parts[0] == "reversible_embedding":
+            layer = backbone.token_embedding
+        elif parts[0] == "rms_normalization":
+            layer = backbone.layer_norm
+        else:
+            layer = blocks[int(key.split(".")[1])]
+            for attr in parts[1:]:
+                layer = getattr(layer, attr)
+        value = np.asarray(params[key], np.float32)
+        if tuple(value.shape) != shape:
+            raise WeightImportError(f"tensor {key} has shape {tuple(value.shape)}, keras expects {shape}")
+        layer.weights[0].assign(value.astype(layer.weights[0].dtype))
