@@ -15,6 +15,7 @@ a gradient the size of the frozen kernel.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Sequence
 
 import jax
@@ -118,14 +119,41 @@ class Einsum(nnx.Module):
             )
             self.lora_dropout = nnx.Dropout(lora.dropout, rngs=rngs)
             self._eq_a, self._eq_b = _lora_equations(equation)
+            lhs, out = equation.split("->")
+            self._subscripts = (*lhs.split(","), out)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = jnp.einsum(self.equation, x, self.kernel[...].astype(self.dtype))
         if self.lora is None:
             return y
-        h = jnp.einsum(self._eq_a, self.lora_dropout(x), self.lora_a[...].astype(self.dtype))
-        delta = jnp.einsum(self._eq_b, h, self.lora_b[...].astype(self.dtype))
-        return y + (self.lora.scale * delta).astype(y.dtype)
+        return y + (self.lora.scale * self._lora_delta(self.lora_dropout(x))).astype(y.dtype)
+
+    def _lora_delta(self, x: jax.Array) -> jax.Array:
+        """`x @ A @ B` as two plain 2-D matmuls.
+
+        Written as einsums with a rank-8 contraction inside 4-D operands, XLA's
+        CPU backend picks a slow loop emitter (measured: +15 ms per projection
+        per layer on the 270M); reshaped to 2-D it uses its GEMM path.
+        """
+        a = self.lora_a[...].astype(self.dtype)
+        b = self.lora_b[...].astype(self.dtype)
+        x_sub, k_sub, out_sub = self._subscripts
+        lead = k_sub[:-1]
+        contracted = [c for c in lead if c in x_sub]
+        free = [c for c in lead if c not in x_sub]
+        if x_sub[len(x_sub) - len(contracted):] != "".join(contracted) or \
+                out_sub != x_sub[: len(x_sub) - len(contracted)] + "".join(free) + k_sub[-1]:
+            h = jnp.einsum(self._eq_a, x, a)  # a layout the reshapes below cannot express
+            return jnp.einsum(self._eq_b, h, b)
+        sizes = dict(zip(lead, a.shape[:-1]))
+        n_in = math.prod(sizes[c] for c in contracted)
+        n_free = math.prod(sizes[c] for c in free)
+        perm = [lead.index(c) for c in contracted] + [lead.index(c) for c in free] + [len(lead)]
+        a2 = a.transpose(perm).reshape(n_in, n_free * b.shape[0])
+        batch_shape = x.shape[: x.ndim - len(contracted)]
+        h = x.reshape(-1, n_in) @ a2
+        delta = h.reshape(-1, b.shape[0]) @ b
+        return delta.reshape(*batch_shape, *(sizes[c] for c in free), b.shape[1])
 
     def merged_kernel(self) -> jax.Array:
         """The kernel with the adapter folded in, in fp32 (for export)."""

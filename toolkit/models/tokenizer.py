@@ -79,6 +79,10 @@ class Tokenizer:
         self._special_ids = specials
         self._special_re = re.compile(f"({_literal_alternation(specials)})") if specials else None
 
+    def serialized_proto(self) -> bytes:
+        """The SentencePiece model as bytes: what keras-hub tokenizers and `from_spm` take."""
+        return self._sp.serialized_model_proto()
+
     # -- construction ---------------------------------------------------
 
     @classmethod

@@ -1,0 +1,126 @@
+"""The one train step and the scoring step, on a tiny random Gemma."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from toolkit.config import TrainConfig
+from toolkit.models.configs import get_config
+from toolkit.models.gemma import Gemma
+from toolkit.models.lora import LoRAConfig
+from toolkit.train.loop import fit, make_optimizer, predict_proba
+from toolkit.train.step import loss_and_logits, make_score_step, make_train_step, split_model
+
+CFG = get_config("tiny_gemma2", param_dtype="float32")
+CLASS_IDS = jnp.array([5, 9, 11])
+
+
+def _parts(targets=("q", "v", "up"), dropout=0.0):
+    return split_model(Gemma(CFG, lora=LoRAConfig(rank=4, dropout=dropout, targets=targets), rngs=nnx.Rngs(0)))
+
+
+def _batch(n=6, t=10, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, t + 1, size=n)
+    tokens = rng.integers(20, 500, size=(n, t)) * (np.arange(t)[None] < lengths[:, None])
+    return {"tokens": jnp.asarray(tokens, jnp.int32), "lengths": jnp.asarray(lengths, jnp.int32),
+            "labels": jnp.asarray(rng.integers(0, 3, size=n), jnp.int32), "weights": jnp.ones(n)}
+
+
+def test_optimizer_state_holds_only_lora_params():
+    parts = _parts()
+    tx, _ = make_optimizer(TrainConfig(), 10)
+    state = tx.init(parts.lora)
+    lora_bytes = sum(x.nbytes for x in jax.tree.leaves(parts.lora))
+    adam_bytes = sum(x.nbytes for x in jax.tree.leaves(state) if x.ndim > 0)
+    assert adam_bytes == 2 * lora_bytes  # Adam's mu and nu, nothing for the frozen base
+
+
+def test_steps_lower_the_loss_and_leave_the_base_untouched():
+    parts = _parts()
+    frozen_before = jax.tree.map(np.asarray, parts.frozen)
+    tx = optax.adam(1e-2)
+    step = make_train_step(parts.train_graph, tx, CLASS_IDS)
+    lora, opt, rest = jax.tree.map(jnp.copy, parts.lora), tx.init(parts.lora), jax.tree.map(jnp.copy, parts.rest)
+    batch = _batch()
+    losses = []
+    for _ in range(15):
+        lora, opt, rest, m = step(lora, opt, parts.frozen, rest, batch)
+        losses.append(float(m["loss"]))
+    assert losses[-1] < 0.5 * losses[0]
+    assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, np.asarray(b)), frozen_before, parts.frozen))
+
+
+def test_filler_rows_have_no_effect_on_loss():
+    parts = _parts()
+    model = nnx.merge(parts.eval_graph, parts.lora, parts.frozen, parts.rest)
+    b = _batch(4)
+    padded = {k: jnp.concatenate([v, v[:2] * (0 if k == "weights" else 1)]) for k, v in b.items()}
+    np.testing.assert_allclose(loss_and_logits(model, b, CLASS_IDS)[0], loss_and_logits(model, padded, CLASS_IDS)[0],
+                               rtol=1e-6)
+
+
+def test_lm_loss_is_full_vocabulary_cross_entropy_at_the_label_position():
+    parts = _parts()
+    model = nnx.merge(parts.eval_graph, parts.lora, parts.frozen, parts.rest)
+    b = _batch(3)
+    value, logits = loss_and_logits(model, b, CLASS_IDS, loss="lm")
+    full = model(b["tokens"], jnp.arange(10)[None] < b["lengths"][:, None])
+    last = full[jnp.arange(3), b["lengths"] - 1]
+    expected = -jax.nn.log_softmax(last)[jnp.arange(3), CLASS_IDS[b["labels"]]].mean()
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    np.testing.assert_allclose(logits, last[:, CLASS_IDS], rtol=1e-5)
+    assert loss_and_logits(model, b, CLASS_IDS, loss="class")[0] < value  # fewer competitors
+
+
+def test_score_step_is_softmax_of_class_rows_at_the_last_real_token():
+    parts = _parts()
+    score = make_score_step(parts.eval_graph, CLASS_IDS)
+    b = _batch(5)
+    probs = score(parts.lora, parts.frozen, parts.rest, b["tokens"], b["lengths"])
+    model = nnx.merge(parts.eval_graph, parts.lora, parts.frozen, parts.rest)
+    for i in range(5):
+        n = int(b["lengths"][i])
+        alone = model(b["tokens"][i:i + 1, :n])[0, -1, CLASS_IDS]
+        np.testing.assert_allclose(probs[i], jax.nn.softmax(alone), atol=1e-5)
+
+
+def test_dropout_is_on_in_training_and_off_when_scoring():
+    parts = _parts(dropout=0.5)
+    b = _batch(2)
+    train_model = nnx.merge(parts.train_graph, parts.lora, parts.frozen, parts.rest)
+    eval_model = nnx.merge(parts.eval_graph, parts.lora, parts.frozen, parts.rest)
+    _with_b = lambda m: nnx.state(m, nnx.LoRAParam)  # noqa: E731
+    for _, v in nnx.to_flat_state(_with_b(train_model)):
+        if v.value.ndim == 2 and v.value.shape[0] == 4:
+            v.set_value(jnp.ones_like(v.value))
+    a1 = loss_and_logits(eval_model, b, CLASS_IDS)[1]
+    a2 = loss_and_logits(eval_model, b, CLASS_IDS)[1]
+    np.testing.assert_array_equal(a1, a2)
+    t1 = loss_and_logits(train_model, b, CLASS_IDS)[1]
+    t2 = loss_and_logits(train_model, b, CLASS_IDS)[1]
+    assert not np.allclose(t1, t2)
+
+
+def test_fit_learns_a_separable_task_and_reports_history():
+    parts = _parts(targets=("q", "v", "o", "up", "down"))
+    rng = np.random.default_rng(1)
+    ids = [[2] + list(rng.integers(20, 60 if i % 2 else 400, size=int(rng.integers(4, 12)))) + [7] for i in range(48)]
+    y = np.array([i % 2 for i in range(48)])
+    lora, hist = fit(parts, ids, y, [5, 9], TrainConfig(epochs=6, batch_size=8, learning_rate=2e-2),
+                     max_length=16, progress=False)
+    assert len(hist) == 6 and hist[-1]["train_loss"] < hist[0]["train_loss"]
+    probs = predict_proba(parts, lora, ids, [5, 9], batch_size=16, max_length=16)
+    assert probs.shape == (48, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert (probs.argmax(1) == y).mean() >= 0.9
+
+
+def test_nan_loss_stops_with_a_clear_message():
+    parts = _parts()
+    ids = [[2, 30, 31, 7]] * 8
+    with pytest.raises(FloatingPointError, match="learning_rate"):
+        fit(parts, ids, np.zeros(8, int), [5, 9], TrainConfig(epochs=1, batch_size=4, learning_rate=float("nan")),
+            max_length=8, progress=False)

@@ -1,0 +1,133 @@
+"""tf.data input: shuffled, length-bucketed, padded batches, one host's share.
+
+Batches are formed GLOBALLY and identically on every host (same seed, same
+buckets), then each host keeps only its slice of rows. That is what lets a
+multi-host trainer assemble one global array per step: every process sees a
+batch of the same bucket shape at the same step, yet each feeds only its own
+rows. Partial batches are padded with weight-0 rows, so each bucket compiles
+to exactly one shape.
+
+Each epoch is its own dataset (`seed + epoch`), so resuming at (epoch, batch)
+is rebuilding that epoch and skipping `batch` batches — deterministic, with no
+iterator state to save.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterator, Sequence
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _tf():
+    import tensorflow as tf
+
+    # tf.data only: keep TensorFlow off any accelerator JAX owns.
+    try:
+        tf.config.set_visible_devices([], "GPU")
+        tf.config.set_visible_devices([], "TPU")
+    except (RuntimeError, ValueError):
+        pass
+    return tf
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """One host's rows: `tokens` (b, L) right-padded, `lengths` (b,), `labels` (b,),
+    `weights` (b,) 1 for real rows and 0 for filler, `index` (b,) row ids (-1 for filler)."""
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray
+    index: np.ndarray
+
+
+def bucket_bounds(max_length: int, smallest: int = 16) -> list[int]:
+    """Powers of two up to `max_length` (which is always the last bound)."""
+    bounds, b = [], smallest
+    while b < max_length:
+        bounds.append(b)
+        b *= 2
+    return bounds + [max_length]
+
+
+def make_epoch(
+    ids: Sequence[Sequence[int]],
+    labels: Sequence[int] | np.ndarray,
+    *,
+    batch_size: int,
+    max_length: int,
+    epoch: int = 0,
+    seed: int = 0,
+    shuffle: bool = True,
+    pad_id: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    skip_batches: int = 0,
+    bounds: Sequence[int] | None = None,
+) -> Iterator[Batch]:
+    """Yield one epoch of this host's batches as numpy.
+
+    `batch_size` is the GLOBAL batch; each host gets `batch_size // process_count` rows.
+    """
+    tf = _tf()
+    if batch_size % process_count:
+        raise ValueError(f"global batch_size={batch_size} must divide by process_count={process_count}")
+    n = len(ids)
+    if n == 0:
+        raise ValueError("no examples to batch")
+    lengths = np.array([len(x) for x in ids], np.int32)
+    if lengths.max() > max_length:
+        raise ValueError(f"an example has {lengths.max()} tokens > max_length={max_length}")
+    bounds = list(bounds or bucket_bounds(max_length))
+    flat = tf.constant(np.concatenate([np.asarray(x, np.int32) for x in ids]))
+    starts = tf.constant(np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64))
+    lens = tf.constant(lengths)
+    labs = tf.constant(np.asarray(labels, np.int32))
+
+    ds = tf.data.Dataset.range(n)
+    if shuffle:
+        ds = ds.shuffle(n, seed=seed + epoch, reshuffle_each_iteration=False)
+
+    def row(i):
+        return {"tokens": flat[starts[i]: starts[i] + tf.cast(lens[i], tf.int64)], "lengths": lens[i],
+                "labels": labs[i], "weights": tf.constant(1.0), "index": tf.cast(i, tf.int32)}
+
+    ds = ds.map(row)
+    # tf.data's boundaries are exclusive upper bounds; padding to a bucket pads to bound - 1.
+    ds = ds.bucket_by_sequence_length(
+        lambda x: x["lengths"],
+        bucket_boundaries=[b + 1 for b in bounds],
+        bucket_batch_sizes=[batch_size] * (len(bounds) + 1),
+        padded_shapes={"tokens": [None], "lengths": [], "labels": [], "weights": [], "index": []},
+        padding_values={"tokens": pad_id, "lengths": 0, "labels": 0, "weights": 0.0, "index": -1},
+        pad_to_bucket_boundary=True,
+    )
+
+    def fill(b):  # pad a partial batch to the full global batch with weight-0 rows
+        short = batch_size - tf.shape(b["lengths"])[0]
+        return {k: tf.pad(v, [[0, short]] + [[0, 0]] * (len(v.shape) - 1),
+                          constant_values=(-1 if k == "index" else (pad_id if k == "tokens" else 0)))
+                for k, v in b.items()}
+
+    per_host = batch_size // process_count
+    lo = process_index * per_host
+    ds = ds.map(fill).skip(skip_batches).map(lambda b: {k: v[lo: lo + per_host] for k, v in b.items()})
+    options = tf.data.Options()
+    options.deterministic = True
+    ds = ds.with_options(options).prefetch(2)
+    for b in ds.as_numpy_iterator():
+        yield Batch(**b)
+
+
+def num_batches(lengths: Sequence[int], batch_size: int, max_length: int,
+                bounds: Sequence[int] | None = None) -> int:
+    """Batches per epoch: the sum over buckets of ceil(rows / batch_size)."""
+    bounds = list(bounds or bucket_bounds(max_length))
+    counts = np.bincount(np.searchsorted(bounds, np.asarray(lengths), side="left"), minlength=len(bounds))
+    return int(sum(-(-c // batch_size) for c in counts))
