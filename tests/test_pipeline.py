@@ -61,3 +61,16 @@ def test_bad_arguments_are_explained():
         _epoch(max_length=16)
     with pytest.raises(ValueError, match="no examples"):
         list(make_epoch([], [], batch_size=2, max_length=8))
+
+
+def test_scoring_batches_are_sorted_tight_and_cover_every_row():
+    from toolkit.data.pipeline import sorted_batches
+
+    batches = list(sorted_batches(IDS, batch_size=8, max_length=64))
+    seen = np.concatenate([b.index for b in batches])
+    assert sorted(seen[seen >= 0]) == list(range(37)) and (seen < 0).sum() == 8 * len(batches) - 37
+    for b in batches:
+        real = b.index >= 0
+        assert b.tokens.shape[1] % 16 == 0 and b.tokens.shape[1] - b.lengths[real].max() < 16
+        for row in np.flatnonzero(real):
+            assert list(b.tokens[row, : b.lengths[row]]) == IDS[b.index[row]]

@@ -131,3 +131,31 @@ def num_batches(lengths: Sequence[int], batch_size: int, max_length: int,
     bounds = list(bounds or bucket_bounds(max_length))
     counts = np.bincount(np.searchsorted(bounds, np.asarray(lengths), side="left"), minlength=len(bounds))
     return int(sum(-(-c // batch_size) for c in counts))
+
+
+def sorted_batches(
+    ids: Sequence[Sequence[int]], *, batch_size: int, max_length: int, multiple: int = 16, pad_id: int = 0
+) -> Iterator[Batch]:
+    """Scoring batches: rows sorted by length, each batch padded to a multiple of `multiple`.
+
+    Scoring needs no shuffling, so sorting wastes far less compute on padding
+    than power-of-two buckets (ETHOS: ~10% padding instead of ~35%), with at
+    most `max_length / multiple` compiled shapes and filler rows only in the
+    last batch.
+    """
+    lengths = np.array([len(x) for x in ids], np.int32)
+    if len(lengths) and lengths.max() > max_length:
+        raise ValueError(f"an example has {lengths.max()} tokens > max_length={max_length}")
+    order = np.argsort(lengths, kind="stable")
+    for lo in range(0, len(order), batch_size):
+        rows = order[lo: lo + batch_size]
+        width = min(max_length, -(-int(lengths[rows].max()) // multiple) * multiple)
+        tokens = np.full((batch_size, width), pad_id, np.int32)
+        for r, i in enumerate(rows):
+            tokens[r, : lengths[i]] = ids[i]
+        n = len(rows)
+        pad = batch_size - n
+        yield Batch(tokens=tokens, lengths=np.concatenate([lengths[rows], np.zeros(pad, np.int32)]),
+                    labels=np.zeros(batch_size, np.int32),
+                    weights=np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]),
+                    index=np.concatenate([rows.astype(np.int32), np.full(pad, -1, np.int32)]))

@@ -16,7 +16,7 @@ import optax
 from tqdm.auto import tqdm
 
 from toolkit.config import TrainConfig
-from toolkit.data.pipeline import make_epoch, num_batches
+from toolkit.data.pipeline import make_epoch, num_batches, sorted_batches
 from toolkit.train.step import ModelParts, make_score_step, make_train_step
 
 
@@ -111,13 +111,12 @@ def predict_proba(
     pad_id: int = 0,
     progress: bool = False,
 ) -> np.ndarray:
-    """(n, classes) probabilities, batched by length bucket, in input order."""
+    """(n, classes) probabilities in input order, from length-sorted batches."""
     score = _score_fn(parts.eval_graph, tuple(int(c) for c in class_ids))
     out = np.zeros((len(ids), len(class_ids)), np.float32)
-    labels = np.zeros(len(ids), np.int32)
-    total = num_batches([len(x) for x in ids], batch_size, max_length)
-    for b in tqdm(make_epoch(ids, labels, batch_size=batch_size, max_length=max_length, shuffle=False,
-                             pad_id=pad_id), total=total, unit="batch", disable=not progress, desc="score"):
+    total = -(-len(ids) // batch_size)
+    for b in tqdm(sorted_batches(ids, batch_size=batch_size, max_length=max_length, pad_id=pad_id),
+                  total=total, unit="batch", disable=not progress, desc="score"):
         probs = np.asarray(score(lora, parts.frozen, parts.rest, jnp.asarray(b.tokens),
                                  jnp.asarray(np.maximum(b.lengths, 1))))
         real = b.index >= 0

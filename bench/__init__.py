@@ -1,0 +1,1 @@
+"""Benchmarks (run as scripts or import as `bench.<name>`)."""

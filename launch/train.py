@@ -1,0 +1,41 @@
+"""Train and evaluate one configuration.
+
+    python launch/train.py --config sweeps/ethos_270m.yaml [key=value ...]
+
+Prints a metrics table and writes config.yaml, metrics.json, the confusion
+matrix and ROC curve PNGs, misclassified.csv/.md and the trained classifier
+into `<output_dir>/<name>/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from toolkit.config import load_config  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML run config (see sweeps/)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2 data.train_size=800")
+    p.add_argument("--no-save", action="store_true", help="do not save the trained classifier")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+
+    from toolkit.experiment import main_table, run_experiment
+
+    result = run_experiment(cfg, progress=not args.quiet, save_model=not args.no_save)
+    print(main_table(result))
+    print(f"wrote {cfg.run_dir}/ (metrics.json, confusion_matrix.png, roc_curve.png, misclassified.csv)")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("history", "confusion_matrix")}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

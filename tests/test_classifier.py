@@ -1,0 +1,124 @@
+"""AgileClassifier end to end on a tiny random Gemma 3 and a tiny real tokenizer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from flax import nnx
+
+import keras_fixtures as kf
+from toolkit.classifier import AgileClassifier
+from toolkit.models.configs import get_config
+from toolkit.models.gemma import Gemma
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = ("spam", "ham")
+VERBALIZERS = {"spam": "a", "ham": "in"}  # single tokens of the tiny vocabulary
+SPAM = ["win a prize now click here", "free money click to win", "click here for a free prize"]
+HAM = ["the meeting is at noon", "see you at lunch tomorrow", "the report looks good to me"]
+
+
+def _data(n=24):
+    texts = [(SPAM if i % 2 == 0 else HAM)[i % 3] for i in range(n)]
+    labels = ["spam" if i % 2 == 0 else "ham" for i in range(n)]
+    return texts, labels
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_tokenizer):
+    base = Gemma(get_config("tiny_gemma3", param_dtype="float32"), rngs=nnx.Rngs(0))
+    clf = AgileClassifier(LABELS, model=(base, tiny_tokenizer), verbalizers=VERBALIZERS,
+                          prompt={"instructions": "Classify"}, max_length=64, progress=False,
+                          lora={"rank": 4, "targets": ("q", "v", "up", "down")},
+                          train={"epochs": 6, "batch_size": 8, "learning_rate": 2e-2})
+    texts, labels = _data()
+    return clf.fit(texts, labels, eval_texts=texts[:6], eval_labels=labels[:6])
+
+
+def test_fit_learns_and_records_history(fitted):
+    assert len(fitted.history) == 6 and fitted.history[-1]["train_loss"] < fitted.history[0]["train_loss"]
+    assert "eval_roc_auc" in fitted.history[-1]
+    texts, labels = _data(12)
+    assert (fitted.predict(texts) == np.array(labels)).mean() >= 0.9
+
+
+def test_inputs_may_be_lists_arrays_or_series(fitted):
+    texts, _ = _data(6)
+    p_list = fitted.predict_proba(texts)
+    np.testing.assert_allclose(fitted.predict_proba(np.array(texts)), p_list, atol=1e-6)
+    np.testing.assert_allclose(fitted.predict_proba(pd.Series(texts, index=range(10, 16))), p_list, atol=1e-6)
+    assert p_list.shape == (6, 2) and np.allclose(p_list.sum(1), 1, atol=1e-5)
+
+
+def test_evaluate_writes_metrics_plots_and_error_table(fitted, tmp_path):
+    texts, labels = _data(10)
+    m = fitted.evaluate(texts, labels, out_dir=tmp_path)
+    assert m["accuracy"] >= 0.9 and m["roc_auc"] is not None
+    assert json.loads((tmp_path / "metrics.json").read_text())["accuracy"] == m["accuracy"]
+    for name in ("confusion_matrix.png", "roc_curve.png", "misclassified.csv", "misclassified.md"):
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_save_and_load_give_the_same_scores(fitted, tmp_path):
+    texts, _ = _data(6)
+    path = fitted.save(tmp_path / "clf")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
+    again = AgileClassifier.load(path, progress=False)
+    np.testing.assert_allclose(again.predict_proba(texts), fitted.predict_proba(texts), atol=1e-6)
+    assert again.labels == LABELS and again.verbalizers == VERBALIZERS
+
+
+@pytest.mark.parametrize("texts, labels, message", [
+    (["ok", "   "], ["spam", "ham"], "row 2"),
+    (["ok", "fine"], ["spam", "eggs"], "eggs"),
+    (["ok", "fine"], ["spam", "spam"], "ham"),
+    (["ok", "fine"], ["spam"], "2 texts but 1 labels"),
+    ([], [], "empty"),
+])
+def test_bad_training_data_is_named(fitted, texts, labels, message):
+    from toolkit.data.sources import DataError
+
+    with pytest.raises(DataError, match=message):
+        fitted.fit(texts, labels)
+
+
+def test_multi_token_label_is_rejected_with_its_pieces(tiny_tokenizer):
+    base = Gemma(get_config("tiny_gemma3", param_dtype="float32"), rngs=nnx.Rngs(0))
+    clf = AgileClassifier(("spam", "ham"), model=(base, tiny_tokenizer), max_length=64, progress=False,
+                          prompt={"instructions": "Classify"})
+    with pytest.raises(ValueError, match=r"'spam' -> 'spam' tokenises as \["):
+        clf.predict_proba(["hello"])
+
+
+def test_train_cli_writes_a_complete_run_directory(tmp_path):
+    preset = kf.make_preset("gemma3", tmp_path)
+    texts, labels = _data(32)
+    pd.DataFrame({"message": texts, "kind": labels}).to_csv(tmp_path / "data.csv", index=False)
+    cfg = {
+        "name": "cli", "output_dir": str(tmp_path / "runs"),
+        "model": {"name": str(preset), "param_dtype": "float32"},
+        "lora": {"rank": 2, "targets": ["q", "v"]},
+        "data": {"source": str(tmp_path / "data.csv"), "text_column": "message", "label_column": "kind",
+                 "test_fraction": 0.25},
+        "classifier": {"labels": list(LABELS), "verbalizers": VERBALIZERS, "max_length": 64,
+                       "prompt": {"instructions": "Classify"}},
+        "train": {"epochs": 2, "batch_size": 8},
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([sys.executable, str(ROOT / "launch/train.py"), "--config", str(tmp_path / "cfg.yaml"),
+                        "--quiet", "train.learning_rate=0.01"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "roc_auc" in r.stdout
+    run = tmp_path / "runs" / "cli"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train_size"] == 24 and metrics["test_size"] == 8 and len(metrics["history"]) == 2
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["learning_rate"] == 0.01
+    for name in ("confusion_matrix.png", "roc_curve.png", "misclassified.csv", "classifier/classifier.json"):
+        assert (run / name).is_file(), name

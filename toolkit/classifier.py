@@ -1,0 +1,320 @@
+"""`AgileClassifier`: the codelab's classifier as a scikit-learn-style object.
+
+A text is scored by the next-token logits of one token per class at the end
+of a prompt; `fit` trains LoRA adapters (the only trainable state) so that
+those logits separate the classes. The model loads lazily, on the first
+`fit` / `predict`, so building a classifier (or a config) is free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from toolkit.config import TrainConfig
+from toolkit.data.prompt import PromptEncoder, PromptFormat, class_token_ids
+from toolkit.models.lora import LoRAConfig
+
+SAVE_FORMAT = "agile-toolkit-classifier/1"
+_META = "classifier.json"
+_LORA = "lora.npz"
+_BASE = "base.npz"
+_TOKENIZER = "tokenizer.spm"
+
+
+def _as_list(x: Iterable[Any]) -> list[Any]:
+    """Lists, tuples, numpy arrays and pandas Series all become plain lists."""
+    if hasattr(x, "tolist"):
+        return list(x.tolist())
+    return list(x)
+
+
+def resolve_param_dtype(param_dtype: str) -> str:
+    """`auto`: bfloat16 where matmuls are native (GPU/TPU), float32 on CPU."""
+    if param_dtype != "auto":
+        return param_dtype
+    import jax
+
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+class AgileClassifier:
+    """A few-shot text classifier: a frozen Gemma, a prompt, and LoRA adapters.
+
+    Args:
+      labels: the class names, in order; `predict_proba` columns follow it.
+      model: a model spec for `toolkit.load_pretrained` ("gemma3_270m", a
+        .gguf, a keras-hub preset dir, a Kaggle handle), or a
+        `(Gemma, Tokenizer)` pair already in memory.
+      lora: adapter config (`LoRAConfig` or a dict of its fields).
+      prompt: prompt format (`PromptFormat` or a dict of its fields).
+      verbalizers: class name -> the single-token word the model predicts.
+      train: optimisation config (`TrainConfig` or a dict of its fields).
+      max_length: prompt length cap in tokens; only the text is ever truncated.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[str],
+        *,
+        model: Any = "gemma3_270m",
+        lora: LoRAConfig | dict[str, Any] | None = None,
+        prompt: PromptFormat | dict[str, Any] | None = None,
+        verbalizers: dict[str, str] | None = None,
+        train: TrainConfig | dict[str, Any] | None = None,
+        max_length: int = 256,
+        param_dtype: str = "auto",
+        dtype: str = "float32",
+        progress: bool = True,
+    ):
+        self.labels = tuple(str(label) for label in labels)
+        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels must be at least two distinct class names, got {list(labels)}")
+        self.model_spec = model
+        self.lora = lora if isinstance(lora, LoRAConfig) else LoRAConfig(**(lora or {}))
+        self.prompt = prompt if isinstance(prompt, PromptFormat) else PromptFormat(**(prompt or {}))
+        self.verbalizers = dict(verbalizers or {})
+        self.train_config = train if isinstance(train, TrainConfig) else TrainConfig(**(train or {}))
+        self.max_length = max_length
+        self.param_dtype = param_dtype
+        self.dtype = dtype
+        self.progress = progress
+        self.history: list[dict[str, Any]] = []
+        self._loaded = False
+
+    # ------------------------------------------------------------------ model
+    def _ensure_model(self) -> None:
+        if self._loaded:
+            return
+        from toolkit.models.gemma import flat_state, from_params
+        from toolkit.train.step import FROZEN, split_model
+        from toolkit.weights.loader import load_pretrained
+
+        pdtype = resolve_param_dtype(self.param_dtype)
+        if isinstance(self.model_spec, (str, os.PathLike)):
+            model, tok = load_pretrained(self.model_spec, lora=self.lora, param_dtype=pdtype, dtype=self.dtype,
+                                         seed=self.train_config.seed)
+        else:
+            base, tok = self.model_spec
+            params = {k: np.asarray(v) for k, v in flat_state(base, FROZEN).items()}
+            cfg = base.config.replace(param_dtype=pdtype, dtype=self.dtype)
+            model = from_params(cfg, params, lora=self.lora, seed=self.train_config.seed, source="model")
+        self.tokenizer = tok
+        self.model_config = model.config
+        self.class_ids = class_token_ids(tok, self.labels, self.verbalizers)
+        self.encoder = PromptEncoder(self.prompt, self.labels, tok, self.max_length)
+        self._parts = split_model(model)
+        self._lora = self._parts.lora
+        self._loaded = True
+
+    # ------------------------------------------------------------------- data
+    def _checked(self, texts: Iterable[Any], labels: Iterable[Any] | None, what: str):
+        """Validated (texts, class indices or None). Labels may be class names or indices."""
+        import pandas as pd
+
+        from toolkit.data.sources import DataError, check_labels, from_dataframe
+
+        texts = _as_list(texts)
+        if labels is None:
+            df = from_dataframe(pd.DataFrame({"text": texts, "label": [self.labels[0]] * len(texts)}), source=what)
+            return df["text"].tolist(), None
+        labels = _as_list(labels)
+        if len(labels) != len(texts):
+            raise DataError(f"{what}: {len(texts)} texts but {len(labels)} labels")
+        names = [self.labels[v] if isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                 and str(v) not in self.labels and 0 <= v < len(self.labels) else v for v in labels]
+        df = from_dataframe(pd.DataFrame({"text": texts, "label": names}), source=what)
+        df["label"] = df["label"].astype(str)
+        check_labels(df, self.labels, source=what, require_all=(what.startswith("fit")))
+        index = {c: i for i, c in enumerate(self.labels)}
+        return df["text"].tolist(), np.array([index[v] for v in df["label"]], np.int32)
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        ids, _ = self.encoder.encode_all(texts)
+        return ids
+
+    # -------------------------------------------------------------------- API
+    def fit(
+        self,
+        texts: Iterable[str],
+        labels: Iterable[Any],
+        *,
+        eval_texts: Iterable[str] | None = None,
+        eval_labels: Iterable[Any] | None = None,
+    ) -> "AgileClassifier":
+        """Train the adapters on (texts, labels); optionally evaluate each epoch."""
+        from toolkit.train.loop import fit
+
+        texts, y = self._checked(texts, labels, "fit(texts, labels)")
+        self._ensure_model()
+        ids = self._encode(texts)
+        on_epoch_end = None
+        if eval_texts is not None and self.train_config.eval_every_epoch:
+            e_texts, e_y = self._checked(eval_texts, eval_labels, "fit(eval_texts, eval_labels)")
+            e_ids = self._encode(e_texts)
+
+            def on_epoch_end(epoch: int, lora: Any) -> dict[str, Any]:
+                from toolkit.metrics import classification_metrics
+
+                probs = self._proba_ids(e_ids, lora)
+                m = classification_metrics(e_y, probs, self.labels)
+                return {f"eval_{k}": v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
+
+        t0 = time.perf_counter()
+        self._lora, history = fit(self._parts, ids, y, self.class_ids, self.train_config, max_length=self.max_length,
+                                  pad_id=self.tokenizer.pad_id, on_epoch_end=on_epoch_end, progress=self.progress)
+        self.history = history
+        self.fit_seconds = time.perf_counter() - t0
+        return self
+
+    def _proba_ids(self, ids: list[list[int]], lora: Any) -> np.ndarray:
+        from toolkit.train.loop import predict_proba
+
+        return predict_proba(self._parts, lora, ids, self.class_ids, batch_size=self.train_config.eval_batch_size,
+                             max_length=self.max_length, pad_id=self.tokenizer.pad_id, progress=self.progress)
+
+    def predict_proba(self, texts: Iterable[str]) -> np.ndarray:
+        """(n, len(labels)) class probabilities: softmax over the class tokens' logits."""
+        texts, _ = self._checked(texts, None, "predict(texts)")
+        self._ensure_model()
+        return self._proba_ids(self._encode(texts), self._lora)
+
+    def predict(self, texts: Iterable[str]) -> np.ndarray:
+        """The most probable class name per text."""
+        return np.array(self.labels, dtype=object)[self.predict_proba(texts).argmax(-1)]
+
+    def evaluate(self, texts: Iterable[str], labels: Iterable[Any], *, out_dir: str | Path | None = None,
+                 positive: str | int | None = None) -> dict[str, Any]:
+        """Metrics on labelled texts; with `out_dir`, also metrics.json, confusion matrix and
+        ROC curve PNGs, and the most confidently misclassified examples."""
+        from toolkit.metrics import classification_metrics, misclassified
+
+        texts, y = self._checked(texts, labels, "evaluate(texts, labels)")
+        probs = self.predict_proba(texts)
+        m = classification_metrics(y, probs, self.labels, positive=positive)
+        if out_dir is not None:
+            from toolkit.io_utils import write_json
+            from toolkit.plots import plot_confusion_matrix, plot_roc_curve, write_misclassified
+
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "metrics.json", m)
+            plot_confusion_matrix(np.array(m["confusion_matrix"]), list(self.labels), out / "confusion_matrix.png")
+            if len(self.labels) == 2:
+                pos = self.labels.index(m["positive"]) if isinstance(m.get("positive"), str) else 1
+                plot_roc_curve((y == pos).astype(int), probs[:, pos], out / "roc_curve.png")
+            write_misclassified(misclassified(texts, y, probs, list(self.labels)), out / "misclassified.csv")
+        return m
+
+    # -------------------------------------------------------------- save/load
+    def save(self, directory: str | Path) -> Path:
+        """Write adapters + metadata (+ the base and tokenizer when the model was given
+        in memory) into `directory`, atomically: a crash leaves the old directory or none."""
+        from toolkit.models.gemma import flat_state
+        from toolkit.train.step import FROZEN
+
+        self._ensure_model()
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            model = self._model()
+            lora = {k: np.asarray(v) for k, v in flat_state(model, _lora_filter()).items()}
+            np.savez(tmp / _LORA, **lora)
+            spec = self.model_spec
+            if not isinstance(spec, (str, os.PathLike)):
+                np.savez(tmp / _BASE, **{k: np.asarray(v, np.float32) for k, v in flat_state(model, FROZEN).items()})
+                spec = None
+            (tmp / _TOKENIZER).write_bytes(self.tokenizer.serialized_proto())
+            meta = {
+                "format": SAVE_FORMAT,
+                "labels": list(self.labels),
+                "model": str(spec) if spec is not None else None,
+                "model_config": self.model_config.to_dict(),
+                "lora": dataclasses.asdict(self.lora),
+                "prompt": dataclasses.asdict(self.prompt),
+                "verbalizers": self.verbalizers,
+                "train": dataclasses.asdict(self.train_config),
+                "max_length": self.max_length,
+                "param_dtype": self.param_dtype,
+                "dtype": self.dtype,
+                "history": self.history,
+            }
+            (tmp / _META).write_text(json.dumps(meta, indent=2, default=str))
+            if target.exists():
+                old = target.with_name(f".{target.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    @classmethod
+    def load(cls, directory: str | Path, *, progress: bool = True) -> "AgileClassifier":
+        """Rebuild a saved classifier (base weights from its spec or from the directory)."""
+        from toolkit.models.configs import ModelConfig
+        from toolkit.models.gemma import from_params
+        from toolkit.models.tokenizer import Tokenizer
+
+        root = Path(directory)
+        meta_path = root / _META
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{root} is not a saved AgileClassifier: {_META} is missing")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != SAVE_FORMAT:
+            raise ValueError(f"{meta_path}: format {meta.get('format')!r} is not {SAVE_FORMAT!r}")
+        lora_cfg = LoRAConfig(**{**meta["lora"], "targets": tuple(meta["lora"]["targets"])})
+        if meta["model"] is not None:
+            spec: Any = meta["model"]
+        else:
+            config = ModelConfig.from_dict(meta["model_config"])
+            with np.load(root / _BASE) as z:
+                base = from_params(config, {k: z[k] for k in z.files}, source=str(root / _BASE))
+            spec = (base, Tokenizer.from_spm(root / _TOKENIZER))
+        clf = cls(meta["labels"], model=spec, lora=lora_cfg, prompt=PromptFormat(**meta["prompt"]),
+                  verbalizers=meta["verbalizers"], train=TrainConfig(**meta["train"]), max_length=meta["max_length"],
+                  param_dtype=meta["param_dtype"], dtype=meta["dtype"], progress=progress)
+        clf.history = meta.get("history", [])
+        clf._ensure_model()
+        with np.load(root / _LORA) as z:
+            clf._set_lora({k: z[k] for k in z.files}, source=str(root / _LORA))
+        return clf
+
+    def _model(self):
+        from flax import nnx
+
+        return nnx.merge(self._parts.eval_graph, self._lora, self._parts.frozen, self._parts.rest)
+
+    def _set_lora(self, flat: dict[str, np.ndarray], source: str) -> None:
+        import jax.numpy as jnp
+        from flax import nnx
+
+        model = self._model()
+        expected = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(model, _lora_filter()))}
+        if set(flat) != set(expected):
+            raise ValueError(f"{source}: adapter tensors {sorted(set(flat) ^ set(expected))[:6]} do not match "
+                             f"the LoRA config")
+        for k, var in expected.items():
+            if tuple(flat[k].shape) != tuple(var.value.shape):
+                raise ValueError(f"{source}: {k} has shape {flat[k].shape}, expected {var.value.shape}")
+            var.set_value(jnp.asarray(flat[k], var.value.dtype))
+        self._lora = nnx.state(model, _lora_filter())
+
+
+def _lora_filter():
+    from flax import nnx
+
+    return nnx.LoRAParam
