@@ -13,6 +13,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "AgileClassifier": "toolkit.classifier",
+    "PromptFormat": "toolkit.data.prompt",
+    "TrainConfig": "toolkit.config",
+    "load_config": "toolkit.config",
     "ModelConfig": "toolkit.models.configs",
     "get_config": "toolkit.models.configs",
     "named_configs": "toolkit.models.configs",

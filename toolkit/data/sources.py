@@ -56,7 +56,7 @@ def validate(df: pd.DataFrame, text_column: str, label_column: str, *, source: s
     if len(df) == 0:
         raise DataError(f"{source}: the dataset is empty (no data rows)")
     out = pd.DataFrame({"text": df[text_column].to_numpy(), "label": df[label_column].to_numpy()})
-    where = (lambda i: f"{_row(i)} (line {i + line_offset} of the file)") if line_offset else _row
+    where = (lambda i: f"{_row(i)} (line {i + 1 + line_offset} of the file)") if line_offset is not None else _row
     for i, t in enumerate(out["text"]):
         if not isinstance(t, str) or not t.strip():
             raise DataError(f"{source}: {where(i)}, column {text_column!r}: text is empty or whitespace-only "
