@@ -122,3 +122,26 @@ def test_train_cli_writes_a_complete_run_directory(tmp_path):
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["learning_rate"] == 0.01
     for name in ("confusion_matrix.png", "roc_curve.png", "misclassified.csv", "classifier/classifier.json"):
         assert (run / name).is_file(), name
+
+
+def test_multilabel_one_question_per_category_shares_one_adapter(tiny_tokenizer, tmp_path):
+    from toolkit.data.sources import DataError
+    from toolkit.multilabel import MultiLabelClassifier
+
+    base = Gemma(get_config("tiny_gemma3", param_dtype="float32"), rngs=nnx.Rngs(0))
+    clf = MultiLabelClassifier(["prize", "meeting"], question="About {category}", labels=("a", "in"),
+                               model=(base, tiny_tokenizer), prompt={"instructions": "x"}, max_length=64,
+                               progress=False, lora={"rank": 4, "targets": ("q", "v", "up")},
+                               train={"epochs": 8, "batch_size": 8, "learning_rate": 2e-2})
+    texts = SPAM * 4 + HAM * 4
+    y = np.array([[1, 0]] * 12 + [[0, 1]] * 12)
+    clf.fit(texts, y)
+    probs = clf.predict_proba(texts)
+    assert probs.shape == (24, 2) and ((probs >= 0.5) == y).mean() >= 0.9
+    m = clf.evaluate(texts, y)
+    assert m["per_category"]["prize"]["roc_auc"] >= 0.9
+    again = AgileClassifier.load(clf.save(tmp_path / "ml"), progress=False)
+    assert isinstance(again, MultiLabelClassifier) and again.categories == ("prize", "meeting")
+    np.testing.assert_allclose(again.predict_proba(texts[:4]), probs[:4], atol=1e-6)
+    with pytest.raises(DataError, match=r"row 1, category 'prize': value 2"):
+        clf.fit(texts[:2], np.array([[2, 0], [0, 1]]))

@@ -247,6 +247,7 @@ class AgileClassifier:
                 "param_dtype": self.param_dtype,
                 "dtype": self.dtype,
                 "history": self.history,
+                **self._extra_meta(),
             }
             (tmp / _META).write_text(json.dumps(meta, indent=2, default=str))
             if target.exists():
@@ -261,6 +262,9 @@ class AgileClassifier:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return target
+
+    def _extra_meta(self) -> dict[str, Any]:
+        return {"kind": "single_label"}
 
     @classmethod
     def load(cls, directory: str | Path, *, progress: bool = True) -> "AgileClassifier":
@@ -284,9 +288,17 @@ class AgileClassifier:
             with np.load(root / _BASE) as z:
                 base = from_params(config, {k: z[k] for k in z.files}, source=str(root / _BASE))
             spec = (base, Tokenizer.from_spm(root / _TOKENIZER))
-        clf = cls(meta["labels"], model=spec, lora=lora_cfg, prompt=PromptFormat(**meta["prompt"]),
-                  verbalizers=meta["verbalizers"], train=TrainConfig(**meta["train"]), max_length=meta["max_length"],
-                  param_dtype=meta["param_dtype"], dtype=meta["dtype"], progress=progress)
+        kwargs = dict(model=spec, lora=lora_cfg, prompt=PromptFormat(**meta["prompt"]),
+                      verbalizers=meta["verbalizers"], train=TrainConfig(**meta["train"]),
+                      max_length=meta["max_length"], param_dtype=meta["param_dtype"], dtype=meta["dtype"],
+                      progress=progress)
+        if meta.get("kind") == "multilabel":
+            from toolkit.multilabel import MultiLabelClassifier
+
+            clf: AgileClassifier = MultiLabelClassifier(meta["categories"], question=meta["question"],
+                                                        labels=meta["labels"], **kwargs)
+        else:
+            clf = cls(meta["labels"], **kwargs)
         clf.history = meta.get("history", [])
         clf._ensure_model()
         with np.load(root / _LORA) as z:

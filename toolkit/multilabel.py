@@ -1,0 +1,114 @@
+"""Multi-label classification: one yes/no prompt per category, one shared adapter.
+
+Why this design: each category gets its own question ("... {category}?"), so
+the answer stays a single yes/no token and every category's probability is
+scored independently (multi-label is not a softmax over categories); one
+LoRA is shared across all questions, so rare categories (ETHOS has 53
+`disability` rows) borrow what the common ones teach about the task. The cost
+is one forward pass per (text, category); each is short, and scoring is
+batched. The alternative, generating a list of category names, needs
+decoding and gives no calibrated per-category score for ROC-AUC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from toolkit.classifier import AgileClassifier, _as_list
+from toolkit.data.prompt import PromptEncoder
+
+
+class MultiLabelClassifier(AgileClassifier):
+    """`fit(texts, Y)` with Y an (n, categories) 0/1 matrix; `predict_proba` -> (n, categories)."""
+
+    def __init__(self, categories: Sequence[str], *, question: str = "Is the following text about {category}",
+                 labels: Sequence[str] = ("no", "yes"), **kwargs: Any):
+        super().__init__(labels, **kwargs)
+        self.categories = tuple(str(c) for c in categories)
+        if not self.categories:
+            raise ValueError("categories must not be empty")
+        if "{category}" not in question:
+            raise ValueError(f"question must contain {{category}}: {question!r}")
+        self.question = question
+
+    def _ensure_model(self) -> None:
+        if self._loaded:
+            return
+        super()._ensure_model()
+        self.encoders = [
+            PromptEncoder(dataclasses.replace(self.prompt, instructions=self.question.format(category=c)),
+                          self.labels, self.tokenizer, self.max_length)
+            for c in self.categories
+        ]
+
+    def _matrix(self, y: Any, n: int, what: str) -> np.ndarray:
+        from toolkit.data.sources import DataError
+
+        arr = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
+        if arr.shape != (n, len(self.categories)):
+            raise DataError(f"{what}: labels must be an ({n}, {len(self.categories)}) matrix for categories "
+                            f"{list(self.categories)}, got shape {arr.shape}")
+        bad = np.argwhere(~np.isin(arr, (0, 1)))
+        if len(bad):
+            r, c = bad[0]
+            raise DataError(f"{what}: row {r + 1}, category {self.categories[c]!r}: value {arr[r, c].item()!r} is not 0/1")
+        return arr.astype(np.int32)
+
+    def _expand(self, texts: list[str]) -> list[list[int]]:
+        """ids for every (category, text) pair, category-major."""
+        return [ids for enc in self.encoders for ids in enc.encode_all(texts)[0]]
+
+    def fit(self, texts: Iterable[str], labels: Any, *, eval_texts: Iterable[str] | None = None,
+            eval_labels: Any = None) -> "MultiLabelClassifier":
+        from toolkit.train.loop import fit
+
+        texts, _ = self._checked(texts, None, "fit(texts, labels)")
+        y = self._matrix(labels, len(texts), "fit(texts, labels)")
+        self._ensure_model()
+        on_epoch_end = None
+        if eval_texts is not None:
+            e_texts, _ = self._checked(eval_texts, None, "fit(eval_texts, eval_labels)")
+            e_y = self._matrix(eval_labels, len(e_texts), "fit(eval_texts, eval_labels)")
+            e_ids = self._expand(e_texts)
+
+            def on_epoch_end(epoch: int, lora: Any) -> dict[str, Any]:
+                from toolkit.metrics import multilabel_metrics
+
+                probs = self._proba_ids(e_ids, lora)[:, 1].reshape(len(self.categories), -1).T
+                m = multilabel_metrics(e_y, probs, list(self.categories))
+                return {f"eval_{k}": v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
+
+        self._lora, self.history = fit(self._parts, self._expand(texts), y.T.reshape(-1), self.class_ids,
+                                       self.train_config, max_length=self.max_length, pad_id=self.tokenizer.pad_id,
+                                       on_epoch_end=on_epoch_end, progress=self.progress)
+        return self
+
+    def predict_proba(self, texts: Iterable[str]) -> np.ndarray:
+        """(n, categories): the probability of "yes" for each category."""
+        texts, _ = self._checked(texts, None, "predict(texts)")
+        self._ensure_model()
+        probs = self._proba_ids(self._expand(texts), self._lora)[:, 1]
+        return probs.reshape(len(self.categories), len(texts)).T
+
+    def predict(self, texts: Iterable[str], threshold: float = 0.5) -> np.ndarray:
+        return (self.predict_proba(texts) >= threshold).astype(np.int32)
+
+    def evaluate(self, texts: Iterable[str], labels: Any, *, out_dir: str | Path | None = None,
+                 positive: Any = None) -> dict[str, Any]:
+        from toolkit.metrics import multilabel_metrics
+
+        texts = _as_list(texts)
+        y = self._matrix(labels, len(texts), "evaluate(texts, labels)")
+        m = multilabel_metrics(y, self.predict_proba(texts), list(self.categories))
+        if out_dir is not None:
+            from toolkit.io_utils import write_json
+
+            write_json(Path(out_dir) / "metrics.json", m)
+        return m
+
+    def _extra_meta(self) -> dict[str, Any]:
+        return {"kind": "multilabel", "categories": list(self.categories), "question": self.question}
