@@ -64,11 +64,13 @@ def ours_train(texts, labels, *, lora, batch_size, max_length, steps, label_name
 
     model, tok = load_pretrained("gemma3_270m", lora=lora, param_dtype="float32", dtype="float32")
     enc = PromptEncoder(PromptFormat(instructions=instructions, separator=separator), label_names, tok, max_length)
-    ids, _ = enc.encode_all(texts)
+    full, _ = enc.encode_all(texts)
+    head = enc.head_ids  # the shared instruction head runs once per batch, as AgileClassifier does
+    ids = [x[len(head):] for x in full]
     cids = jnp.asarray(class_token_ids(tok, label_names))
     parts = split_model(model)
     tx, _ = make_optimizer(TrainConfig(batch_size=batch_size), 1000)
-    step = make_train_step(parts.train_graph, tx, cids)
+    step = make_train_step(parts.train_graph, tx, cids, head=jnp.asarray(head))
     lora_s, opt, rest = parts.lora, tx.init(parts.lora), parts.rest
 
     def run(epoch, limit):
@@ -81,32 +83,33 @@ def ours_train(texts, labels, *, lora, batch_size, max_length, steps, label_name
             lora_s, opt, rest, m = step(lora_s, opt, parts.frozen, rest, _device_batch(b))
             jax.block_until_ready(m)
             times.append(time.perf_counter() - t0)
-            toks += int(b.lengths.sum())
-            padded += b.tokens.size
+            toks += int(b.lengths.sum()) + len(head) * int(b.weights.sum())  # whole prompts, as keras counts
+            padded += b.tokens.size + len(head)  # tokens actually computed
         return times, toks, padded
 
     run(0, 10**9)  # compile every bucket shape
     times, toks, padded = run(1, steps)
     dt = sum(times)
-    mean_len = toks / max(len(times) * batch_size, 1)
+    mean_len = toks / max(len(times) * batch_size, 1)  # mean whole-prompt length
     return {"seconds_per_step": dt / len(times), "examples_per_s": len(times) * batch_size / dt,
             "tokens_per_s": toks / dt, "padded_tokens_per_s": padded / dt, "steps": len(times),
             "batch_size": batch_size, "mean_real_tokens_per_example": mean_len,
+            "head_tokens": len(head),
             "achieved_gflops": 2 * flops_per_token(model.config, mean_len) * padded / dt / 1e9}, (parts, lora_s, ids,
                                                                                                cids, model.config)
 
 
-def ours_score(parts, lora_s, ids, cids, cfg, *, batch_size, max_length, n):
+def ours_score(parts, lora_s, ids, cids, cfg, *, batch_size, max_length, n, head):
     from toolkit.train.loop import predict_proba
 
-    predict_proba(parts, lora_s, ids[:n], list(np.asarray(cids)), batch_size=batch_size, max_length=max_length)
+    kw = dict(batch_size=batch_size, max_length=max_length, head=head)
+    predict_proba(parts, lora_s, ids[:n], list(np.asarray(cids)), **kw)
     t0 = time.perf_counter()
-    probs = predict_proba(parts, lora_s, ids[:n], list(np.asarray(cids)), batch_size=batch_size,
-                          max_length=max_length)
+    probs = predict_proba(parts, lora_s, ids[:n], list(np.asarray(cids)), **kw)
     dt = time.perf_counter() - t0
-    mean_len = float(np.mean([len(x) for x in ids[:n]]))
-    return {"examples_per_s": n / dt, "n": n, "batch_size": batch_size,
-            "achieved_gflops_real_tokens": flops_per_token(cfg, mean_len) * mean_len * n / dt / 1e9}, probs
+    mean_len = float(np.mean([len(x) for x in ids[:n]])) + len(head)
+    return {"examples_per_s": n / dt, "n": n, "batch_size": batch_size, "head_tokens": len(head),
+            "prompt_tokens_per_s": mean_len * n / dt}, probs
 
 
 def main() -> None:
@@ -141,8 +144,9 @@ def main() -> None:
     enc = PromptEncoder(PromptFormat(instructions=codelab_cfg["instructions"], separator="<separator>"),
                         codelab_cfg["label_names"], tok, 128)
     test_ids, _ = enc.encode_all(test_df["comment"].tolist())
-    out["ours_score"], our_probs = ours_score(parts, lora_s, test_ids, cids, cfg, batch_size=32, max_length=128,
-                                              n=min(args.our_score_n, len(test_ids)))
+    test_ids = [x[len(enc.head_ids):] for x in test_ids]
+    out["ours_score"], our_probs = ours_score(parts, lora_s, test_ids, cids, cfg, batch_size=8, max_length=128,
+                                              n=min(args.our_score_n, len(test_ids)), head=enc.head_ids)
 
     if not args.skip_keras:
         lm, ktok = kc.build_codelab_model()

@@ -471,16 +471,14 @@ def score_speed(
 
 
 def load_ethos(data_dir: Path = ETHOS_DIR):
-    """The codelab's ETHOS split: hateful = isHate >= median, shuffled with random_state=32, 800 train."""
-    import pandas as pd
+    """The codelab's ETHOS split (hateful = isHate >= median, random_state=32, 800 train), from the
+    toolkit's one implementation of that recipe, under the codelab's column names."""
+    from toolkit.data.sources import ethos_split
+    from toolkit.data.sources import load_ethos as toolkit_ethos
 
-    df = pd.read_csv(Path(data_dir) / "Ethos_Dataset_Binary.csv", delimiter=';')
-    df['hateful'] = (df['isHate'] >= df['isHate'].median()).astype(int)
-    # Shuffle the dataset.
-    df = df.sample(frac=1, random_state=32)
-    # Split into train and test.
-    df_train, df_test = df[:800], df[800:]
-    return df_train, df_test
+    train, test = ethos_split(toolkit_ethos(local_dir=data_dir))
+    rename = {"text": "comment", "label": "hateful"}
+    return train.rename(columns=rename), test.rename(columns=rename)
 
 
 def environment() -> dict[str, Any]:

@@ -171,3 +171,18 @@ def test_bf16_base_keeps_lora_in_fp32():
     base = {str(v.value.dtype) for _, v in nnx.to_flat_state(nnx.state(m, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))))}
     assert dtypes == {"float32"} and base == {"bfloat16"}
     assert jnp.isfinite(m(jnp.array([[3, 4, 5]]))).all()
+
+
+@pytest.mark.parametrize("name", ["tiny_gemma", "tiny_gemma2", "tiny_gemma3"])
+def test_shared_prefix_gives_the_same_states_as_the_full_sequence(name):
+    # The head (6 tokens) is longer than the tiny sliding window (4), so local
+    # layers must window across the prefix boundary correctly.
+    m = Gemma(get_config(name, **FP32), lora=LoRAConfig(rank=2, targets=("q", "v")), rngs=nnx.Rngs(3))
+    head = jnp.array([2, 40, 41, 42, 43, 44])
+    rows = jnp.array([[7, 8, 9, 10, 11], [12, 13, 0, 0, 0]])
+    mask = jnp.array([[1] * 5, [1, 1, 0, 0, 0]])
+    full = m.hidden_states(jnp.concatenate([jnp.broadcast_to(head, (2, 6)), rows], 1),
+                           jnp.concatenate([jnp.ones((2, 6), int), mask], 1))[:, 6:]
+    split = m.hidden_states(rows, mask, prefix=m.prefix(head))
+    np.testing.assert_allclose(split[0], full[0], atol=2e-5)
+    np.testing.assert_allclose(split[1, :2], full[1, :2], atol=2e-5)

@@ -124,3 +124,20 @@ def test_nan_loss_stops_with_a_clear_message():
     with pytest.raises(FloatingPointError, match="learning_rate"):
         fit(parts, ids, np.zeros(8, int), [5, 9], TrainConfig(epochs=1, batch_size=4, learning_rate=float("nan")),
             max_length=8, progress=False)
+
+
+def test_scoring_and_loss_with_a_shared_head_equal_the_full_prompt():
+    parts = _parts()
+    head = [2, 30, 31, 32, 33]
+    rows = [[40, 41, 42], [43, 44], [45, 46, 47, 48, 49, 50]]
+    full = [head + r for r in rows]
+    p_full = predict_proba(parts, parts.lora, full, [5, 9], batch_size=4, max_length=16)
+    p_head = predict_proba(parts, parts.lora, rows, [5, 9], batch_size=4, max_length=16, head=head)
+    np.testing.assert_allclose(p_head, p_full, atol=1e-5)
+    model = nnx.merge(parts.eval_graph, parts.lora, parts.frozen, parts.rest)
+    pad = lambda xs, n: jnp.asarray([x + [0] * (n - len(x)) for x in xs], jnp.int32)  # noqa: E731
+    common = {"labels": jnp.array([0, 1, 0]), "weights": jnp.ones(3)}
+    a = loss_and_logits(model, {"tokens": pad(full, 11), "lengths": jnp.array([8, 7, 11]), **common}, CLASS_IDS[:2])
+    b = loss_and_logits(model, {"tokens": pad(rows, 6), "lengths": jnp.array([3, 2, 6]), **common}, CLASS_IDS[:2],
+                        head=jnp.asarray(head))
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-5)

@@ -138,8 +138,13 @@ class AgileClassifier:
         return df["text"].tolist(), np.array([index[v] for v in df["label"]], np.int32)
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
+        """Each prompt's ids after the shared head (which `_head` runs once per batch)."""
         ids, _ = self.encoder.encode_all(texts)
-        return ids
+        n = len(self.encoder.head_ids)
+        return [x[n:] for x in ids]
+
+    def _head(self) -> list[int] | None:
+        return self.encoder.head_ids
 
     # -------------------------------------------------------------------- API
     def fit(
@@ -170,7 +175,8 @@ class AgileClassifier:
 
         t0 = time.perf_counter()
         self._lora, history = fit(self._parts, ids, y, self.class_ids, self.train_config, max_length=self.max_length,
-                                  pad_id=self.tokenizer.pad_id, on_epoch_end=on_epoch_end, progress=self.progress)
+                                  pad_id=self.tokenizer.pad_id, on_epoch_end=on_epoch_end, progress=self.progress,
+                                  head=self._head())
         self.history = history
         self.fit_seconds = time.perf_counter() - t0
         return self
@@ -179,7 +185,8 @@ class AgileClassifier:
         from toolkit.train.loop import predict_proba
 
         return predict_proba(self._parts, lora, ids, self.class_ids, batch_size=self.train_config.eval_batch_size,
-                             max_length=self.max_length, pad_id=self.tokenizer.pad_id, progress=self.progress)
+                             max_length=self.max_length, pad_id=self.tokenizer.pad_id, progress=self.progress,
+                             head=self._head())
 
     def predict_proba(self, texts: Iterable[str]) -> np.ndarray:
         """(n, len(labels)) class probabilities: softmax over the class tokens' logits."""

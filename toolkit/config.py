@@ -76,7 +76,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     loss: str = "class"
     seed: int = 0
-    eval_batch_size: int = 32
+    eval_batch_size: int = 16
     eval_every_epoch: bool = True
 
     def __post_init__(self) -> None:

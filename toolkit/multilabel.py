@@ -58,6 +58,9 @@ class MultiLabelClassifier(AgileClassifier):
             raise DataError(f"{what}: row {r + 1}, category {self.categories[c]!r}: value {arr[r, c].item()!r} is not 0/1")
         return arr.astype(np.int32)
 
+    def _head(self) -> None:
+        return None  # each category has its own head, and batches mix categories
+
     def _expand(self, texts: list[str]) -> list[list[int]]:
         """ids for every (category, text) pair, category-major."""
         return [ids for enc in self.encoders for ids in enc.encode_all(texts)[0]]

@@ -99,20 +99,40 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm(h, "head_dim", **norm_kw)
             self.k_norm = RMSNorm(h, "head_dim", **norm_kw)
 
-    def __call__(self, x: Array, positions: Array, mask: Array) -> Array:
-        """`mask` is (batch, q, k) bool: padding and causality, before windowing."""
+    def _rope(self) -> tuple[float, float]:
         cfg = self.cfg
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if cfg.use_qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
         if self.is_global:
-            base, scale = cfg.rope_base_global, cfg.rope_scale_global
-        else:
-            base, scale = cfg.rope_base_local, cfg.rope_scale_local
-            t = jnp.arange(x.shape[1])
-            mask = mask & (jnp.abs(t[:, None] - t[None, :]) < cfg.sliding_window)[None]
-        q = apply_rope(q, positions, base, scale)
-        k = apply_rope(k, positions, base, scale)
+            return cfg.rope_base_global, cfg.rope_scale_global
+        return cfg.rope_base_local, cfg.rope_scale_local
+
+    def keys_values(self, x: Array, positions: Array) -> tuple[Array, Array]:
+        """Post-norm, post-RoPE keys and the values of `x`: what a shared prefix contributes."""
+        k, v = self.k_proj(x), self.v_proj(x)
+        if self.cfg.use_qk_norm:
+            k = self.k_norm(k)
+        return apply_rope(k, positions, *self._rope()), v
+
+    def __call__(self, x: Array, positions: Array, mask: Array,
+                 prefix: tuple[Array, Array] | None = None, key_positions: Array | None = None) -> Array:
+        """`mask` is (batch, q, k) bool: padding and causality, before windowing.
+
+        `prefix` holds keys/values (1, P, kv_heads, head_dim) of tokens every row
+        shares (a prompt's instruction head), prepended to this batch's keys;
+        `key_positions` (batch, P + seq) then gives every key's position.
+        """
+        cfg = self.cfg
+        q = self.q_proj(x)
+        if cfg.use_qk_norm:
+            q = self.q_norm(q)
+        k, v = self.keys_values(x, positions)
+        if prefix is not None:
+            b = x.shape[0]
+            k = jnp.concatenate([jnp.broadcast_to(prefix[0], (b, *prefix[0].shape[1:])), k], axis=1)
+            v = jnp.concatenate([jnp.broadcast_to(prefix[1], (b, *prefix[1].shape[1:])), v], axis=1)
+        if not self.is_global:
+            kpos = positions if key_positions is None else key_positions
+            mask = mask & (jnp.abs(positions[:, :, None] - kpos[:, None, :]) < cfg.sliding_window)
+        q = apply_rope(q, positions, *self._rope())
         q = q * jnp.asarray(cfg.query_pre_attn_scalar**-0.5, q.dtype)
         b, t, _, hd = q.shape
         q = q.reshape(b, t, cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, hd)
@@ -153,8 +173,9 @@ class DecoderLayer(nnx.Module):
         self.use_post_attn_norm = cfg.use_post_attn_norm
         self.use_post_ffw_norm = cfg.use_post_ffw_norm
 
-    def __call__(self, x: Array, positions: Array, mask: Array) -> Array:
-        a = self.attn(self.pre_attention_norm(x), positions, mask)
+    def __call__(self, x: Array, positions: Array, mask: Array, prefix: tuple[Array, Array] | None = None,
+                 key_positions: Array | None = None) -> Array:
+        a = self.attn(self.pre_attention_norm(x), positions, mask, prefix, key_positions)
         if self.use_post_attn_norm:
             a = self.post_attention_norm(a)
         x = x + a
@@ -184,24 +205,49 @@ class Gemma(nnx.Module):
         self.final_norm = RMSNorm(config.embed_dim, "embed", eps=config.norm_eps,
                                   param_dtype=jnp.dtype(config.param_dtype), dtype=self.dtype)
 
+    def _embed(self, tokens: Array) -> Array:
+        x = jnp.take(self.embedder.input_embedding[...], tokens, axis=0).astype(self.dtype)
+        return x * jnp.sqrt(jnp.float32(self.config.embed_dim)).astype(self.dtype)
+
+    def prefix(self, tokens: Array) -> list[tuple[Array, Array]]:
+        """Per-layer keys/values of a (P,) token prefix that every row of a batch shares.
+
+        Computing the instruction head of a prompt once per batch instead of once
+        per row is exact (causality: the head never sees the text) and, on
+        ETHOS-length texts, removes about a third of the work.
+        """
+        t = tokens.shape[0]
+        positions = jnp.arange(t)[None]
+        mask = jnp.tril(jnp.ones((t, t), bool))[None]
+        x = self._embed(tokens[None])
+        out = []
+        for layer in self.layers:
+            out.append(layer.attn.keys_values(layer.pre_attention_norm(x), positions))
+            x = layer(x, positions, mask)
+        return out
+
     def hidden_states(self, tokens: Array, padding_mask: Array | None = None,
-                      positions: Array | None = None) -> Array:
+                      positions: Array | None = None, prefix: list[tuple[Array, Array]] | None = None) -> Array:
         """Final-normed hidden states (batch, seq, embed).
 
         `padding_mask` marks real tokens (1) vs padding (0); with right padding
-        positions are simply 0..seq-1, the default.
+        positions are simply 0..seq-1 (after the prefix, if one is given).
+        `prefix` is `self.prefix(shared_tokens)`: rows continue after it.
         """
         b, t = tokens.shape
+        p = 0 if prefix is None else prefix[0][0].shape[1]
         if padding_mask is None:
             padding_mask = jnp.ones((b, t), bool)
         if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+            positions = jnp.broadcast_to(p + jnp.arange(t), (b, t))
         mask = jnp.tril(jnp.ones((t, t), bool))[None] & padding_mask.astype(bool)[:, None, :]
-        emb = self.embedder.input_embedding[...]
-        x = jnp.take(emb, tokens, axis=0).astype(self.dtype)
-        x = x * jnp.sqrt(jnp.float32(self.config.embed_dim)).astype(self.dtype)
-        for layer in self.layers:
-            x = layer(x, positions, mask)
+        key_positions = None
+        if prefix is not None:
+            mask = jnp.concatenate([jnp.ones((b, t, p), bool), mask], axis=-1)
+            key_positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(p), (b, p)), positions], axis=1)
+        x = self._embed(tokens)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, positions, mask, None if prefix is None else prefix[i], key_positions)
         return self.final_norm(x)
 
     def project(self, hidden: Array, token_ids: Array | None = None) -> Array:

@@ -56,16 +56,19 @@ def fit(
     pad_id: int = 0,
     on_epoch_end: Callable[[int, Any], dict[str, Any]] | None = None,
     progress: bool = True,
+    head: Sequence[int] | None = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Train the adapters; returns (final LoRA state, per-epoch history).
 
     `on_epoch_end(epoch, lora)` may evaluate and return metrics to record.
+    With `head`, `ids` are each example's tokens after that shared prefix.
     """
     steps_per_epoch = num_batches([len(x) for x in ids], cfg.batch_size, max_length)
     total = steps_per_epoch * cfg.epochs
     tx, schedule = make_optimizer(cfg, total)
     cids = jnp.asarray(class_ids, jnp.int32)
-    step_fn = make_train_step(parts.train_graph, tx, cids, cfg.loss)
+    step_fn = make_train_step(parts.train_graph, tx, cids, cfg.loss,
+                              head=None if head is None else jnp.asarray(head, jnp.int32))
     lora = jax.tree.map(jnp.copy, parts.lora)  # the step donates its inputs
     rest = jax.tree.map(jnp.copy, parts.rest)
     opt_state = tx.init(lora)
@@ -110,9 +113,10 @@ def predict_proba(
     max_length: int,
     pad_id: int = 0,
     progress: bool = False,
+    head: Sequence[int] | None = None,
 ) -> np.ndarray:
     """(n, classes) probabilities in input order, from length-sorted batches."""
-    score = _score_fn(parts.eval_graph, tuple(int(c) for c in class_ids))
+    score = _score_fn(parts.eval_graph, tuple(int(c) for c in class_ids), None if head is None else tuple(head))
     out = np.zeros((len(ids), len(class_ids)), np.float32)
     total = -(-len(ids) // batch_size)
     for b in tqdm(sorted_batches(ids, batch_size=batch_size, max_length=max_length, pad_id=pad_id),
@@ -127,9 +131,10 @@ def predict_proba(
 _SCORE_CACHE: dict[Any, Callable] = {}
 
 
-def _score_fn(graphdef: Any, class_ids: tuple[int, ...]) -> Callable:
-    # One compiled scorer per (model structure, classes): repeated predict calls reuse it.
-    key = (graphdef, class_ids)
+def _score_fn(graphdef: Any, class_ids: tuple[int, ...], head: tuple[int, ...] | None) -> Callable:
+    # One compiled scorer per (model structure, classes, head): repeated predict calls reuse it.
+    key = (graphdef, class_ids, head)
     if key not in _SCORE_CACHE:
-        _SCORE_CACHE[key] = make_score_step(graphdef, jnp.asarray(class_ids, jnp.int32))
+        _SCORE_CACHE[key] = make_score_step(graphdef, jnp.asarray(class_ids, jnp.int32),
+                                            head=None if head is None else jnp.asarray(head, jnp.int32))
     return _SCORE_CACHE[key]

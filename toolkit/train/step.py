@@ -45,19 +45,26 @@ def split_model(model: Gemma) -> ModelParts:
     return ModelParts(train_graph, eval_graph, lora, frozen, rest)
 
 
-def last_hidden(model: Gemma, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
-    """Hidden state at each row's last real token (right padding), (batch, embed)."""
+def last_hidden(model: Gemma, tokens: jax.Array, lengths: jax.Array, head: jax.Array | None = None) -> jax.Array:
+    """Hidden state at each row's last real token (right padding), (batch, embed).
+
+    With `head` (the prompt's shared instruction tokens), `tokens` hold only
+    each row's own part and the head is run once for the whole batch.
+    """
     mask = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
-    h = model.hidden_states(tokens, mask)
+    prefix = None if head is None else model.prefix(head)
+    h = model.hidden_states(tokens, mask, prefix=prefix)
     return h[jnp.arange(tokens.shape[0]), lengths - 1]
 
 
-def class_logits(model: Gemma, tokens: jax.Array, lengths: jax.Array, class_ids: jax.Array) -> jax.Array:
-    return model.project(last_hidden(model, tokens, lengths), class_ids).astype(jnp.float32)
+def class_logits(model: Gemma, tokens: jax.Array, lengths: jax.Array, class_ids: jax.Array,
+                 head: jax.Array | None = None) -> jax.Array:
+    return model.project(last_hidden(model, tokens, lengths, head), class_ids).astype(jnp.float32)
 
 
 def loss_and_logits(
-    model: Gemma, batch: dict[str, jax.Array], class_ids: jax.Array, loss: str = "class"
+    model: Gemma, batch: dict[str, jax.Array], class_ids: jax.Array, loss: str = "class",
+    head: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Weighted mean cross-entropy and the (batch, classes) logits.
 
@@ -65,7 +72,7 @@ def loss_and_logits(
     "lm": the codelab's objective, softmax over the full vocabulary at the
     label position; the class logits are still returned for metrics.
     """
-    last = last_hidden(model, batch["tokens"], batch["lengths"])
+    last = last_hidden(model, batch["tokens"], batch["lengths"], head)
     if loss == "class":
         logits = model.project(last, class_ids).astype(jnp.float32)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
@@ -81,14 +88,14 @@ def loss_and_logits(
 
 def make_train_step(
     graphdef: Any, tx: optax.GradientTransformation, class_ids: jax.Array, loss: str = "class",
-    jit: bool = True,
+    jit: bool = True, head: jax.Array | None = None,
 ) -> Callable:
     """`step(lora, opt_state, frozen, rest, batch) -> (lora, opt_state, rest, metrics)`."""
 
     def step(lora, opt_state, frozen, rest, batch):
         def objective(lora):
             model = nnx.merge(graphdef, lora, frozen, rest)
-            value, logits = loss_and_logits(model, batch, class_ids, loss)
+            value, logits = loss_and_logits(model, batch, class_ids, loss, head)
             return value, (logits, nnx.state(model, nnx.Not(nnx.Param)))
 
         (value, (logits, new_rest)), grads = jax.value_and_grad(objective, has_aux=True)(lora)
@@ -102,11 +109,11 @@ def make_train_step(
     return jax.jit(step, donate_argnums=(0, 1, 3)) if jit else step
 
 
-def make_score_step(graphdef: Any, class_ids: jax.Array, jit: bool = True) -> Callable:
+def make_score_step(graphdef: Any, class_ids: jax.Array, jit: bool = True, head: jax.Array | None = None) -> Callable:
     """`score(lora, frozen, rest, tokens, lengths) -> (batch, classes)` probabilities."""
 
     def score(lora, frozen, rest, tokens, lengths):
         model = nnx.merge(graphdef, lora, frozen, rest)
-        return jax.nn.softmax(class_logits(model, tokens, lengths, class_ids), axis=-1)
+        return jax.nn.softmax(class_logits(model, tokens, lengths, class_ids, head), axis=-1)
 
     return jax.jit(score) if jit else score
