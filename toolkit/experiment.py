@@ -26,11 +26,11 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, save_model: bool = 
     """Train and evaluate; writes config.yaml, metrics.json, plots, the misclassified
     table and (optionally) the classifier into `cfg.run_dir`. Returns the metrics."""
     from toolkit.data.datasets import load_splits
-    from toolkit.io_utils import write_json
+    from toolkit.io_utils import write_json, write_text
 
     out = cfg.run_dir
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_config(cfg))
+    write_text(out / "config.yaml", dump_config(cfg))
     train, test = load_splits(cfg.data)
     clf = build_classifier(cfg, progress=progress)
     t0 = time.perf_counter()

@@ -16,6 +16,7 @@ import csv
 import dataclasses
 import difflib
 import functools
+import http.client
 import io
 import json
 import math
@@ -48,11 +49,12 @@ class DataError(ValueError):
 
 # --------------------------------------------------------------------------- constants
 
-# Module-level so tests (and mirrors) can point the download elsewhere.
-ETHOS_BASE_URL = (
+ETHOS_FILES = {"binary": "Ethos_Dataset_Binary.csv", "multilabel": "Ethos_Dataset_Multi_Label.csv"}
+_ETHOS_BASE_URL = (
     "https://raw.githubusercontent.com/intelligence-csd-auth-gr/Ethos-Hate-Speech-Dataset/master/ethos/ethos_data/"
 )
-ETHOS_FILES = {"binary": "Ethos_Dataset_Binary.csv", "multilabel": "Ethos_Dataset_Multi_Label.csv"}
+# Module-level and read at call time, so tests (and mirrors) can point a download elsewhere.
+ETHOS_URLS = {variant: _ETHOS_BASE_URL + name for variant, name in ETHOS_FILES.items()}
 ETHOS_CATEGORIES = (
     "violence",
     "directed_vs_generalized",
@@ -78,7 +80,7 @@ _FORMATS = {
     ".tab": "tsv",
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
-    ".json": "jsonl",
+    ".json": "json",  # JSON lines, or one JSON array of objects
     ".parquet": "parquet",
     ".pq": "parquet",
 }
@@ -154,7 +156,7 @@ def _raise_row_problems(table: _Table, column: str, problems: list[tuple[int, st
     if len(problems) > 1:
         others = ", ".join(str(p + 1) for p, _ in problems[1:_MAX_LISTED_ROWS + 1])
         tail = ", ..." if len(problems) > _MAX_LISTED_ROWS + 1 else ""
-        more = f" {len(problems) - 1} more row(s) in this column have problems too (rows {others}{tail})."
+        more = f" Also {len(problems) - 1} more row(s) with problems in this column: {others}{tail}."
     raise DataError(f"{table.source}: {table.locate(pos)}, column {column!r}: {what}. {fix}{more}")
 
 
@@ -229,6 +231,8 @@ def check_labels(df: pd.DataFrame, labels: Iterable[Hashable], *, source: str, r
     """Fail before training, not after: an unknown label would be silently unlearnable,
     and a class without examples makes the classifier (and its F1/ROC-AUC) meaningless."""
     allowed = list(labels)
+    if not allowed:
+        raise DataError(f"{source}: no allowed labels given; pass the class names, e.g. ('no', 'yes').")
     table = _Table(df, source, _frame_rows(df))
     allowed_set = set(allowed)
     problems = [(pos, _unknown_label(v, allowed)) for pos, v in enumerate(df["label"].tolist()) if v not in allowed_set]
@@ -289,9 +293,9 @@ def from_dataframe(
 def _file_format(path: Path, format: str | None) -> str:
     if format is not None:
         fmt = format.lower().lstrip(".")
-        fmt = {"json": "jsonl", "ndjson": "jsonl", "pq": "parquet", "tab": "tsv"}.get(fmt, fmt)
+        fmt = {"ndjson": "jsonl", "pq": "parquet", "tab": "tsv"}.get(fmt, fmt)
         if fmt not in set(_FORMATS.values()):
-            raise DataError(f"{path}: unknown format {format!r}; use one of csv, tsv, jsonl, parquet.")
+            raise DataError(f"{path}: unknown format {format!r}; use one of csv, tsv, jsonl, json, parquet.")
         return fmt
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -314,8 +318,8 @@ def _read_file(
     if fmt == "parquet":
         return _read_parquet(path)
     data = path.read_bytes()
-    if fmt == "jsonl":
-        return _read_jsonl(path, _decode_utf8(path, data, _jsonl_row_starts))
+    if fmt in ("jsonl", "json"):
+        return _read_jsonl(path, _decode_utf8(path, data, _jsonl_row_starts), allow_array=fmt == "json")
     sep = delimiter or _DEFAULT_DELIMITER[fmt]
     text = _decode_utf8(path, data, functools.partial(_csv_row_starts, delimiter=sep))
     return _read_delimited(path, text, sep, str_columns, expected)
@@ -379,7 +383,8 @@ def _read_delimited(path: Path, text: str, sep: str, str_columns: Sequence[str],
         frame = pd.read_csv(io.StringIO(text), sep=sep, dtype={c: str for c in str_columns},
                             keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, csv.Error) as e:
-        raise DataError(f"{path}: could not parse as delimited text with delimiter {sep!r}: {e}.{hint}") from None
+        reason = str(e).strip()
+        raise DataError(f"{path}: could not parse as delimited text with delimiter {sep!r}: {reason}.{hint}") from None
     locate = _line_locator(lambda: _csv_row_starts(text, sep))
     return _Table(frame, str(path), locate, hint)
 
@@ -401,9 +406,9 @@ def _delimiter_hint(header: str, used: str, expected: Sequence[str]) -> str:
             f"{sep!r}-separated file, so pass delimiter={sep!r} (config key data.delimiter).")
 
 
-def _read_jsonl(path: Path, text: str) -> _Table:
+def _read_jsonl(path: Path, text: str, *, allow_array: bool) -> _Table:
     """One JSON object per line (or, for a .json file, one JSON array of objects)."""
-    if text.lstrip().startswith("["):
+    if allow_array and text.lstrip().startswith("["):
         try:
             records = json.loads(text)
         except json.JSONDecodeError as e:
@@ -538,7 +543,8 @@ def _tfds_columns(tfds: Any, builder: Any, split: str, tkey: str, lkey: str, sou
     try:
         ds = builder.as_dataset(split=split, shuffle_files=False)
     except (ValueError, KeyError) as e:
-        raise DataError(f"{source}: cannot read split {split!r} ({e}); splits: {sorted(builder.info.splits)}.") from None
+        splits = sorted(builder.info.splits)
+        raise DataError(f"{source}: cannot read split {split!r} ({e}); splits: {splits}.") from None
     ds = ds.map(lambda ex: (ex[tkey], ex[lkey])).batch(1024)
     texts: list[Any] = []
     labels: list[Any] = []
@@ -584,10 +590,6 @@ def load_ethos(
     return out
 
 
-def ethos_url(variant: str) -> str:
-    return ETHOS_BASE_URL + ETHOS_FILES[variant]
-
-
 def default_cache_dir() -> Path:
     """Where downloads go: AGILE_TOOLKIT_DATA, else $AGILE_TOOLKIT_CACHE/datasets, else ~/.cache."""
     if os.environ.get("AGILE_TOOLKIT_DATA"):
@@ -599,7 +601,7 @@ def default_cache_dir() -> Path:
 
 def _ethos_file(variant: str, cache_dir: str | os.PathLike[str] | None,
                 local_dir: str | os.PathLike[str] | None) -> Path:
-    name, url = ETHOS_FILES[variant], ethos_url(variant)
+    name, url = ETHOS_FILES[variant], ETHOS_URLS[variant]
     if local_dir is not None:
         path = Path(local_dir).expanduser() / name
         if not path.is_file():
@@ -625,7 +627,7 @@ def _download(url: str, dest: Path, *, what: str) -> None:
             f.write(payload)
         os.replace(tmp, dest)
         tmp = None
-    except OSError as e:  # URLError, timeouts, HTTP errors and disk errors are all OSErrors
+    except (OSError, http.client.HTTPException, ValueError) as e:  # URLError, timeouts, HTTP and disk errors
         raise DataError(
             f"{what}: could not download {url} into {dest.parent} ({type(e).__name__}: {e}). If this machine is "
             f"offline, fetch {dest.name} elsewhere (e.g. `curl -LO {url}`) and either pass local_dir=DIR (config "
@@ -655,6 +657,6 @@ def take_subset(train_df: pd.DataFrame, n: int) -> pd.DataFrame:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise DataError(f"subset size must be a positive integer, got {n!r}.")
     if n > len(train_df):
-        raise DataError(f"subset size {n} is larger than the training set ({len(train_df)} rows); "
+        raise DataError(f"subset size train_size={n} is larger than the training set ({len(train_df)} rows); "
                         f"use at most {len(train_df)} (config key data.train_size).")
     return train_df.iloc[:n]

@@ -1,0 +1,1 @@
+"""Data: sources (files, pandas, TFDS, built-in ETHOS), prompt formatting, the tf.data pipeline."""
