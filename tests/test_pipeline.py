@@ -71,6 +71,6 @@ def test_scoring_batches_are_sorted_tight_and_cover_every_row():
     assert sorted(seen[seen >= 0]) == list(range(37)) and (seen < 0).sum() == 8 * len(batches) - 37
     for b in batches:
         real = b.index >= 0
-        assert b.tokens.shape[1] % 16 == 0 and b.tokens.shape[1] - b.lengths[real].max() < 16
+        assert b.tokens.shape[1] % 8 == 0 and b.tokens.shape[1] - b.lengths[real].max() < 8
         for row in np.flatnonzero(real):
             assert list(b.tokens[row, : b.lengths[row]]) == IDS[b.index[row]]

@@ -134,7 +134,7 @@ def num_batches(lengths: Sequence[int], batch_size: int, max_length: int,
 
 
 def sorted_batches(
-    ids: Sequence[Sequence[int]], *, batch_size: int, max_length: int, multiple: int = 16, pad_id: int = 0
+    ids: Sequence[Sequence[int]], *, batch_size: int, max_length: int, multiple: int = 8, pad_id: int = 0
 ) -> Iterator[Batch]:
     """Scoring batches: rows sorted by length, each batch padded to a multiple of `multiple`.
 
