@@ -133,7 +133,7 @@ class AgileClassifier:
                  and str(v) not in self.labels and 0 <= v < len(self.labels) else v for v in labels]
         df = from_dataframe(pd.DataFrame({"text": texts, "label": names}), source=what)
         df["label"] = df["label"].astype(str)
-        check_labels(df, self.labels, source=what, require_all=(what.startswith("fit")))
+        check_labels(df, self.labels, source=what, require_all=(what == "fit(texts, labels)"))
         index = {c: i for i, c in enumerate(self.labels)}
         return df["text"].tolist(), np.array([index[v] for v in df["label"]], np.int32)
 
