@@ -72,6 +72,23 @@ def _lora_equations(equation: str) -> tuple[str, str]:
     return f"{x_sub},{k_sub[:-1]}{rank}->{h_sub}", f"{h_sub},{rank}{last}->{out}"
 
 
+def _matmul_plan(equation: str, shape: Sequence[int]) -> tuple[tuple[int, ...], int, tuple[int, ...], int] | None:
+    """How to run `x @ A` as one 2-D matmul: (A's transpose, contracted size, free dims' shape,
+    number of contracted dims), or None when x's contracted dims are not its trailing ones
+    in kernel order, or the output is not batch + free + last."""
+    lhs, out = equation.split("->")
+    x_sub, k_sub = lhs.split(",")
+    lead = k_sub[:-1]
+    contracted = "".join(c for c in lead if c in x_sub)
+    free = "".join(c for c in lead if c not in x_sub)
+    batch = x_sub[: len(x_sub) - len(contracted)]
+    if not x_sub.endswith(contracted) or out != batch + free + k_sub[-1]:
+        return None
+    sizes = dict(zip(lead, shape))
+    perm = (*(lead.index(c) for c in contracted + free), len(lead))
+    return perm, math.prod(sizes[c] for c in contracted), tuple(sizes[c] for c in free), len(contracted)
+
+
 class Einsum(nnx.Module):
     """A bias-free einsum projection with a frozen kernel and an optional adapter.
 
@@ -119,8 +136,7 @@ class Einsum(nnx.Module):
             )
             self.lora_dropout = nnx.Dropout(lora.dropout, rngs=rngs)
             self._eq_a, self._eq_b = _lora_equations(equation)
-            lhs, out = equation.split("->")
-            self._subscripts = (*lhs.split(","), out)
+            self._plan = _matmul_plan(equation, shape)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = jnp.einsum(self.equation, x, self.kernel[...].astype(self.dtype))
@@ -137,23 +153,13 @@ class Einsum(nnx.Module):
         """
         a = self.lora_a[...].astype(self.dtype)
         b = self.lora_b[...].astype(self.dtype)
-        x_sub, k_sub, out_sub = self._subscripts
-        lead = k_sub[:-1]
-        contracted = [c for c in lead if c in x_sub]
-        free = [c for c in lead if c not in x_sub]
-        if x_sub[len(x_sub) - len(contracted):] != "".join(contracted) or \
-                out_sub != x_sub[: len(x_sub) - len(contracted)] + "".join(free) + k_sub[-1]:
-            h = jnp.einsum(self._eq_a, x, a)  # a layout the reshapes below cannot express
-            return jnp.einsum(self._eq_b, h, b)
-        sizes = dict(zip(lead, a.shape[:-1]))
-        n_in = math.prod(sizes[c] for c in contracted)
-        n_free = math.prod(sizes[c] for c in free)
-        perm = [lead.index(c) for c in contracted] + [lead.index(c) for c in free] + [len(lead)]
-        a2 = a.transpose(perm).reshape(n_in, n_free * b.shape[0])
-        batch_shape = x.shape[: x.ndim - len(contracted)]
+        if self._plan is None:  # a layout the reshapes below cannot express
+            return jnp.einsum(self._eq_b, jnp.einsum(self._eq_a, x, a), b)
+        perm, n_in, free_shape, n_contracted = self._plan
+        a2 = a.transpose(perm).reshape(n_in, -1)
         h = x.reshape(-1, n_in) @ a2
         delta = h.reshape(-1, b.shape[0]) @ b
-        return delta.reshape(*batch_shape, *(sizes[c] for c in free), b.shape[1])
+        return delta.reshape(*x.shape[: x.ndim - n_contracted], *free_shape, b.shape[1])
 
     def merged_kernel(self) -> jax.Array:
         """The kernel with the adapter folded in, in fp32 (for export)."""
