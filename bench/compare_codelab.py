@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import bench.keras_codelab as kc  # noqa: E402  (sets KERAS_BACKEND=jax before keras loads)
+from toolkit.train.flops import forward_flops_per_token as flops_per_token  # noqa: E402
 
 
 def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
@@ -41,14 +42,6 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
         r = f(a)
     r.block_until_ready()
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
-
-
-def flops_per_token(cfg, length: float) -> float:
-    per_layer = (cfg.embed_dim * cfg.head_dim * (2 * cfg.num_heads + 2 * cfg.num_kv_heads)
-                 + 3 * cfg.embed_dim * cfg.mlp_dim)
-    matmuls = 2 * per_layer * cfg.num_layers
-    attention = 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim * length / 2
-    return matmuls + attention
 
 
 def ours_train(texts, labels, *, lora, batch_size, max_length, steps, label_names, instructions, separator):

@@ -11,7 +11,8 @@ from toolkit.config import TrainConfig
 from toolkit.models.configs import get_config
 from toolkit.models.gemma import Gemma
 from toolkit.models.lora import LoRAConfig
-from toolkit.train.loop import fit, make_optimizer, predict_proba
+from toolkit.train.loop import fit, make_optimizer, place_parts, predict_proba
+from toolkit.train.mesh import make_mesh
 from toolkit.train.step import loss_and_logits, make_score_step, make_train_step, split_model
 
 CFG = get_config("tiny_gemma2", param_dtype="float32")
@@ -20,6 +21,10 @@ CLASS_IDS = jnp.array([5, 9, 11])
 
 def _parts(targets=("q", "v", "up"), dropout=0.0):
     return split_model(Gemma(CFG, lora=LoRAConfig(rank=4, dropout=dropout, targets=targets), rngs=nnx.Rngs(0)))
+
+
+def _placed(parts):
+    return place_parts(parts, make_mesh(devices=jax.devices()[:1]), CFG)
 
 
 def _batch(n=6, t=10, seed=0):
@@ -106,7 +111,7 @@ def test_dropout_is_on_in_training_and_off_when_scoring():
 
 
 def test_fit_learns_a_separable_task_and_reports_history():
-    parts = _parts(targets=("q", "v", "o", "up", "down"))
+    parts = _placed(_parts(targets=("q", "v", "o", "up", "down")))
     rng = np.random.default_rng(1)
     ids = [[2] + list(rng.integers(20, 60 if i % 2 else 400, size=int(rng.integers(4, 12)))) + [7] for i in range(48)]
     y = np.array([i % 2 for i in range(48)])
@@ -119,7 +124,7 @@ def test_fit_learns_a_separable_task_and_reports_history():
 
 
 def test_nan_loss_stops_with_a_clear_message():
-    parts = _parts()
+    parts = _placed(_parts())
     ids = [[2, 30, 31, 7]] * 8
     with pytest.raises(FloatingPointError, match="learning_rate"):
         fit(parts, ids, np.zeros(8, int), [5, 9], TrainConfig(epochs=1, batch_size=4, learning_rate=float("nan")),
@@ -131,8 +136,9 @@ def test_scoring_and_loss_with_a_shared_head_equal_the_full_prompt():
     head = [2, 30, 31, 32, 33]
     rows = [[40, 41, 42], [43, 44], [45, 46, 47, 48, 49, 50]]
     full = [head + r for r in rows]
-    p_full = predict_proba(parts, parts.lora, full, [5, 9], batch_size=4, max_length=16)
-    p_head = predict_proba(parts, parts.lora, rows, [5, 9], batch_size=4, max_length=16, head=head)
+    placed = _placed(parts)
+    p_full = predict_proba(placed, parts.lora, full, [5, 9], batch_size=4, max_length=16)
+    p_head = predict_proba(placed, parts.lora, rows, [5, 9], batch_size=4, max_length=16, head=head)
     np.testing.assert_allclose(p_head, p_full, atol=1e-5)
     model = nnx.merge(parts.eval_graph, parts.lora, parts.frozen, parts.rest)
     pad = lambda xs, n: jnp.asarray([x + [0] * (n - len(x)) for x in xs], jnp.int32)  # noqa: E731
@@ -141,3 +147,50 @@ def test_scoring_and_loss_with_a_shared_head_equal_the_full_prompt():
     b = loss_and_logits(model, {"tokens": pad(rows, 6), "lengths": jnp.array([3, 2, 6]), **common}, CLASS_IDS[:2],
                         head=jnp.asarray(head))
     np.testing.assert_allclose(a[0], b[0], rtol=1e-5)
+
+
+def _run_steps(parts, batch, n=3, accum=1):
+    tx = optax.adam(1e-2)
+    step = make_train_step(parts.train_graph, tx, CLASS_IDS, accum_steps=accum)
+    lora, opt, rest = jax.tree.map(jnp.copy, parts.lora), tx.init(parts.lora), jax.tree.map(jnp.copy, parts.rest)
+    losses = []
+    for _ in range(n):
+        lora, opt, rest, m = step(lora, opt, parts.frozen, rest, batch)
+        losses.append(float(m["loss"]))
+    return lora, losses
+
+
+def test_lora_dropout_trains_and_draws_new_masks_each_step():
+    parts = _parts(dropout=0.3)
+    batch = _batch()
+    tx = optax.sgd(0.0)  # no update: any change in loss comes from the dropout masks
+    step = make_train_step(parts.train_graph, tx, CLASS_IDS)
+    lora, opt, rest = jax.tree.map(jnp.copy, parts.lora), tx.init(parts.lora), jax.tree.map(jnp.copy, parts.rest)
+    # B starts at zero, so dropout on the adapter input changes nothing until B moves.
+    lora = jax.tree.map(lambda x: x + 0.05, lora)
+    losses = []
+    for _ in range(3):
+        lora, opt, rest, m = step(lora, opt, parts.frozen, rest, batch)
+        losses.append(float(m["loss"]))
+    assert np.isfinite(losses).all() and len(set(losses)) == 3
+
+
+def test_gradient_accumulation_equals_one_large_batch():
+    batch = _batch(n=8)
+    full, l_full = _run_steps(_parts(), batch, accum=1)
+    acc, l_acc = _run_steps(_parts(), batch, accum=4)
+    np.testing.assert_allclose(l_acc, l_full, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(acc), jax.tree.leaves(full)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("remat", ["dots", "full"])
+def test_remat_changes_memory_not_results(remat):
+    batch = _batch()
+    ref, l_ref = _run_steps(_parts(dropout=0.2), batch)
+    cfg = CFG.replace(remat=remat)
+    parts = split_model(Gemma(cfg, lora=LoRAConfig(rank=4, dropout=0.2, targets=("q", "v", "up")), rngs=nnx.Rngs(0)))
+    got, l_got = _run_steps(parts, batch)
+    np.testing.assert_allclose(l_got, l_ref, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from toolkit.config import TrainConfig
+from toolkit.config import MeshConfig, TrainConfig
 from toolkit.data.prompt import PromptEncoder, PromptFormat, class_token_ids
 from toolkit.models.lora import LoRAConfig
 
@@ -59,6 +59,9 @@ class AgileClassifier:
       verbalizers: class name -> the single-token word the model predicts.
       train: optimisation config (`TrainConfig` or a dict of its fields).
       max_length: prompt length cap in tokens; only the text is ever truncated.
+      mesh: device mesh (`MeshConfig` or a dict: data / fsdp / tensor sizes);
+        default: data parallel over every device of every process.
+      remat: activation checkpointing per layer, "none", "dots" or "full".
     """
 
     def __init__(
@@ -74,6 +77,8 @@ class AgileClassifier:
         param_dtype: str = "auto",
         dtype: str = "float32",
         progress: bool = True,
+        mesh: Any = None,
+        remat: str = "none",
     ):
         self.labels = tuple(str(label) for label in labels)
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
@@ -87,6 +92,8 @@ class AgileClassifier:
         self.param_dtype = param_dtype
         self.dtype = dtype
         self.progress = progress
+        self.mesh_config = mesh if isinstance(mesh, MeshConfig) else MeshConfig(**(mesh or {}))
+        self.remat = remat
         self.history: list[dict[str, Any]] = []
         self._loaded = False
 
@@ -95,23 +102,26 @@ class AgileClassifier:
         if self._loaded:
             return
         from toolkit.models.gemma import flat_state, from_params
+        from toolkit.train.loop import place_parts
+        from toolkit.train.mesh import make_mesh
         from toolkit.train.step import FROZEN, split_model
         from toolkit.weights.loader import load_pretrained
 
         pdtype = resolve_param_dtype(self.param_dtype)
         if isinstance(self.model_spec, (str, os.PathLike)):
             model, tok = load_pretrained(self.model_spec, lora=self.lora, param_dtype=pdtype, dtype=self.dtype,
-                                         seed=self.train_config.seed)
+                                         seed=self.train_config.seed, remat=self.remat)
         else:
             base, tok = self.model_spec
             params = {k: np.asarray(v) for k, v in flat_state(base, FROZEN).items()}
-            cfg = base.config.replace(param_dtype=pdtype, dtype=self.dtype)
+            cfg = base.config.replace(param_dtype=pdtype, dtype=self.dtype, remat=self.remat)
             model = from_params(cfg, params, lora=self.lora, seed=self.train_config.seed, source="model")
         self.tokenizer = tok
         self.model_config = model.config
         self.class_ids = class_token_ids(tok, self.labels, self.verbalizers)
         self.encoder = PromptEncoder(self.prompt, self.labels, tok, self.max_length)
-        self._parts = split_model(model)
+        self._placement = place_parts(split_model(model), make_mesh(self.mesh_config), model.config)
+        self._parts = self._placement.parts
         self._lora = self._parts.lora
         self._loaded = True
 
@@ -154,8 +164,19 @@ class AgileClassifier:
         *,
         eval_texts: Iterable[str] | None = None,
         eval_labels: Iterable[Any] | None = None,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint: Any = None,
+        resume: bool = False,
+        tracker: Any = None,
+        run_config: dict[str, Any] | None = None,
     ) -> "AgileClassifier":
-        """Train the adapters on (texts, labels); optionally evaluate each epoch."""
+        """Train the adapters on (texts, labels); optionally evaluate each epoch.
+
+        With `checkpoint_dir`, Orbax checkpoints are written there (policy from
+        `checkpoint`, a `CheckpointSection`) and `resume=True` continues from
+        the latest. A `toolkit.tracking.Tracker` receives losses, learning
+        rate, gradient norm, tokens/s, MFU and each epoch's eval metrics and plots.
+        """
         from toolkit.train.loop import fit
 
         texts, y = self._checked(texts, labels, "fit(texts, labels)")
@@ -171,12 +192,22 @@ class AgileClassifier:
 
                 probs = self._proba_ids(e_ids, lora)
                 m = classification_metrics(e_y, probs, self.labels)
-                return {f"eval_{k}": v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
+                out = {f"eval_{k}": v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
+                if tracker is not None and tracker.active:
+                    out.update(self._eval_images(e_y, probs, m, epoch))
+                return out
 
         t0 = time.perf_counter()
-        self._lora, history = fit(self._parts, ids, y, self.class_ids, self.train_config, max_length=self.max_length,
-                                  pad_id=self.tokenizer.pad_id, on_epoch_end=on_epoch_end, progress=self.progress,
-                                  head=self._head())
+        checkpointer = None
+        if checkpoint_dir is not None:
+            from toolkit.config import CheckpointSection
+            from toolkit.train.checkpoint import Checkpointer
+
+            checkpointer = Checkpointer(checkpoint_dir, checkpoint or CheckpointSection())
+        self._lora, history = fit(self._placement, ids, y, self.class_ids, self.train_config,
+                                  max_length=self.max_length, pad_id=self.tokenizer.pad_id, on_epoch_end=on_epoch_end,
+                                  progress=self.progress, head=self._head(), checkpointer=checkpointer, resume=resume,
+                                  tracker=tracker, run_config=run_config)
         self.history = history
         self.fit_seconds = time.perf_counter() - t0
         return self
@@ -184,9 +215,21 @@ class AgileClassifier:
     def _proba_ids(self, ids: list[list[int]], lora: Any) -> np.ndarray:
         from toolkit.train.loop import predict_proba
 
-        return predict_proba(self._parts, lora, ids, self.class_ids, batch_size=self.train_config.eval_batch_size,
+        return predict_proba(self._placement, lora, ids, self.class_ids, batch_size=self.train_config.eval_batch_size,
                              max_length=self.max_length, pad_id=self.tokenizer.pad_id, progress=self.progress,
                              head=self._head())
+
+    def _eval_images(self, y: np.ndarray, probs: np.ndarray, m: dict[str, Any], epoch: int) -> dict[str, str]:
+        """Confusion matrix and ROC curve PNGs of one epoch's eval, for the tracker."""
+        from toolkit.plots import plot_confusion_matrix, plot_roc_curve
+
+        out = Path(tempfile.mkdtemp(prefix=f"agile-eval-{epoch + 1}-"))
+        images = {"image/confusion_matrix": str(plot_confusion_matrix(np.array(m["confusion_matrix"]),
+                                                                       list(self.labels), out / "cm.png"))}
+        if len(self.labels) == 2:
+            pos = self.labels.index(m["positive"]) if isinstance(m.get("positive"), str) else 1
+            images["image/roc_curve"] = str(plot_roc_curve((y == pos).astype(int), probs[:, pos], out / "roc.png"))
+        return images
 
     def predict_proba(self, texts: Iterable[str]) -> np.ndarray:
         """(n, len(labels)) class probabilities: softmax over the class tokens' logits."""
@@ -225,21 +268,30 @@ class AgileClassifier:
     def save(self, directory: str | Path) -> Path:
         """Write adapters + metadata (+ the base and tokenizer when the model was given
         in memory) into `directory`, atomically: a crash leaves the old directory or none."""
+        import jax
+
         from toolkit.models.gemma import flat_state
+        from toolkit.train.mesh import to_host
         from toolkit.train.step import FROZEN
 
         self._ensure_model()
         target = Path(directory)
+        # Sharded arrays are gathered on every process (a collective); only process 0 writes.
+        model = self._model()
+        lora = to_host(flat_state(model, _lora_filter()))
+        spec = self.model_spec
+        base = None
+        if not isinstance(spec, (str, os.PathLike)):
+            base = {k: np.asarray(v, np.float32) for k, v in to_host(flat_state(model, FROZEN)).items()}
+            spec = None
+        if jax.process_index() != 0:
+            return target
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            model = self._model()
-            lora = {k: np.asarray(v) for k, v in flat_state(model, _lora_filter()).items()}
             np.savez(tmp / _LORA, **lora)
-            spec = self.model_spec
-            if not isinstance(spec, (str, os.PathLike)):
-                np.savez(tmp / _BASE, **{k: np.asarray(v, np.float32) for k, v in flat_state(model, FROZEN).items()})
-                spec = None
+            if base is not None:
+                np.savez(tmp / _BASE, **base)
             (tmp / _TOKENIZER).write_bytes(self.tokenizer.serialized_proto())
             meta = {
                 "format": SAVE_FORMAT,
@@ -251,6 +303,8 @@ class AgileClassifier:
                 "verbalizers": self.verbalizers,
                 "train": dataclasses.asdict(self.train_config),
                 "max_length": self.max_length,
+                "mesh": dataclasses.asdict(self.mesh_config),
+                "remat": self.remat,
                 "param_dtype": self.param_dtype,
                 "dtype": self.dtype,
                 "history": self.history,
@@ -274,8 +328,9 @@ class AgileClassifier:
         return {"kind": "single_label"}
 
     @classmethod
-    def load(cls, directory: str | Path, *, progress: bool = True) -> "AgileClassifier":
-        """Rebuild a saved classifier (base weights from its spec or from the directory)."""
+    def load(cls, directory: str | Path, *, progress: bool = True, mesh: Any = None) -> "AgileClassifier":
+        """Rebuild a saved classifier (base weights from its spec or from the directory);
+        `mesh` overrides the saved mesh (a model trained on a pod can score on one CPU)."""
         from toolkit.models.configs import ModelConfig
         from toolkit.models.gemma import from_params
         from toolkit.models.tokenizer import Tokenizer
@@ -298,7 +353,8 @@ class AgileClassifier:
         kwargs = dict(model=spec, lora=lora_cfg, prompt=PromptFormat(**meta["prompt"]),
                       verbalizers=meta["verbalizers"], train=TrainConfig(**meta["train"]),
                       max_length=meta["max_length"], param_dtype=meta["param_dtype"], dtype=meta["dtype"],
-                      progress=progress)
+                      progress=progress, mesh=mesh if mesh is not None else meta.get("mesh"),
+                      remat=meta.get("remat", "none"))
         if meta.get("kind") == "multilabel":
             from toolkit.multilabel import MultiLabelClassifier
 
@@ -330,7 +386,9 @@ class AgileClassifier:
             if tuple(flat[k].shape) != tuple(var.value.shape):
                 raise ValueError(f"{source}: {k} has shape {flat[k].shape}, expected {var.value.shape}")
             var.set_value(jnp.asarray(flat[k], var.value.dtype))
-        self._lora = nnx.state(model, _lora_filter())
+        from toolkit.train.mesh import place
+
+        self._lora = place(nnx.state(model, _lora_filter()), self._placement.shardings.lora)
 
 
 def _lora_filter():

@@ -9,6 +9,7 @@ ignored typo (`lora.rnak: 16`) is the worst kind of sweep bug.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -17,7 +18,12 @@ from typing import Any, Sequence
 import yaml
 
 from toolkit.data.prompt import PromptFormat
-from toolkit.models.lora import LoRAConfig
+from toolkit.models.lora_config import LoRAConfig
+
+
+# "none": keep every activation; "dots": recompute all but matmul outputs;
+# "full": recompute each decoder layer in the backward pass (least memory).
+REMAT_POLICIES = ("none", "dots", "full")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +37,11 @@ class ModelSection:
     name: str = "gemma3_270m"
     param_dtype: str = "auto"
     dtype: str = "float32"
+    remat: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"model.remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,15 +89,110 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 16
     eval_every_epoch: bool = True
+    grad_accum_steps: int = 1
+    log_every_steps: int = 10
+    peak_tflops: float | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in ("class", "lm"):
             raise ValueError(f"train.loss must be 'class' or 'lm', got {self.loss!r}")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"train.schedule must be cosine, linear or constant, got {self.schedule!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        if self.batch_size % max(self.grad_accum_steps, 1):
+            raise ValueError(f"train.batch_size={self.batch_size} must divide by "
+                             f"train.grad_accum_steps={self.grad_accum_steps}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "log_every_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSection:
+    """Orbax checkpoints under `<run_dir>/checkpoints`: the last `keep`, plus the best
+    by `best_metric` (an eval metric, `best_mode` max or min). `every_steps: 0` saves
+    at epoch ends only; a run killed between saves loses at most that many steps."""
+
+    enabled: bool = True
+    every_steps: int = 0
+    keep: int = 2
+    best_metric: str = "eval_roc_auc"
+    best_mode: str = "max"
+
+    def __post_init__(self) -> None:
+        if self.best_mode not in ("max", "min"):
+            raise ValueError(f"checkpoint.best_mode must be max or min, got {self.best_mode!r}")
+        if self.keep < 1 or self.every_steps < 0:
+            raise ValueError("checkpoint.keep must be >= 1 and checkpoint.every_steps >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingSection:
+    """Weights & Biases. `mode: auto` is online when an API key is configured
+    (WANDB_API_KEY or `wandb login`), offline otherwise; `disabled` turns it off.
+    Offline runs land in `<run_dir>/wandb` and upload later with `wandb sync`."""
+
+    mode: str = "auto"
+    project: str = "agile-toolkit"
+    entity: str | None = None
+    group: str | None = None
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "online", "offline", "disabled"):
+            raise ValueError(f"tracking.mode must be auto, online, offline or disabled, got {self.mode!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedSection:
+    """Multi-host start-up. With no coordinator, `jax.distributed.initialize()` is called
+    only where the platform describes the job (TPU pods, SLURM, env vars
+    JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); a single host skips it."""
+
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    local_device_ids: tuple[int, ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Mesh axis sizes: an int, or "auto" for whatever devices are left.
+
+    The default is pure data parallelism over every device. `fsdp` splits the
+    frozen weights' embed axis (memory), `tensor` their heads / mlp / vocab
+    axes (memory and compute per device); batches split over data x fsdp.
+    """
+
+    data: Any = "auto"
+    fsdp: Any = 1
+    tensor: Any = 1
+
+    def __post_init__(self) -> None:
+        for name in MESH_AXES:
+            v = getattr(self, name)
+            if v != "auto" and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+                raise ValueError(f"mesh.{name} must be a positive int or 'auto', got {v!r}")
+
+    def sizes(self, device_count: int) -> tuple[int, int, int]:
+        """Resolve "auto" so the product is `device_count`; the first "auto" axis takes the rest."""
+        fixed = math.prod(getattr(self, a) for a in MESH_AXES if getattr(self, a) != "auto")
+        autos = [a for a in MESH_AXES if getattr(self, a) == "auto"]
+        if device_count % fixed:
+            raise ValueError(f"mesh {self.describe()} needs a multiple of {fixed} devices, "
+                             f"but there are {device_count}; change mesh.data/fsdp/tensor")
+        out = {a: getattr(self, a) for a in MESH_AXES}
+        for i, a in enumerate(autos):
+            out[a] = device_count // fixed if i == 0 else 1
+        if not autos and fixed != device_count:
+            raise ValueError(f"mesh {self.describe()} uses {fixed} devices but there are {device_count}; "
+                             "set one axis to 'auto' or make the sizes multiply to the device count")
+        return tuple(out[a] for a in MESH_AXES)  # type: ignore[return-value]
+
+    def describe(self) -> str:
+        return "x".join(f"{a}={getattr(self, a)}" for a in MESH_AXES)
+
+
+MESH_AXES = ("data", "fsdp", "tensor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +204,11 @@ class RunConfig:
     data: DataSection = DataSection()
     classifier: ClassifierSection = ClassifierSection()
     train: TrainConfig = TrainConfig()
+    mesh: MeshConfig = MeshConfig()
+    checkpoint: CheckpointSection = CheckpointSection()
+    tracking: TrackingSection = TrackingSection()
+    distributed: DistributedSection = DistributedSection()
+    resume: bool = False
 
     @property
     def run_dir(self) -> Path:

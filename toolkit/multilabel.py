@@ -85,7 +85,7 @@ class MultiLabelClassifier(AgileClassifier):
                 m = multilabel_metrics(e_y, probs, list(self.categories))
                 return {f"eval_{k}": v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
 
-        self._lora, self.history = fit(self._parts, self._expand(texts), y.T.reshape(-1), self.class_ids,
+        self._lora, self.history = fit(self._placement, self._expand(texts), y.T.reshape(-1), self.class_ids,
                                        self.train_config, max_length=self.max_length, pad_id=self.tokenizer.pad_id,
                                        on_epoch_end=on_epoch_end, progress=self.progress)
         return self

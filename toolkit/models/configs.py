@@ -53,6 +53,8 @@ class ModelConfig:
     # the activation dtype. LoRA weights are always fp32.
     param_dtype: str = "bfloat16"
     dtype: str = "float32"
+    # Activation checkpointing of each decoder layer: "none", "dots" or "full".
+    remat: str = "none"
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:

@@ -185,6 +185,40 @@ class DecoderLayer(nnx.Module):
         return x + f
 
 
+def _call_layer(layer: DecoderLayer, *args: Any) -> Array:
+    return layer(*args)
+
+
+_REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def _remat(policy: Any):
+    def run(layer: DecoderLayer, *args: Any) -> Array:
+        graphdef, state = nnx.split(layer)
+
+        def pure(state, *args):
+            inner = nnx.merge(graphdef, state)
+            return inner(*args), nnx.state(inner, nnx.RngState)
+
+        out, rng = jax.checkpoint(pure, policy=policy)(state, *args)
+        # Dropout streams advance exactly as they would without remat.
+        for (_, var), (_, new) in zip(nnx.to_flat_state(nnx.state(layer, nnx.RngState)), nnx.to_flat_state(rng)):
+            var.set_value(new[...] if isinstance(new, nnx.Variable) else new)
+        return out
+
+    return run
+
+
+def _layer_runner(remat: str):
+    """How a layer is called: directly, or under `jax.checkpoint` so the backward pass
+    recomputes its activations instead of keeping them (memory for compute)."""
+    if remat == "none":
+        return _call_layer
+    if remat not in _REMAT_POLICIES:
+        raise ValueError(f"remat must be none, dots or full, got {remat!r}")
+    return _remat(_REMAT_POLICIES[remat])
+
+
 class Embedder(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         init = jax.nn.initializers.normal(stddev=cfg.embed_dim**-0.5)
@@ -246,8 +280,9 @@ class Gemma(nnx.Module):
             mask = jnp.concatenate([jnp.ones((b, t, p), bool), mask], axis=-1)
             key_positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(p), (b, p)), positions], axis=1)
         x = self._embed(tokens)
+        run = _layer_runner(self.config.remat)
         for i, layer in enumerate(self.layers):
-            x = layer(x, positions, mask, None if prefix is None else prefix[i], key_positions)
+            x = run(layer, x, positions, mask, None if prefix is None else prefix[i], key_positions)
         return self.final_norm(x)
 
     def project(self, hidden: Array, token_ids: Array | None = None) -> Array:

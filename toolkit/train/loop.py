@@ -1,11 +1,20 @@
-"""Training and scoring loops on one host: feed batches, call the compiled steps.
+"""Training and scoring loops: feed each process's rows, call the compiled steps.
 
-No Python work per step beyond moving the next numpy batch in; everything
-else (loss, gradients, optimizer) is inside `step.py`'s jitted functions.
+One loop for every scale. The model arrives already placed on a mesh (one
+CPU device, a GPU host or a pod); each process builds only its own rows of
+every global batch, and `jax.make_array_from_process_local_data` joins them.
+Per step the Python side moves the next numpy batch in and reads back four
+replicated scalars (the NaN guard needs them); everything else is inside the
+jitted step of `step.py`.
+
+Checkpoints (when a `Checkpointer` is given) hold everything needed to
+continue bit-exactly: LoRA params, optimizer state, RNG streams, the step and
+the data position, whose epoch is rebuilt with the same seed and fast-forwarded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable, Sequence
 
@@ -17,20 +26,30 @@ from tqdm.auto import tqdm
 
 from toolkit.config import TrainConfig
 from toolkit.data.pipeline import make_epoch, num_batches, sorted_batches
-from toolkit.train.step import ModelParts, make_score_step, make_train_step
+from toolkit.train import mesh as mesh_lib
+from toolkit.train.flops import mfu, train_flops_per_token
+from toolkit.train.step import ModelParts, StepShardings, make_score_step, make_train_step
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN/Inf; the message names the step and the last good checkpoint."""
+
+
+class OutOfMemory(MemoryError):
+    """A step did not fit in device memory; the message says which knobs to turn."""
 
 
 def make_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
-    warmup = int(round(cfg.warmup_ratio * total_steps))
+    """Linear warm-up over `warmup_ratio` of the steps, then cosine / linear decay or constant."""
     lr = cfg.learning_rate
-    if cfg.schedule == "constant":
-        return optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.constant_schedule(lr)],
-                                    [max(warmup, 1)]) if warmup else optax.constant_schedule(lr)
-    if cfg.schedule == "linear":
-        return optax.join_schedules(
-            [optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.linear_schedule(lr, 0.0, max(total_steps - warmup, 1))],
-            [max(warmup, 1)])
-    return optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(total_steps, warmup + 1), end_value=0.0)
+    warmup = max(int(round(cfg.warmup_ratio * total_steps)), 1)
+    if cfg.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1), end_value=0.0)
+    after = (optax.constant_schedule(lr) if cfg.schedule == "constant"
+             else optax.linear_schedule(lr, 0.0, max(total_steps - warmup, 1)))
+    if cfg.warmup_ratio <= 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
 
 
 def make_optimizer(cfg: TrainConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -40,13 +59,65 @@ def make_optimizer(cfg: TrainConfig, total_steps: int) -> tuple[optax.GradientTr
     return tx, schedule
 
 
-def _device_batch(b) -> dict[str, jax.Array]:
-    return {"tokens": jnp.asarray(b.tokens), "lengths": jnp.asarray(np.maximum(b.lengths, 1)),
-            "labels": jnp.asarray(b.labels), "weights": jnp.asarray(b.weights)}
+@dataclasses.dataclass
+class Placement:
+    """A model's parts placed on a mesh, with the shardings the compiled steps use."""
+
+    parts: ModelParts
+    mesh: Any
+    shardings: StepShardings
+    model_config: Any = None  # for FLOP / MFU estimates
+
+    @property
+    def dp(self) -> int:
+        return mesh_lib.data_parallel_size(self.mesh)
+
+
+def place_parts(parts: ModelParts, mesh: Any, model_config: Any = None) -> Placement:
+    """Shard frozen weights and adapters by the rule table; RNG streams replicated."""
+    rep = mesh_lib.replicated(mesh)
+    lora_s = mesh_lib.state_shardings(parts.lora, mesh)
+    frozen_s = mesh_lib.state_shardings(parts.frozen, mesh)
+    rest_s = jax.tree.map(lambda _: rep, parts.rest)
+    placed = parts._replace(lora=mesh_lib.place(parts.lora, lora_s), frozen=mesh_lib.place(parts.frozen, frozen_s),
+                            rest=mesh_lib.place(parts.rest, rest_s))
+    shardings = StepShardings(lora=lora_s, opt_state=None, frozen=frozen_s, rest=rest_s,
+                              batch=mesh_lib.batch_sharding(mesh), replicated=rep)
+    return Placement(placed, mesh, shardings, model_config)
+
+
+def _oom_guard(fn: Callable, cfg: TrainConfig, mesh: Any) -> Callable:
+    def guarded(*args):
+        try:
+            return fn(*args)
+        except jax.errors.JaxRuntimeError as e:
+            text = str(e)
+            if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
+                raise OutOfMemory(
+                    f"a train step ran out of device memory (global batch {cfg.batch_size}, "
+                    f"grad_accum_steps {cfg.grad_accum_steps}, mesh {dict(mesh.shape)}). Lower train.batch_size "
+                    "or raise train.grad_accum_steps; set model.remat=full (or dots); shard the frozen weights "
+                    "with mesh.fsdp / mesh.tensor; or shorten classifier.max_length. XLA said: "
+                    + text.splitlines()[0][:300]) from e
+            raise
+    return guarded
+
+
+def _check_batch(cfg: TrainConfig, dp: int) -> None:
+    micro = cfg.batch_size // cfg.grad_accum_steps
+    if micro % dp:
+        raise ValueError(f"train.batch_size={cfg.batch_size} / grad_accum_steps={cfg.grad_accum_steps} = {micro} rows "
+                         f"per micro-batch must be a multiple of the data-parallel size {dp} (mesh data x fsdp); "
+                         f"use a batch_size that is a multiple of {dp * cfg.grad_accum_steps}")
+
+
+def _device_batch(b, placement: Placement, global_rows: int) -> dict[str, jax.Array]:
+    local = {"tokens": b.tokens, "lengths": np.maximum(b.lengths, 1), "labels": b.labels, "weights": b.weights}
+    return mesh_lib.global_batch(placement.mesh, local, global_rows)
 
 
 def fit(
-    parts: ModelParts,
+    placement: Placement,
     ids: Sequence[Sequence[int]],
     labels: np.ndarray,
     class_ids: Sequence[int],
@@ -57,54 +128,121 @@ def fit(
     on_epoch_end: Callable[[int, Any], dict[str, Any]] | None = None,
     progress: bool = True,
     head: Sequence[int] | None = None,
+    checkpointer: Any = None,
+    resume: bool = False,
+    tracker: Any = None,
+    run_config: dict[str, Any] | None = None,
+    stop_after_steps: int | None = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Train the adapters; returns (final LoRA state, per-epoch history).
 
-    `on_epoch_end(epoch, lora)` may evaluate and return metrics to record.
-    With `head`, `ids` are each example's tokens after that shared prefix.
+    `on_epoch_end(epoch, lora)` may evaluate and return metrics to record;
+    keys starting with "image/" are PNG paths for the tracker. With `head`,
+    `ids` are each example's tokens after that shared prefix. With `resume`,
+    training continues from `checkpointer`'s latest checkpoint.
     """
+    parts, mesh = placement.parts, placement.mesh
+    _check_batch(cfg, placement.dp)
     steps_per_epoch = num_batches([len(x) for x in ids], cfg.batch_size, max_length)
     total = steps_per_epoch * cfg.epochs
     tx, schedule = make_optimizer(cfg, total)
-    cids = jnp.asarray(class_ids, jnp.int32)
-    step_fn = make_train_step(parts.train_graph, tx, cids, cfg.loss,
-                              head=None if head is None else jnp.asarray(head, jnp.int32))
     lora = jax.tree.map(jnp.copy, parts.lora)  # the step donates its inputs
     rest = jax.tree.map(jnp.copy, parts.rest)
-    opt_state = tx.init(lora)
+    opt_shardings = mesh_lib.like_shardings(jax.eval_shape(tx.init, lora), lora, placement.shardings.lora, mesh)
+    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(lora)
+    shardings = placement.shardings._replace(opt_state=opt_shardings)
+    step_fn = _oom_guard(make_train_step(parts.train_graph, tx, jnp.asarray(class_ids, jnp.int32), cfg.loss,
+                                         head=None if head is None else jnp.asarray(head, jnp.int32),
+                                         accum_steps=cfg.grad_accum_steps, shardings=shardings), cfg, mesh)
+    slice_index, slice_count = mesh_lib.process_rows(mesh, cfg.batch_size)
+    main = jax.process_index() == 0
     history: list[dict[str, Any]] = []
-    bar = tqdm(total=total, unit="step", disable=not progress, dynamic_ncols=True, desc="train")
-    step = 0
-    for epoch in range(cfg.epochs):
-        t0, tokens_seen = time.perf_counter(), 0
+    step, start_epoch, skip = 0, 0, 0
+    if resume and checkpointer is not None and checkpointer.latest_step() is not None:
+        state, meta = checkpointer.restore({"lora": lora, "opt_state": opt_state, "rest": rest})
+        lora, opt_state, rest = state["lora"], state["opt_state"], state["rest"]
+        step, start_epoch, skip = int(meta["step"]), int(meta["epoch"]), int(meta["batch_in_epoch"])
+        history = list(meta.get("history", []))
+    device_kind, n_dev = jax.devices()[0].device_kind, jax.device_count()
+
+    def save(epoch: int, batch_in_epoch: int, metrics: dict[str, Any] | None = None) -> None:
+        if checkpointer is None:
+            return
+        meta = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "history": history,
+                "config": run_config or {}}
+        checkpointer.save(step, {"lora": lora, "opt_state": opt_state, "rest": rest}, meta, metrics)
+
+    def last_good() -> str:
+        if checkpointer is None or checkpointer.latest_step() is None:
+            return "no checkpoint was written"
+        return f"last good checkpoint: {checkpointer.directory}/{checkpointer.latest_step()}"
+
+    bar = tqdm(total=total, initial=step, unit="step", disable=not (progress and main), dynamic_ncols=True,
+               desc="train")
+    for epoch in range(start_epoch, cfg.epochs):
+        t0, tokens_seen, flops_seen = time.perf_counter(), 0, 0.0
+        window_t, window_tokens, window_flops = time.perf_counter(), 0, 0.0
         sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+        batch_in_epoch = skip if epoch == start_epoch else 0
         for b in make_epoch(ids, labels, batch_size=cfg.batch_size, max_length=max_length, epoch=epoch,
-                            seed=cfg.seed, shuffle=True, pad_id=pad_id):
-            lora, opt_state, rest, m = step_fn(lora, opt_state, parts.frozen, rest, _device_batch(b))
-            m = jax.device_get(m)
+                            seed=cfg.seed, shuffle=True, pad_id=pad_id, process_index=slice_index,
+                            process_count=slice_count, skip_batches=batch_in_epoch):
+            lora, opt_state, rest, m = step_fn(lora, opt_state, parts.frozen, rest,
+                                               _device_batch(b, placement, cfg.batch_size))
+            m = {k: float(v) for k, v in mesh_lib.to_host(m).items()}
             if not np.isfinite(m["loss"]):
-                raise FloatingPointError(f"loss became {m['loss']} at epoch {epoch} step {step}; "
-                                         "lower train.learning_rate or check the data")
-            sums["loss"] += float(m["loss"]) * float(m["count"])
-            sums["correct"] += float(m["correct"])
-            sums["count"] += float(m["count"])
-            tokens_seen += int(b.lengths.sum())
+                bar.close()
+                raise TrainingDiverged(f"loss became {m['loss']} at epoch {epoch + 1}, step {step + 1}; {last_good()}. "
+                                       "Lower train.learning_rate or train.grad_clip, or check the data.")
             step += 1
+            batch_in_epoch += 1
+            sums["loss"] += m["loss"] * m["count"]
+            sums["correct"] += m["correct"]
+            sums["count"] += m["count"]
+            # Tokens of every process's rows (one global batch) and the FLOPs they cost.
+            real = int(b.lengths.sum()) * slice_count + (len(head or ()) * int(m["count"]))
+            ctx = real / max(m["count"], 1)
+            flops = train_flops_per_token(placement.model_config, ctx) * real if placement.model_config else 0.0
+            tokens_seen += real
+            flops_seen += flops
+            window_tokens += real
+            window_flops += flops
             bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{float(m['loss']):.4f}", lr=f"{float(schedule(step)):.2e}")
+            bar.set_postfix(epoch=epoch + 1, loss=f"{m['loss']:.4f}", lr=f"{float(schedule(step)):.2e}")
+            if tracker is not None and (step % cfg.log_every_steps == 0 or step == total):
+                dt = max(time.perf_counter() - window_t, 1e-9)
+                tracker.log({"train/loss": m["loss"], "train/learning_rate": float(schedule(step)),
+                             "train/grad_norm": m["grad_norm"], "train/tokens_per_s": window_tokens / dt,
+                             "train/mfu": mfu(window_flops / dt, device_kind, n_dev, cfg.peak_tflops),
+                             "train/epoch": epoch + batch_in_epoch / max(steps_per_epoch, 1)}, step=step)
+                window_t, window_tokens, window_flops = time.perf_counter(), 0, 0.0
+            if checkpointer is not None and checkpointer.cfg.every_steps and step % checkpointer.cfg.every_steps == 0 \
+                    and batch_in_epoch < steps_per_epoch:
+                save(epoch, batch_in_epoch)
+            if stop_after_steps is not None and step >= stop_after_steps:
+                bar.close()
+                return lora, history
         dt = time.perf_counter() - t0
         record = {"epoch": epoch + 1, "step": step, "train_loss": sums["loss"] / max(sums["count"], 1),
                   "train_accuracy": sums["correct"] / max(sums["count"], 1), "epoch_seconds": dt,
-                  "tokens_per_s": tokens_seen / max(dt, 1e-9)}
+                  "tokens_per_s": tokens_seen / max(dt, 1e-9),
+                  "mfu": mfu(flops_seen / max(dt, 1e-9), device_kind, n_dev, cfg.peak_tflops)}
+        images: dict[str, Any] = {}
         if on_epoch_end is not None:
-            record.update(on_epoch_end(epoch, lora) or {})
+            extra = on_epoch_end(epoch, lora) or {}
+            images = {k[len("image/"):]: v for k, v in extra.items() if k.startswith("image/")}
+            record.update({k: v for k, v in extra.items() if not k.startswith("image/")})
         history.append(record)
+        if tracker is not None:
+            tracker.log({f"epoch/{k}": v for k, v in record.items() if k not in ("epoch", "step")}, step=step)
+            tracker.log_images({f"eval/{k}": v for k, v in images.items()}, step=step)
+        save(epoch + 1, 0, record)
     bar.close()
     return lora, history
 
 
 def predict_proba(
-    parts: ModelParts,
+    placement: Placement,
     lora: Any,
     ids: Sequence[Sequence[int]],
     class_ids: Sequence[int],
@@ -115,14 +253,28 @@ def predict_proba(
     progress: bool = False,
     head: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """(n, classes) probabilities in input order, from length-sorted batches."""
-    score = _score_fn(parts.eval_graph, tuple(int(c) for c in class_ids), None if head is None else tuple(head))
+    """(n, classes) probabilities in input order, from length-sorted batches.
+
+    Each scoring batch is split over the data-parallel devices like a train
+    batch (its size rounded up to a multiple of them); probabilities come back
+    replicated, so every process returns the full array.
+    """
+    parts, mesh = placement.parts, placement.mesh
+    dp = placement.dp
+    batch_size = -(-batch_size // dp) * dp
+    slice_index, slice_count = mesh_lib.process_rows(mesh, batch_size)
+    per = batch_size // slice_count
+    lo = slice_index * per
+    score = _score_fn(parts.eval_graph, tuple(int(c) for c in class_ids), None if head is None else tuple(head),
+                      placement.shardings)
     out = np.zeros((len(ids), len(class_ids)), np.float32)
     total = -(-len(ids) // batch_size)
+    main = jax.process_index() == 0
     for b in tqdm(sorted_batches(ids, batch_size=batch_size, max_length=max_length, pad_id=pad_id),
-                  total=total, unit="batch", disable=not progress, desc="score"):
-        probs = np.asarray(score(lora, parts.frozen, parts.rest, jnp.asarray(b.tokens),
-                                 jnp.asarray(np.maximum(b.lengths, 1))))
+                  total=total, unit="batch", disable=not (progress and main), desc="score"):
+        g = mesh_lib.global_batch(mesh, {"tokens": b.tokens[lo: lo + per],
+                                         "lengths": np.maximum(b.lengths, 1)[lo: lo + per]}, batch_size)
+        probs = mesh_lib.to_host(score(lora, parts.frozen, parts.rest, g["tokens"], g["lengths"]))
         real = b.index >= 0
         out[b.index[real]] = probs[real]
     return out
@@ -131,10 +283,12 @@ def predict_proba(
 _SCORE_CACHE: dict[Any, Callable] = {}
 
 
-def _score_fn(graphdef: Any, class_ids: tuple[int, ...], head: tuple[int, ...] | None) -> Callable:
-    # One compiled scorer per (model structure, classes, head): repeated predict calls reuse it.
-    key = (graphdef, class_ids, head)
+def _score_fn(graphdef: Any, class_ids: tuple[int, ...], head: tuple[int, ...] | None,
+              shardings: StepShardings) -> Callable:
+    # One compiled scorer per (model structure, classes, head, mesh): repeated predict calls reuse it.
+    key = (graphdef, class_ids, head, shardings.replicated.mesh)
     if key not in _SCORE_CACHE:
         _SCORE_CACHE[key] = make_score_step(graphdef, jnp.asarray(class_ids, jnp.int32),
-                                            head=None if head is None else jnp.asarray(head, jnp.int32))
+                                            head=None if head is None else jnp.asarray(head, jnp.int32),
+                                            shardings=shardings)
     return _SCORE_CACHE[key]

@@ -62,11 +62,11 @@ def class_logits(model: Gemma, tokens: jax.Array, lengths: jax.Array, class_ids:
     return model.project(last_hidden(model, tokens, lengths, head), class_ids).astype(jnp.float32)
 
 
-def loss_and_logits(
+def row_losses(
     model: Gemma, batch: dict[str, jax.Array], class_ids: jax.Array, loss: str = "class",
     head: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Weighted mean cross-entropy and the (batch, classes) logits.
+    """Per-row cross-entropy (batch,) and the (batch, classes) logits.
 
     "class": softmax over the class tokens only (what scoring uses).
     "lm": the codelab's objective, softmax over the full vocabulary at the
@@ -75,45 +75,114 @@ def loss_and_logits(
     last = last_hidden(model, batch["tokens"], batch["lengths"], head)
     if loss == "class":
         logits = model.project(last, class_ids).astype(jnp.float32)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
-    elif loss == "lm":
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]), logits
+    if loss == "lm":
         vocab = model.project(last).astype(jnp.float32)
-        ce = optax.softmax_cross_entropy_with_integer_labels(vocab, class_ids[batch["labels"]])
-        logits = vocab[:, class_ids]
-    else:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        return optax.softmax_cross_entropy_with_integer_labels(vocab, class_ids[batch["labels"]]), vocab[:, class_ids]
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+
+
+def loss_and_logits(
+    model: Gemma, batch: dict[str, jax.Array], class_ids: jax.Array, loss: str = "class",
+    head: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Weighted mean cross-entropy (filler rows weigh 0) and the (batch, classes) logits."""
+    ce, logits = row_losses(model, batch, class_ids, loss, head)
     w = batch["weights"].astype(jnp.float32)
     return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0), logits
 
 
+class StepShardings(NamedTuple):
+    """Where each argument of the compiled steps lives on the mesh."""
+
+    lora: Any
+    opt_state: Any
+    frozen: Any
+    rest: Any
+    batch: Any
+    replicated: Any
+
+
+def _accumulate(batch: dict[str, jax.Array], accum: int) -> dict[str, jax.Array]:
+    """(B, ...) -> (accum, B/accum, ...) with micro-batch j holding rows j, j+accum, ...
+
+    Rows stay on the device that holds them (the batch axis is split over the
+    mesh in contiguous blocks), so splitting into micro-batches moves no data.
+    """
+    return jax.tree.map(lambda x: jnp.moveaxis(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 1, 0), batch)
+
+
 def make_train_step(
     graphdef: Any, tx: optax.GradientTransformation, class_ids: jax.Array, loss: str = "class",
-    jit: bool = True, head: jax.Array | None = None,
+    jit: bool = True, head: jax.Array | None = None, accum_steps: int = 1,
+    shardings: StepShardings | None = None,
 ) -> Callable:
-    """`step(lora, opt_state, frozen, rest, batch) -> (lora, opt_state, rest, metrics)`."""
+    """`step(lora, opt_state, frozen, rest, batch) -> (lora, opt_state, rest, metrics)`.
+
+    With `accum_steps > 1` the batch is cut into that many micro-batches whose
+    gradients are summed in a `lax.scan` before one optimizer update; the
+    loss is normalised by the total weight of the whole batch, so the update
+    equals the one a single large batch would make. With `shardings`, the
+    step is compiled for the mesh they name (same function, one more argument
+    to `jax.jit`): that is the whole difference between 1 device and a pod.
+    """
+
+    def grads_of(lora, frozen, rest, batch):
+        def objective(lora, rest):
+            # Fresh variables for the dropout RNG streams: NNX lets a variable change
+            # only at the trace level that created it, and dropout advances its
+            # stream inside the gradient trace.
+            rest = jax.tree.map(lambda x: x, rest)
+            model = nnx.merge(graphdef, lora, frozen, rest)
+            ce, logits = row_losses(model, batch, class_ids, loss, head)
+            return jnp.sum(ce * batch["weights"].astype(jnp.float32)), (logits, nnx.state(model, nnx.Not(nnx.Param)))
+
+        (total, (logits, rest)), grads = jax.value_and_grad(objective, has_aux=True)(lora, rest)
+        return total, logits, rest, grads
 
     def step(lora, opt_state, frozen, rest, batch):
-        def objective(lora):
-            model = nnx.merge(graphdef, lora, frozen, rest)
-            value, logits = loss_and_logits(model, batch, class_ids, loss, head)
-            return value, (logits, nnx.state(model, nnx.Not(nnx.Param)))
+        if accum_steps == 1:
+            total, logits, rest, grads = grads_of(lora, frozen, rest, batch)
+        else:
+            def body(carry, micro):
+                g_sum, t_sum, rest = carry
+                t, logits, rest, g = grads_of(lora, frozen, rest, micro)
+                return (jax.tree.map(jnp.add, g_sum, g), t_sum + t, rest), logits
 
-        (value, (logits, new_rest)), grads = jax.value_and_grad(objective, has_aux=True)(lora)
+            zeros = jax.tree.map(jnp.zeros_like, lora)
+            (grads, total, rest), logits = jax.lax.scan(body, (zeros, jnp.float32(0), rest),
+                                                        _accumulate(batch, accum_steps))
+            logits = jnp.moveaxis(logits, 0, 1).reshape(-1, logits.shape[-1])
+        w = batch["weights"].astype(jnp.float32)
+        denom = jnp.maximum(jnp.sum(w), 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = tx.update(grads, opt_state, lora)
         lora = optax.apply_updates(lora, updates)
-        w = batch["weights"]
         correct = jnp.sum((jnp.argmax(logits, -1) == batch["labels"]) * w)
-        metrics = {"loss": value, "grad_norm": optax.global_norm(grads), "correct": correct, "count": jnp.sum(w)}
-        return lora, opt_state, new_rest, metrics
+        metrics = {"loss": total / denom, "grad_norm": optax.global_norm(grads), "correct": correct, "count": jnp.sum(w)}
+        return lora, opt_state, rest, metrics
 
-    return jax.jit(step, donate_argnums=(0, 1, 3)) if jit else step
+    if not jit:
+        return step
+    if shardings is None:
+        return jax.jit(step, donate_argnums=(0, 1, 3))
+    s = shardings
+    return jax.jit(step, donate_argnums=(0, 1, 3), in_shardings=(s.lora, s.opt_state, s.frozen, s.rest, s.batch),
+                   out_shardings=(s.lora, s.opt_state, s.rest, s.replicated))
 
 
-def make_score_step(graphdef: Any, class_ids: jax.Array, jit: bool = True, head: jax.Array | None = None) -> Callable:
-    """`score(lora, frozen, rest, tokens, lengths) -> (batch, classes)` probabilities."""
+def make_score_step(graphdef: Any, class_ids: jax.Array, jit: bool = True, head: jax.Array | None = None,
+                    shardings: StepShardings | None = None) -> Callable:
+    """`score(lora, frozen, rest, tokens, lengths) -> (batch, classes)` probabilities
+    (replicated on every device when `shardings` are given, so every host can read them)."""
 
     def score(lora, frozen, rest, tokens, lengths):
         model = nnx.merge(graphdef, lora, frozen, rest)
         return jax.nn.softmax(class_logits(model, tokens, lengths, class_ids, head), axis=-1)
 
-    return jax.jit(score) if jit else score
+    if not jit:
+        return score
+    if shardings is None:
+        return jax.jit(score)
+    s = shardings
+    return jax.jit(score, in_shardings=(s.lora, s.frozen, s.rest, s.batch, s.batch), out_shardings=s.replicated)

@@ -42,6 +42,7 @@ def load_pretrained(
     dtype: str | None = None,
     cache_dir: str | Path | None = None,
     seed: int = 0,
+    remat: str | None = None,
 ) -> tuple[Gemma, Tokenizer]:
     """Load weights and tokenizer for `spec`, with optional fresh LoRA adapters."""
     kind, path = resolve(spec, cache_dir)
@@ -58,5 +59,7 @@ def load_pretrained(
         overrides["param_dtype"] = param_dtype
     if dtype:
         overrides["dtype"] = dtype
+    if remat:
+        overrides["remat"] = remat
     config = config.replace(**overrides)
     return from_params(config, params, lora=lora, seed=seed, source=str(path)), tokenizer
