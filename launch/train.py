@@ -3,8 +3,14 @@
     python launch/train.py --config sweeps/ethos_270m.yaml [key=value ...]
 
 Prints a metrics table and writes config.yaml, metrics.json, the confusion
-matrix and ROC curve PNGs, misclassified.csv/.md and the trained classifier
-into `<output_dir>/<name>/`.
+matrix and ROC curve PNGs, misclassified.csv/.md, Orbax checkpoints
+(`checkpoints/`), a W&B run (`wandb/`, offline unless an API key is set) and
+the trained classifier into `<output_dir>/<name>/`.
+
+    python launch/train.py --config ... name=myrun resume=true   # continue a killed run
+
+On a multi-host job (TPU pod, several GPU hosts) run the same command on
+every host; see BUILD.md.
 """
 
 from __future__ import annotations
@@ -30,7 +36,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from toolkit.experiment import main_table, run_experiment
 
-    result = run_experiment(cfg, progress=not args.quiet, save_model=not args.no_save)
+    from toolkit.config import ConfigError
+    from toolkit.data.sources import DataError
+    from toolkit.train.checkpoint import CheckpointError
+    from toolkit.train.loop import OutOfMemory, TrainingDiverged
+    from toolkit.weights.errors import WeightImportError
+
+    try:
+        result = run_experiment(cfg, progress=not args.quiet, save_model=not args.no_save)
+    except (ConfigError, DataError, CheckpointError, OutOfMemory, TrainingDiverged, WeightImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import jax
+
+    if jax.process_index() != 0:
+        return 0
     print(main_table(result))
     print(f"wrote {cfg.run_dir}/ (metrics.json, confusion_matrix.png, roc_curve.png, misclassified.csv)")
     print(json.dumps({k: v for k, v in result.items() if k not in ("history", "confusion_matrix")}))

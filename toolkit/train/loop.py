@@ -111,6 +111,23 @@ def _check_batch(cfg: TrainConfig, dp: int) -> None:
                          f"use a batch_size that is a multiple of {dp * cfg.grad_accum_steps}")
 
 
+# What must match to continue a run (a new mesh, name or tracker is fine: Orbax reshards).
+_RESUME_KEYS = ("model", "lora", "data", "classifier", "train")
+
+
+def _check_same_run(saved: dict[str, Any], current: dict[str, Any], where: Any) -> None:
+    if not saved or not current:
+        return
+    diff = [f"{section}.{k}: {saved.get(section, {}).get(k)!r} -> {v!r}"
+            for section in _RESUME_KEYS for k, v in (current.get(section) or {}).items()
+            if saved.get(section, {}).get(k) != v]
+    if diff:
+        from toolkit.train.checkpoint import CheckpointError
+
+        raise CheckpointError(f"{where} was written by a different config; resuming would not continue the same run "
+                              f"({'; '.join(diff[:5])}). Restore those values or start fresh with resume=false")
+
+
 def _device_batch(b, placement: Placement, global_rows: int) -> dict[str, jax.Array]:
     local = {"tokens": b.tokens, "lengths": np.maximum(b.lengths, 1), "labels": b.labels, "weights": b.weights}
     return mesh_lib.global_batch(placement.mesh, local, global_rows)
@@ -160,6 +177,7 @@ def fit(
     step, start_epoch, skip = 0, 0, 0
     if resume and checkpointer is not None and checkpointer.latest_step() is not None:
         state, meta = checkpointer.restore({"lora": lora, "opt_state": opt_state, "rest": rest})
+        _check_same_run(meta.get("config") or {}, run_config or {}, checkpointer.directory)
         lora, opt_state, rest = state["lora"], state["opt_state"], state["rest"]
         step, start_epoch, skip = int(meta["step"]), int(meta["epoch"]), int(meta["batch_in_epoch"])
         history = list(meta.get("history", []))
@@ -190,9 +208,10 @@ def fit(
             lora, opt_state, rest, m = step_fn(lora, opt_state, parts.frozen, rest,
                                                _device_batch(b, placement, cfg.batch_size))
             m = {k: float(v) for k, v in mesh_lib.to_host(m).items()}
-            if not np.isfinite(m["loss"]):
+            if not np.isfinite(m["loss"]) or not m["params_finite"]:
                 bar.close()
-                raise TrainingDiverged(f"loss became {m['loss']} at epoch {epoch + 1}, step {step + 1}; {last_good()}. "
+                what = f"loss became {m['loss']}" if not np.isfinite(m["loss"]) else "the LoRA update became NaN/Inf"
+                raise TrainingDiverged(f"{what} at epoch {epoch + 1}, step {step + 1}; {last_good()}. "
                                        "Lower train.learning_rate or train.grad_clip, or check the data.")
             step += 1
             batch_in_epoch += 1

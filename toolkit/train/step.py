@@ -159,7 +159,11 @@ def make_train_step(
         updates, opt_state = tx.update(grads, opt_state, lora)
         lora = optax.apply_updates(lora, updates)
         correct = jnp.sum((jnp.argmax(logits, -1) == batch["labels"]) * w)
-        metrics = {"loss": total / denom, "grad_norm": optax.global_norm(grads), "correct": correct, "count": jnp.sum(w)}
+        # A finite loss can still produce non-finite params (NaN learning rate, overflow in the
+        # update); the loop stops on either before such a state is checkpointed.
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(lora)]))
+        metrics = {"loss": total / denom, "grad_norm": optax.global_norm(grads), "correct": correct, "count": jnp.sum(w),
+                   "params_finite": finite.astype(jnp.float32)}
         return lora, opt_state, rest, metrics
 
     if not jit:
