@@ -219,17 +219,21 @@ class AgileClassifier:
                              max_length=self.max_length, pad_id=self.tokenizer.pad_id, progress=self.progress,
                              head=self._head())
 
-    def _eval_images(self, y: np.ndarray, probs: np.ndarray, m: dict[str, Any], epoch: int) -> dict[str, str]:
-        """Confusion matrix and ROC curve PNGs of one epoch's eval, for the tracker."""
+    def _plots(self, y: np.ndarray, probs: np.ndarray, m: dict[str, Any], out: Path) -> dict[str, str]:
+        """confusion_matrix.png (+ roc_curve.png for two classes) in `out`; {name: path}."""
         from toolkit.plots import plot_confusion_matrix, plot_roc_curve
 
-        out = Path(tempfile.mkdtemp(prefix=f"agile-eval-{epoch + 1}-"))
-        images = {"image/confusion_matrix": str(plot_confusion_matrix(np.array(m["confusion_matrix"]),
-                                                                       list(self.labels), out / "cm.png"))}
+        paths = {"confusion_matrix": plot_confusion_matrix(np.array(m["confusion_matrix"]), list(self.labels),
+                                                           out / "confusion_matrix.png")}
         if len(self.labels) == 2:
             pos = self.labels.index(m["positive"]) if isinstance(m.get("positive"), str) else 1
-            images["image/roc_curve"] = str(plot_roc_curve((y == pos).astype(int), probs[:, pos], out / "roc.png"))
-        return images
+            paths["roc_curve"] = plot_roc_curve((y == pos).astype(int), probs[:, pos], out / "roc_curve.png")
+        return {k: str(v) for k, v in paths.items()}
+
+    def _eval_images(self, y: np.ndarray, probs: np.ndarray, m: dict[str, Any], epoch: int) -> dict[str, str]:
+        """One epoch's eval plots, as the "image/..." entries `fit` hands to the tracker."""
+        out = Path(tempfile.mkdtemp(prefix=f"agile-eval-{epoch + 1}-"))
+        return {f"image/{k}": v for k, v in self._plots(y, probs, m, out).items()}
 
     def predict_proba(self, texts: Iterable[str]) -> np.ndarray:
         """(n, len(labels)) class probabilities: softmax over the class tokens' logits."""
@@ -252,15 +256,12 @@ class AgileClassifier:
         m = classification_metrics(y, probs, self.labels, positive=positive)
         if out_dir is not None:
             from toolkit.io_utils import write_json
-            from toolkit.plots import plot_confusion_matrix, plot_roc_curve, write_misclassified
+            from toolkit.plots import write_misclassified
 
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
             write_json(out / "metrics.json", m)
-            plot_confusion_matrix(np.array(m["confusion_matrix"]), list(self.labels), out / "confusion_matrix.png")
-            if len(self.labels) == 2:
-                pos = self.labels.index(m["positive"]) if isinstance(m.get("positive"), str) else 1
-                plot_roc_curve((y == pos).astype(int), probs[:, pos], out / "roc_curve.png")
+            self._plots(y, probs, m, out)
             write_misclassified(misclassified(texts, y, probs, list(self.labels)), out / "misclassified.csv")
         return m
 

@@ -42,12 +42,13 @@ class OutOfMemory(MemoryError):
 def make_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
     """Linear warm-up over `warmup_ratio` of the steps, then cosine / linear decay or constant."""
     lr = cfg.learning_rate
-    warmup = max(int(round(cfg.warmup_ratio * total_steps)), 1)
+    warmup = int(round(cfg.warmup_ratio * total_steps))
     if cfg.schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1), end_value=0.0)
+        return optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(total_steps, warmup + 1),
+                                                  end_value=0.0)
     after = (optax.constant_schedule(lr) if cfg.schedule == "constant"
              else optax.linear_schedule(lr, 0.0, max(total_steps - warmup, 1)))
-    if cfg.warmup_ratio <= 0:
+    if warmup == 0:
         return after
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
 
@@ -149,7 +150,6 @@ def fit(
     resume: bool = False,
     tracker: Any = None,
     run_config: dict[str, Any] | None = None,
-    stop_after_steps: int | None = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Train the adapters; returns (final LoRA state, per-epoch history).
 
@@ -238,9 +238,6 @@ def fit(
             if checkpointer is not None and checkpointer.cfg.every_steps and step % checkpointer.cfg.every_steps == 0 \
                     and batch_in_epoch < steps_per_epoch:
                 save(epoch, batch_in_epoch)
-            if stop_after_steps is not None and step >= stop_after_steps:
-                bar.close()
-                return lora, history
         dt = time.perf_counter() - t0
         record = {"epoch": epoch + 1, "step": step, "train_loss": sums["loss"] / max(sums["count"], 1),
                   "train_accuracy": sums["correct"] / max(sums["count"], 1), "epoch_seconds": dt,

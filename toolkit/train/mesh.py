@@ -47,10 +47,6 @@ def make_mesh(cfg: MeshConfig | None = None, devices: Sequence[Any] | None = Non
     return Mesh(np.asarray(devices, dtype=object).reshape(shape), MESH_AXES)
 
 
-def _axis_sizes(mesh: Any) -> Mapping[str, int]:
-    return dict(mesh.shape)
-
-
 def logical_to_spec(names: Sequence[str | None] | None, shape: Sequence[int], mesh: Any,
                     rules: Mapping[str, tuple[str, ...]] = LOGICAL_RULES) -> P:
     """PartitionSpec for a value with logical axis `names` and `shape` on `mesh`.
@@ -60,7 +56,7 @@ def logical_to_spec(names: Sequence[str | None] | None, shape: Sequence[int], me
     """
     if not names:
         return P()
-    sizes = _axis_sizes(mesh)
+    sizes = dict(mesh.shape)
     used: set[str] = set()
     spec: list[Any] = []
     for name, dim in zip(names, shape):
@@ -119,27 +115,17 @@ def place(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(one, tree, shardings)
 
 
-def shard_state(state: nnx.State, mesh: Mesh) -> nnx.State:
-    return place(state, state_shardings(state, mesh))
-
-
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
-    """Rows split over every data-parallel axis (data x fsdp); other dims whole."""
-    return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), (0,) * ndim, mesh)
-                         if _dp(mesh) > 1 else P())
-
-
-def _dp(mesh: Any) -> int:
-    sizes = _axis_sizes(mesh)
-    return math.prod(sizes.get(a, 1) for a in LOGICAL_RULES["batch"])
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Rows (dim 0, of any rank) split over every data-parallel axis (data x fsdp); other dims whole."""
+    return NamedSharding(mesh, logical_to_spec(("batch",), (0,), mesh))
 
 
 def data_parallel_size(mesh: Any) -> int:
-    return _dp(mesh)
+    return math.prod(dict(mesh.shape).get(a, 1) for a in LOGICAL_RULES["batch"])
 
 
 def process_rows(mesh: Mesh, global_rows: int) -> tuple[int, int]:
@@ -165,7 +151,7 @@ def global_batch(mesh: Mesh, local: Mapping[str, np.ndarray], global_rows: int) 
     out = {}
     for k, v in local.items():
         v = np.asarray(v)
-        out[k] = jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v,
+        out[k] = jax.make_array_from_process_local_data(batch_sharding(mesh), v,
                                                         (global_rows, *v.shape[1:]))
     return out
 
