@@ -169,6 +169,8 @@ class AgileClassifier:
         resume: bool = False,
         tracker: Any = None,
         run_config: dict[str, Any] | None = None,
+        after_epoch: Any = None,
+        inspect_batch: Any = None,
     ) -> "AgileClassifier":
         """Train the adapters on (texts, labels); optionally evaluate each epoch.
 
@@ -176,6 +178,8 @@ class AgileClassifier:
         `checkpoint`, a `CheckpointSection`) and `resume=True` continues from
         the latest. A `toolkit.tracking.Tracker` receives losses, learning
         rate, gradient norm, tokens/s, MFU and each epoch's eval metrics and plots.
+        `after_epoch` / `inspect_batch`: hooks of `toolkit.train.loop.fit` (a sweep
+        trial reports each epoch and its checkpoint to Ray through the first).
         """
         from toolkit.train.loop import fit
 
@@ -207,7 +211,8 @@ class AgileClassifier:
         self._lora, history = fit(self._placement, ids, y, self.class_ids, self.train_config,
                                   max_length=self.max_length, pad_id=self.tokenizer.pad_id, on_epoch_end=on_epoch_end,
                                   progress=self.progress, head=self._head(), checkpointer=checkpointer, resume=resume,
-                                  tracker=tracker, run_config=run_config)
+                                  tracker=tracker, run_config=run_config, after_epoch=after_epoch,
+                                  inspect_batch=inspect_batch)
         self.history = history
         self.fit_seconds = time.perf_counter() - t0
         return self

@@ -49,7 +49,10 @@ class DataSection:
     """Where rows come from. `source`: `ethos`, `ethos_multilabel`, a CSV/TSV/JSONL/Parquet
     path, or `tfds:NAME`. Built-in and TFDS sources have their own test split;
     a file source uses `test_path` or holds out `test_fraction`.
-    `label_names` maps raw label values to class names (e.g. ETHOS 0/1)."""
+    `label_names` maps raw label values to class names (e.g. ETHOS 0/1).
+    `validation_size` holds out that many rows from the END of the shuffled train
+    part for per-epoch eval and sweep decisions (so `train_size` subsets stay the
+    codelab's); 0 evaluates each epoch on the test rows instead."""
 
     source: str = "ethos"
     text_column: str = "text"
@@ -60,6 +63,7 @@ class DataSection:
     test_path: str | None = None
     test_fraction: float = 0.2
     train_size: int | None = None
+    validation_size: int = 0
     label_names: dict[str, str] | None = None
 
 

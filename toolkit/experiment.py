@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from toolkit.config import RunConfig, dump_config
 
@@ -24,11 +24,17 @@ def build_classifier(cfg: RunConfig, *, progress: bool = True):
 
 
 def run_experiment(cfg: RunConfig, *, progress: bool = True, save_model: bool = True,
-                   tracker_group: str | None = None) -> dict[str, Any]:
+                   tracker_group: str | None = None, after_epoch: Callable[..., None] | None = None,
+                   inspect_batch: Callable[..., None] | None = None) -> dict[str, Any]:
     """Train and evaluate; writes config.yaml, metrics.json, plots, the misclassified
     table, Orbax checkpoints, a W&B run and (optionally) the classifier into
     `cfg.run_dir`. Every process of a multi-host job runs this; only process 0
-    writes files and logs. Returns the metrics."""
+    writes files and logs. Returns the test metrics.
+
+    Each epoch is evaluated on the validation rows (`data.validation_size`), or on
+    the test rows when there are none (the codelab's way); the final metrics are
+    always on the test rows. `after_epoch` / `inspect_batch` are the training
+    loop's hooks (see `toolkit.train.loop.fit`)."""
     from toolkit.train.distributed import initialize
 
     initialize(cfg.distributed)  # before anything touches a device
@@ -49,20 +55,23 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, save_model: bool = 
     if cfg.resume and progress and main:
         print(f"resuming from {ckpt_dir}" if ckpt_dir.exists() else f"resume=true but {ckpt_dir} has no "
               "checkpoint yet: starting from step 0")
-    train, test = load_splits(cfg.data)
+    train, test, validation = load_splits(cfg.data)
+    watch = validation if validation is not None else test
     clf = build_classifier(cfg, progress=progress)
     with Tracker(cfg.tracking, name=cfg.name, directory=out, config=cfg.to_dict(), main_process=main,
                  group=tracker_group) as tracker:
         t0 = time.perf_counter()
-        clf.fit(train["text"], train["label"], eval_texts=test["text"], eval_labels=test["label"],
+        clf.fit(train["text"], train["label"], eval_texts=watch["text"], eval_labels=watch["label"],
                 checkpoint_dir=ckpt_dir if cfg.checkpoint.enabled else None, checkpoint=cfg.checkpoint,
-                resume=cfg.resume, tracker=tracker, run_config=cfg.to_dict())
+                resume=cfg.resume, tracker=tracker, run_config=cfg.to_dict(), after_epoch=after_epoch,
+                inspect_batch=inspect_batch)
         fit_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         metrics = clf.evaluate(test["text"], test["label"], out_dir=out if main else None)
         eval_s = time.perf_counter() - t0
         result = {
             "name": cfg.name, "model": cfg.model.name, "train_size": len(train), "test_size": len(test),
+            "validation_size": 0 if validation is None else len(validation),
             **{k: v for k, v in metrics.items() if not isinstance(v, (list, dict))},
             "fit_seconds": fit_s, "eval_seconds": eval_s, "examples_per_s_eval": len(test) / max(eval_s, 1e-9),
             "num_devices": jax.device_count(), "num_processes": jax.process_count(),

@@ -245,6 +245,26 @@ def plot_pr_curve(
 # Error table
 
 
+def plot_sweep(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], metric: str, path: PathLike, *,
+               best: str | None = None) -> Path:
+    """One line per trial: `metric` against epoch. Trials an early-stopping scheduler
+    cut short end early, which is the point of the picture; the best trial is bold."""
+    fig = Figure(figsize=(7.0, 4.5), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    for name, (epochs, values) in sorted(curves.items()):
+        pts = [(e, v) for e, v in zip(epochs, values) if v is not None and not (isinstance(v, float) and np.isnan(v))]
+        if not pts:
+            continue
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, marker="o", linewidth=3 if name == best else 1.2, label=name + (" (best)" if name == best else ""))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per epoch, one line per trial")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="x-small")
+    return _save(fig, path)
+
+
 def _md_escape(value: Any) -> str:
     text = f"{value:.3f}" if isinstance(value, (float, np.floating)) else str(value)
     text = " ".join(text.split())  # newlines would end the table row

@@ -3,7 +3,7 @@ that decides which rows a run trains and tests on."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -29,8 +29,16 @@ def _is_intlike(v: Any) -> bool:
         return False
 
 
-def load_splits(cfg: DataSection) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, test) with columns text, label (class names), train cut to `train_size`."""
+class Splits(NamedTuple):
+    train: pd.DataFrame
+    test: pd.DataFrame
+    validation: pd.DataFrame | None
+
+
+def load_splits(cfg: DataSection) -> Splits:
+    """(train, test, validation) with columns text, label (class names). Validation is the
+    last `validation_size` rows of the train part (None when 0); train is the first
+    `train_size` of the rest."""
     src = cfg.source
     if src == "ethos":
         df = sources.load_ethos("binary", cache_dir=cfg.cache_dir, local_dir=cfg.local_dir)
@@ -50,6 +58,13 @@ def load_splits(cfg: DataSection) -> tuple[pd.DataFrame, pd.DataFrame]:
             shuffled = df.sample(frac=1.0, random_state=0)
             n_test = max(1, int(round(cfg.test_fraction * len(df))))
             train, test = shuffled.iloc[n_test:], shuffled.iloc[:n_test]
+    validation = None
+    if cfg.validation_size:
+        if not 0 < cfg.validation_size < len(train):
+            raise sources.DataError(f"data.validation_size={cfg.validation_size} must be between 1 and "
+                                    f"{len(train) - 1} (the train part has {len(train)} rows)")
+        train, validation = train.iloc[:-cfg.validation_size], _named(train.iloc[-cfg.validation_size:],
+                                                                      cfg.label_names)
     if cfg.train_size is not None:
         train = sources.take_subset(train, cfg.train_size)
-    return _named(train, cfg.label_names), _named(test, cfg.label_names)
+    return Splits(_named(train, cfg.label_names), _named(test, cfg.label_names), validation)

