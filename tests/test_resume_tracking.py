@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 import keras_fixtures as kf
+import wandb_records
 
 ROOT = Path(__file__).resolve().parents[1]
 SPAM = ["win a prize now click here", "free money click to win", "click here for a free prize"]
@@ -115,15 +116,8 @@ def test_checkpoints_keep_the_last_n_and_the_best(full_run):
     assert not any(".orbax-checkpoint-tmp" in p.name for p in (full_run / "checkpoints").iterdir())
 
 
-def _records(run: Path) -> list[dict]:
-    (log,) = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
-    r = subprocess.run(["wandb", "leet", "inspect", "--json", str(log)], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
-
-
 def test_wandb_offline_run_holds_losses_eval_metrics_and_plots(full_run):
-    records = _records(full_run)
+    records = wandb_records.records(full_run)
     history = [rec["history"]["item"] for rec in records if rec.get("type") == "history"]
     losses = [h["train/loss"] for h in history if "train/loss" in h]
     assert len(losses) >= 4 and all(np.isfinite(losses))
@@ -136,12 +130,8 @@ def test_wandb_offline_run_holds_losses_eval_metrics_and_plots(full_run):
         assert paths, image
         (files,) = list((full_run / "wandb").glob("offline-run-*/files"))
         assert (files / paths[-1]).is_file() and (files / paths[-1]).read_bytes()[:4] == b"\x89PNG"
-    run_rec = next(rec for rec in records if rec.get("type") == "run")
-    assert run_rec["run"]["config"]["update"]["lora"]["rank"] == 2
-    summary = {}
-    for rec in records:
-        if rec.get("type") == "summary":
-            summary.update(rec["summary"].get("update", {}))
+    assert wandb_records.run_record(records)["config"]["update"]["lora"]["rank"] == 2
+    summary = wandb_records.summary(records)
     metrics = json.loads((full_run / "metrics.json").read_text())
     assert summary["test/roc_auc"] == pytest.approx(metrics["roc_auc"])
 

@@ -118,7 +118,7 @@ def build_tuner(cfg: SweepConfig, *, resume: bool) -> tuple[Any, bool]:
         tune_config=tune.TuneConfig(
             metric=s.scheduler.metric, mode=s.scheduler.mode, num_samples=s.num_samples,
             max_concurrent_trials=s.max_concurrent_trials or None, scheduler=scheduler,
-            search_alg=BasicVariantGenerator(random_state=s.seed),
+            search_alg=BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent_trials),
             trial_name_creator=lambda t: f"trial_{t.trial_id}",
             trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
         ),

@@ -1,0 +1,160 @@
+"""Sweeps on a real Ray: `ray job submit` to a local head, a 2-process JAX trial,
+and a trial whose worker is killed mid-run (sweeps/ci.yaml: random tiny Gemma 3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import wandb_records
+
+ROOT = Path(__file__).resolve().parents[1]
+ETHOS = (ROOT.parent / "shared" / "data" / "ethos").resolve()
+pytestmark = pytest.mark.skipif(not ETHOS.is_dir(), reason="needs ../shared/data/ethos")
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("XLA_FLAGS", None)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _sweep(out: Path, *overrides: str) -> list[str]:
+    return [sys.executable, str(ROOT / "launch/sweep.py"), "--config", str(ROOT / "sweeps/ci.yaml"),
+            f"output_dir={out}", f"data.local_dir={ETHOS}", *overrides]
+
+
+def _results(out: Path) -> dict:
+    return json.loads((out / "ci_sweep" / "results.json").read_text())
+
+
+def _check_finished_trials(summary: dict, n: int) -> None:
+    trials = summary["trials"]
+    assert len(trials) == n and all(t["status"] == "finished" for t in trials), trials
+    for t in trials:
+        for key in ("eval_f1", "eval_roc_auc", "eval_pr_auc", "train_loss", "test_f1", "test_roc_auc"):
+            assert t[key] is not None and 0.0 <= t[key] <= (1.0 if key != "train_loss" else 10.0), (key, t)
+        metrics = json.loads((Path(t["run_dir"]) / "metrics.json").read_text())
+        assert metrics["roc_auc"] == pytest.approx(t["test_roc_auc"])
+        assert [h["epoch"] for h in metrics["history"]] == list(range(1, metrics["history"][-1]["epoch"] + 1))
+    assert summary["driver_imported_jax"] is False
+
+
+def test_ray_job_submit_runs_the_ci_sweep_on_a_local_head(tmp_path):
+    out = tmp_path / "runs"
+    port, dash = _free_port(), _free_port()
+    # Ray >= 2.59 protects a local head with a token (~/.ray/auth_token); the CLI sends it in token mode.
+    env = {**_env(), "RAY_AUTH_MODE": "token"}
+    start = subprocess.run(["ray", "start", "--head", "--num-cpus", "2", "--port", str(port),
+                            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+                            "--include-dashboard", "true", "--disable-usage-stats"],
+                           capture_output=True, text=True, timeout=180, env=env)
+    try:
+        assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
+        job = subprocess.run(["ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir",
+                              str(ROOT), "--", *[a if a != sys.executable else "python" for a in _sweep(out)]],
+                             capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+        assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
+        assert "succeeded" in job.stdout.lower()
+        assert "best trial:" in job.stdout  # the trial table reaches the submitter
+        summary = _results(out)
+        trials = summary["trials"]
+        # ASHA may stop the worse trial after epoch 1: it still has eval metrics, not test ones.
+        assert {t["status"] for t in trials} <= {"finished", "stopped early"}, trials
+        finished = [t for t in trials if t["status"] == "finished"]
+        assert len(trials) == 2 and finished
+        _check_finished_trials({**summary, "trials": finished}, len(finished))
+        assert summary["ray"].startswith("cluster at")
+        assert {t["train.learning_rate"] for t in summary["trials"]} == {0.01, 0.001}
+        assert (out / "ci_sweep" / "results.csv").is_file()
+        assert (out / "ci_sweep" / "sweep_eval_roc_auc.png").read_bytes()[:4] == b"\x89PNG"
+        for t in trials:
+            recs = wandb_records.records(Path(t["run_dir"]))
+            run = wandb_records.run_record(recs)
+            assert run["run_group"] == "ci_sweep" and run["display_name"] == t["trial"]
+            evals = [r["history"]["item"] for r in recs if r.get("type") == "history"]
+            assert sum("epoch/eval_f1" in h for h in evals) == t["epochs"]
+            if t["status"] == "finished":
+                s = wandb_records.summary(recs)
+                assert s["test/roc_auc"] == pytest.approx(t["test_roc_auc"])
+                assert s["test/f1"] == pytest.approx(t["test_f1"])
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120, env=env)
+
+
+def test_a_trial_runs_as_a_two_process_jax_job(tmp_path):
+    out = tmp_path / "runs"
+    r = subprocess.run(_sweep(out, "sweep.resources.num_workers=2", "sweep.space={}", "--num-cpus", "3"),
+                       capture_output=True, text=True, timeout=900, env=_env(), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
+    summary = _results(out)
+    _check_finished_trials(summary, 1)
+    run_dir = Path(summary["trials"][0]["run_dir"])
+    assert json.loads((run_dir / "metrics.json").read_text())["num_processes"] == 2
+    logs = [json.loads(p.read_text()) for p in (run_dir / "inputs").glob("rank-*.json")]
+    assert sorted(log["rank"] for log in logs) == [0, 1]
+    a, b = sorted(logs, key=lambda log: log["process_index"])
+    assert [a["process_index"], b["process_index"]] == [0, 1]
+    assert a["process_count"] == b["process_count"] == 2 and a["device_count"] == 2
+    assert a["step"] == b["step"] == 0  # the same global step ...
+    assert a["rows"] and b["rows"] and not set(a["rows"]) & set(b["rows"])  # ... fed from different rows
+    assert len(a["rows"]) + len(b["rows"]) <= 8  # together at most one global batch (batch_size 8)
+
+
+def _kill_a_worker_after_first_checkpoint(sweep_dir: Path, done: threading.Event, killed: list) -> None:
+    """SIGKILL one Ray Train worker of the first trial once Tune has its first report
+    (which Ray sends only after the epoch's checkpoint is in its storage)."""
+    deadline = time.time() + 600
+    while time.time() < deadline and not done.is_set():
+        reported = [p for p in (sweep_dir / "tune").glob("trial_*/result.json") if p.stat().st_size > 0]
+        if reported:
+            trial = reported[0].parent.name
+            ps = subprocess.run(["pgrep", "-f", "^ray::RayTrainWorker"], capture_output=True, text=True)
+            pids = [int(p) for p in ps.stdout.split()]
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(trial)
+                return
+        time.sleep(0.2)
+
+
+def test_a_killed_worker_resumes_from_its_checkpoint_and_the_sweep_completes(tmp_path):
+    out = tmp_path / "runs"
+    done, killed = threading.Event(), []
+    watcher = threading.Thread(target=_kill_a_worker_after_first_checkpoint,
+                               args=(out / "ci_sweep", done, killed), daemon=True)
+    watcher.start()
+    try:
+        r = subprocess.run(_sweep(out, "train.epochs=4", "sweep.scheduler.name=fifo", "data.train_size=600",
+                                  "train.batch_size=1", "train.log_every_steps=100", "--num-cpus", "2"), capture_output=True, text=True,
+                           timeout=900, env=_env(), cwd=tmp_path)
+    finally:
+        done.set()
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
+    assert killed, "no worker was killed"
+    summary = _results(out)
+    trials = {t["trial"]: t for t in summary["trials"]}
+    assert len(trials) == 2 and all(t["status"] == "finished" for t in trials.values())
+    victim = Path(trials[killed[0]]["run_dir"])
+    history = json.loads((victim / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    sessions = sorted(json.loads(p.read_text())["step"] for p in (victim / "inputs").glob("rank-0-*.json"))
+    # Two sessions: the first from step 0, the restarted one from a checkpoint (not from scratch).
+    assert len(sessions) == 2 and sessions[0] == 0 and sessions[1] > 0, sessions
+    assert sessions[1] in {h["step"] for h in history}
