@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sweep.num_samples=4 train.epochs=2; "
                                                  "resume=true continues an interrupted sweep")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides may come before or after options
     overrides = [o for o in args.overrides if not o.startswith("resume=")]
     resume = any(o.strip() in ("resume=true", "resume=True", "resume=1") for o in args.overrides)
     try:

@@ -118,20 +118,22 @@ def test_a_trial_runs_as_a_two_process_jax_job(tmp_path):
 
 
 def _kill_a_worker_after_first_checkpoint(sweep_dir: Path, done: threading.Event, killed: list) -> None:
-    """SIGKILL one Ray Train worker of the first trial once Tune has its first report
-    (which Ray sends only after the epoch's checkpoint is in its storage)."""
+    """SIGKILL the Ray Train worker of the first trial once Tune has its first report
+    (which Ray sends only after the epoch's checkpoint is in its storage). The worker's
+    pid comes from the input log it wrote at its first step."""
     deadline = time.time() + 600
     while time.time() < deadline and not done.is_set():
-        reported = [p for p in (sweep_dir / "tune").glob("trial_*/result.json") if p.stat().st_size > 0]
-        if reported:
-            trial = reported[0].parent.name
-            ps = subprocess.run(["pgrep", "-f", "^ray::RayTrainWorker"], capture_output=True, text=True)
-            pids = [int(p) for p in ps.stdout.split()]
-            if pids:
-                os.kill(pids[0], signal.SIGKILL)
+        for result in (sweep_dir / "tune").glob("trial_*/result.json"):
+            if result.stat().st_size == 0:
+                continue
+            trial = result.parent.name
+            logs = list((sweep_dir / "trials" / trial / "inputs").glob("rank-0-pid-*.json"))
+            if logs:
+                pid = int(logs[0].stem.rsplit("-", 1)[1])
+                os.kill(pid, signal.SIGKILL)
                 killed.append(trial)
                 return
-        time.sleep(0.2)
+        time.sleep(0.1)
 
 
 def test_a_killed_worker_resumes_from_its_checkpoint_and_the_sweep_completes(tmp_path):
@@ -158,3 +160,29 @@ def test_a_killed_worker_resumes_from_its_checkpoint_and_the_sweep_completes(tmp
     # Two sessions: the first from step 0, the restarted one from a checkpoint (not from scratch).
     assert len(sessions) == 2 and sessions[0] == 0 and sessions[1] > 0, sessions
     assert sessions[1] in {h["step"] for h in history}
+
+
+def test_an_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path):
+    out = tmp_path / "runs"
+    args = _sweep(out, "sweep.scheduler.name=fifo", "--num-cpus", "2")
+    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(), cwd=tmp_path,
+                              start_new_session=True)
+    deadline, first = time.time() + 600, None
+    while time.time() < deadline and first is None and driver.poll() is None:
+        for p in (out / "ci_sweep" / "tune").glob("trial_*/result.json"):
+            if '"finished": 1' in p.read_text():
+                first = p.parent.name
+        time.sleep(0.5)
+    assert first, "no trial finished"
+    driver.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and stops
+    driver.communicate(timeout=300)
+    summary_path = out / "ci_sweep" / "results.json"
+    metrics_path = out / "ci_sweep" / "trials" / first / "metrics.json"
+    first_mtime = metrics_path.stat().st_mtime_ns
+    r = subprocess.run([*args, "resume=true"], capture_output=True, text=True, timeout=900, env=_env(), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert summary["restored"] is True
+    assert len(summary["trials"]) == 2 and all(t["status"] == "finished" for t in summary["trials"])
+    assert metrics_path.stat().st_mtime_ns == first_mtime  # the finished trial was not rerun
+    assert len(list((out / "ci_sweep" / "trials" / first / "inputs").glob("rank-0-*.json"))) == 1
