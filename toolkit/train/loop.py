@@ -40,9 +40,10 @@ class OutOfMemory(MemoryError):
     """A step did not fit in device memory; the message says which knobs to turn."""
 
 
-def make_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
-    """Linear warm-up over `warmup_ratio` of the steps, then cosine / linear decay or constant."""
-    lr = cfg.learning_rate
+def make_schedule(cfg: TrainConfig, total_steps: int, peak: float | None = None) -> optax.Schedule:
+    """Linear warm-up over `warmup_ratio` of the steps, then cosine / linear decay or constant,
+    peaking at `peak` (default: the learning rate)."""
+    lr = cfg.learning_rate if peak is None else peak
     warmup = int(round(cfg.warmup_ratio * total_steps))
     if cfg.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(total_steps, warmup + 1),
@@ -55,10 +56,37 @@ def make_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
 
 
 def make_optimizer(cfg: TrainConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    schedule = make_schedule(cfg, total_steps)
+    """AdamW under the schedule, clipped; returns (optimizer, learning-rate schedule).
+
+    The learning rate and weight decay live in the optimizer state (as arrays), and
+    the schedule's shape (peak 1) multiplies the update: the compiled train step is
+    then the same program for every learning rate, so sweep trials that differ only
+    in it reuse each other's compilations (JAX's persistent cache).
+    """
+    shape = make_schedule(cfg, total_steps, peak=1.0)
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                     optax.adamw(schedule, weight_decay=cfg.weight_decay))
-    return tx, schedule
+                     optax.inject_hyperparams(optax.adamw)(learning_rate=cfg.learning_rate,
+                                                           weight_decay=cfg.weight_decay),
+                     optax.scale_by_schedule(shape))
+    return tx, make_schedule(cfg, total_steps)
+
+
+_HYPER_STATES = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
+
+
+def _config_hyperparams(opt_state: Any, cfg: TrainConfig) -> Any:
+    """The restored optimizer state with the config's learning rate and weight decay:
+    the config, not the checkpoint, says how to continue (e.g. a lower rate after
+    a divergence)."""
+    values = {"learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay}
+
+    def fix(x: Any) -> Any:
+        if isinstance(x, _HYPER_STATES):
+            return x._replace(hyperparams={k: jax.device_put(np.asarray(values.get(k, v), np.asarray(v).dtype),
+                                                             v.sharding) for k, v in x.hyperparams.items()})
+        return x
+
+    return jax.tree.map(fix, opt_state, is_leaf=lambda x: isinstance(x, _HYPER_STATES))
 
 
 @dataclasses.dataclass
@@ -184,7 +212,7 @@ def fit(
     if resume and checkpointer is not None and checkpointer.latest_step() is not None:
         state, meta = checkpointer.restore({"lora": lora, "opt_state": opt_state, "rest": rest})
         _check_same_run(meta.get("config") or {}, run_config or {}, checkpointer.directory)
-        lora, opt_state, rest = state["lora"], state["opt_state"], state["rest"]
+        lora, opt_state, rest = state["lora"], _config_hyperparams(state["opt_state"], cfg), state["rest"]
         step, start_epoch, skip = int(meta["step"]), int(meta["epoch"]), int(meta["batch_in_epoch"])
         history = list(meta.get("history", []))
     device_kind, n_dev = jax.devices()[0].device_kind, jax.device_count()
