@@ -117,30 +117,28 @@ def test_a_trial_runs_as_a_two_process_jax_job(tmp_path):
     assert len(a["rows"]) + len(b["rows"]) <= 8  # together at most one global batch (batch_size 8)
 
 
-def _kill_a_worker_after_first_checkpoint(sweep_dir: Path, done: threading.Event, killed: list) -> None:
-    """SIGKILL the Ray Train worker of the first trial once Tune has its first report
-    (which Ray sends only after the epoch's checkpoint is in its storage). The worker's
-    pid comes from the input log it wrote at its first step."""
+def _kill_a_worker_mid_run(sweep_dir: Path, done: threading.Event, killed: list, after_step: int) -> None:
+    """SIGKILL the Ray Train worker of the first trial to write its epoch-2 checkpoint
+    (epoch 1's, reported to Ray an epoch earlier, is by then in Ray's storage). The
+    worker's pid comes from the input log it wrote at its first step."""
     deadline = time.time() + 600
     while time.time() < deadline and not done.is_set():
-        for result in (sweep_dir / "tune").glob("trial_*/result.json"):
-            if result.stat().st_size == 0:
-                continue
-            trial = result.parent.name
-            logs = list((sweep_dir / "trials" / trial / "inputs").glob("rank-0-pid-*.json"))
-            if logs:
-                pid = int(logs[0].stem.rsplit("-", 1)[1])
-                os.kill(pid, signal.SIGKILL)
-                killed.append(trial)
+        for trial in (sweep_dir / "trials").glob("trial_*"):
+            steps = [int(p.name) for p in (trial / "checkpoints").glob("*") if p.name.isdigit()]
+            logs = list((trial / "inputs").glob("rank-0-pid-*.json"))
+            if logs and steps and max(steps) >= after_step:
+                os.kill(int(logs[0].stem.rsplit("-", 1)[1]), signal.SIGKILL)
+                killed.append(trial.name)
                 return
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 def test_a_killed_worker_resumes_from_its_checkpoint_and_the_sweep_completes(tmp_path):
     out = tmp_path / "runs"
     done, killed = threading.Event(), []
-    watcher = threading.Thread(target=_kill_a_worker_after_first_checkpoint,
-                               args=(out / "ci_sweep", done, killed), daemon=True)
+    # 600 rows, batch 1: 600 steps per epoch; killed during epoch 3 of 4.
+    watcher = threading.Thread(target=_kill_a_worker_mid_run, args=(out / "ci_sweep", done, killed, 1200),
+                               daemon=True)
     watcher.start()
     try:
         r = subprocess.run(_sweep(out, "train.epochs=4", "sweep.scheduler.name=fifo", "data.train_size=600",

@@ -301,21 +301,27 @@ def apply_overrides(d: dict[str, Any], overrides: Sequence[str], where: str = "o
     return out
 
 
+def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML mapping from `path`; a missing file, bad YAML or a non-mapping is a ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} {p} does not exist")
+    try:
+        d = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    if not isinstance(d, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    return d
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
     """A RunConfig from a YAML file (or defaults) plus `key=value` overrides."""
     d: dict[str, Any] = {}
     where = "defaults"
     if path is not None:
         where = str(path)
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            d = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from e
-        if not isinstance(d, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
+        d = read_yaml(path, "config file")
     d = apply_overrides(d, overrides, where=f"{where} overrides")
     return from_dict(RunConfig, d, where)
 

@@ -258,6 +258,7 @@ def plot_sweep(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], me
         xs, ys = zip(*pts)
         ax.plot(xs, ys, marker="o", linewidth=3 if name == best else 1.2, label=name + (" (best)" if name == best else ""))
     ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per epoch, one line per trial")
     ax.grid(alpha=0.3)

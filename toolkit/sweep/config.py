@@ -21,9 +21,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
-from toolkit.config import ConfigError, RunConfig, apply_overrides, from_dict
+from toolkit.config import ConfigError, RunConfig, apply_overrides, from_dict, read_yaml
 
 # name -> (number of arguments, what they are); one place for the space syntax.
 DISTRIBUTIONS: dict[str, str] = {
@@ -212,15 +210,7 @@ def _absolute_paths(d: dict[str, Any]) -> dict[str, Any]:
 def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepConfig:
     """A sweep file plus `key=value` overrides (run keys, or `sweep.*`)."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"sweep file {p} does not exist")
-    try:
-        d = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from e
-    if not isinstance(d, dict):
-        raise ConfigError(f"{p}: top level must be a mapping")
-    d = _absolute_paths(apply_overrides(d, overrides, where=f"{p} overrides"))
+    d = _absolute_paths(apply_overrides(read_yaml(p, "sweep file"), overrides, where=f"{p} overrides"))
     sweep_d = d.pop("sweep", None) or {}
     if not isinstance(sweep_d, dict):
         raise ConfigError(f"{p}: sweep must be a mapping")

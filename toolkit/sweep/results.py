@@ -82,8 +82,11 @@ def write_results(sweep_dir: Path, rows: list[dict[str, Any]], curves: dict[str,
     table = format_table([{k: r.get(k) for k in cols} for r in rows], keys=cols)
     write_text(sweep_dir / "results.md", table + "\n")
     if curves:
-        plot_sweep({k: (v["epoch"].tolist(), v[metric].tolist()) for k, v in curves.items() if metric in v},
-                   metric, sweep_dir / f"sweep_{metric}.png", best=best["trial"] if best else None)
+        labels = {r["trial"]: r["trial"] + "".join(f", {k.rsplit('.', 1)[-1]}={r.get(k)}" for k in swept)
+                  for r in rows}
+        plot_sweep({labels.get(k, k): (v["epoch"].tolist(), v[metric].tolist()) for k, v in curves.items()
+                    if metric in v}, metric, sweep_dir / f"sweep_{metric}.png",
+                   best=labels.get(best["trial"]) if best else None)
     return summary
 
 

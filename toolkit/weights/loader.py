@@ -28,6 +28,11 @@ from toolkit.weights.keras_preset import load_keras_preset
 RANDOM_PREFIX = "random:"
 
 
+def _run_time(param_dtype: str | None, dtype: str | None, remat: str | None) -> dict[str, Any]:
+    """The config fields a caller chose at load time (unset ones keep the checkpoint's)."""
+    return {k: v for k, v in (("param_dtype", param_dtype), ("dtype", dtype), ("remat", remat)) if v}
+
+
 def random_model(
     name: str,
     *,
@@ -49,11 +54,7 @@ def random_model(
     except KeyError as e:
         raise WeightImportError(f"{RANDOM_PREFIX}{name}: {e.args[0]}") from None
     tokenizer = Tokenizer.from_gguf(resolve_gguf("gemma3_270m", cache_dir=cache_dir))
-    overrides: dict[str, Any] = {"vocab_size": tokenizer.vocab_size}
-    for key, value in (("param_dtype", param_dtype), ("dtype", dtype), ("remat", remat)):
-        if value:
-            overrides[key] = value
-    config = config.replace(**overrides)
+    config = config.replace(vocab_size=tokenizer.vocab_size, **_run_time(param_dtype, dtype, remat))
     model = jax.jit(lambda: nnx.split(Gemma(config, lora=lora, rngs=nnx.Rngs(seed))))()
     return nnx.merge(*model), tokenizer
 
@@ -95,12 +96,5 @@ def load_pretrained(
         if spm is None:
             raise WeightImportError(f"{path}: no assets/tokenizer/vocabulary.spm in this preset")
         tokenizer = Tokenizer.from_spm(spm)
-    overrides: dict[str, Any] = {}
-    if param_dtype:
-        overrides["param_dtype"] = param_dtype
-    if dtype:
-        overrides["dtype"] = dtype
-    if remat:
-        overrides["remat"] = remat
-    config = config.replace(**overrides)
+    config = config.replace(**_run_time(param_dtype, dtype, remat))
     return from_params(config, params, lora=lora, seed=seed, source=str(path)), tokenizer
