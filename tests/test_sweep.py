@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -59,8 +60,8 @@ def _check_finished_trials(summary: dict, n: int) -> None:
 def test_ray_job_submit_runs_the_ci_sweep_on_a_local_head(tmp_path):
     out = tmp_path / "runs"
     port, dash = _free_port(), _free_port()
-    # Ray >= 2.59 protects a local head with a token (~/.ray/auth_token); the CLI sends it in token mode.
-    env = {**_env(), "RAY_AUTH_MODE": "token"}
+    # Ray >= 2.59 protects a head with a token; the head and the job CLI share this one.
+    env = {**_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     start = subprocess.run(["ray", "start", "--head", "--num-cpus", "2", "--port", str(port),
                             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
                             "--include-dashboard", "true", "--disable-usage-stats"],
