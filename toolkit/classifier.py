@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from toolkit.config import MeshConfig, TrainConfig
+from toolkit.io_utils import atomic_dir
 from toolkit.data.prompt import PromptEncoder, PromptFormat, class_token_ids
 from toolkit.models.lora import LoRAConfig
 
@@ -292,9 +292,7 @@ class AgileClassifier:
             spec = None
         if jax.process_index() != 0:
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with atomic_dir(target) as tmp:
             np.savez(tmp / _LORA, **lora)
             if base is not None:
                 np.savez(tmp / _BASE, **base)
@@ -317,17 +315,6 @@ class AgileClassifier:
                 **self._extra_meta(),
             }
             (tmp / _META).write_text(json.dumps(meta, indent=2, default=str))
-            if target.exists():
-                old = target.with_name(f".{target.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return target
 
     def _extra_meta(self) -> dict[str, Any]:

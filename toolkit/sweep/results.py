@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from toolkit.io_utils import atomic_path, write_json, write_text
+from toolkit.io_utils import atomic_dir, atomic_path, write_json, write_text
 from toolkit.sweep.trial import EPOCH_METRICS, TEST_METRICS, flatten
 
 SHOWN = ("eval_f1", "eval_roc_auc", "eval_pr_auc", "eval_balanced_accuracy", "train_loss",
@@ -98,15 +98,6 @@ def export_best(sweep_dir: Path, best: dict[str, Any] | None) -> Path | None:
     if not src.is_dir():
         return None
     target = sweep_dir / "best"
-    tmp = sweep_dir / ".best.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    if target.exists():
-        old = sweep_dir / ".best.old"
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(target)
+    with atomic_dir(target) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
     return target

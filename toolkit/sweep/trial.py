@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.config import DistributedSection, RunConfig
+from toolkit.io_utils import atomic_dir
 from toolkit.sweep.config import SweepConfig
 
 # What each epoch reports to Tune (besides epoch/step), and what the last report
@@ -121,11 +122,8 @@ def _restore(run: RunConfig, checkpoint: Any, rank: int) -> RunConfig:
         with checkpoint.as_directory() as d:
             for step in Path(d).iterdir():
                 if step.is_dir() and not (target / step.name).exists():
-                    target.mkdir(parents=True, exist_ok=True)
-                    tmp = target / f".{step.name}.restoring"
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    shutil.copytree(step, tmp)
-                    tmp.rename(target / step.name)
+                    with atomic_dir(target / step.name) as tmp:
+                        shutil.copytree(step, tmp, dirs_exist_ok=True)
     barrier()
     return dataclasses.replace(run, resume=True)
 
