@@ -33,20 +33,9 @@ def _run_time(param_dtype: str | None, dtype: str | None, remat: str | None) -> 
     return {k: v for k, v in (("param_dtype", param_dtype), ("dtype", dtype), ("remat", remat)) if v}
 
 
-def random_model(
-    name: str,
-    *,
-    lora: LoRAConfig | None = None,
-    param_dtype: str | None = None,
-    dtype: str | None = None,
-    cache_dir: str | Path | None = None,
-    seed: int = 0,
-    remat: str | None = None,
-) -> tuple[Gemma, Tokenizer]:
-    """Random weights of the named architecture, with the Gemma 3 tokenizer."""
-    import jax
-    from flax import nnx
-
+def _random_base(name: str, cache_dir: str | Path | None) -> tuple[Any, Tokenizer]:
+    """(config, tokenizer) of `random:NAME`: the named architecture with the Gemma 3
+    tokenizer's vocabulary."""
     from toolkit.models.configs import get_config
 
     try:
@@ -54,9 +43,14 @@ def random_model(
     except KeyError as e:
         raise WeightImportError(f"{RANDOM_PREFIX}{name}: {e.args[0]}") from None
     tokenizer = Tokenizer.from_gguf(resolve_gguf("gemma3_270m", cache_dir=cache_dir))
-    config = config.replace(vocab_size=tokenizer.vocab_size, **_run_time(param_dtype, dtype, remat))
-    model = jax.jit(lambda: nnx.split(Gemma(config, lora=lora, rngs=nnx.Rngs(seed))))()
-    return nnx.merge(*model), tokenizer
+    return config.replace(vocab_size=tokenizer.vocab_size), tokenizer
+
+
+def _random_init(config: Any, lora: LoRAConfig | None, seed: int) -> Gemma:
+    import jax
+    from flax import nnx
+
+    return nnx.merge(*jax.jit(lambda: nnx.split(Gemma(config, lora=lora, rngs=nnx.Rngs(seed))))())
 
 
 def resolve(spec: str | Path, cache_dir: str | Path | None = None) -> tuple[str, Path]:
@@ -85,16 +79,20 @@ def load_pretrained(
 ) -> tuple[Gemma, Tokenizer]:
     """Load weights and tokenizer for `spec`, with optional fresh LoRA adapters."""
     if str(spec).startswith(RANDOM_PREFIX):
-        return random_model(str(spec)[len(RANDOM_PREFIX):], lora=lora, param_dtype=param_dtype, dtype=dtype,
-                            cache_dir=cache_dir, seed=seed, remat=remat)
-    kind, path = resolve(spec, cache_dir)
-    if kind == "gguf":
-        config, params = load_gguf(path)
-        tokenizer = Tokenizer.from_gguf(path)
+        config, tokenizer = _random_base(str(spec)[len(RANDOM_PREFIX):], cache_dir)
+        params, source = None, str(spec)
     else:
-        config, params, spm = load_keras_preset(path)
-        if spm is None:
-            raise WeightImportError(f"{path}: no assets/tokenizer/vocabulary.spm in this preset")
-        tokenizer = Tokenizer.from_spm(spm)
+        kind, path = resolve(spec, cache_dir)
+        source = str(path)
+        if kind == "gguf":
+            config, params = load_gguf(path)
+            tokenizer = Tokenizer.from_gguf(path)
+        else:
+            config, params, spm = load_keras_preset(path)
+            if spm is None:
+                raise WeightImportError(f"{path}: no assets/tokenizer/vocabulary.spm in this preset")
+            tokenizer = Tokenizer.from_spm(spm)
     config = config.replace(**_run_time(param_dtype, dtype, remat))
-    return from_params(config, params, lora=lora, seed=seed, source=str(path)), tokenizer
+    if params is None:
+        return _random_init(config, lora, seed), tokenizer
+    return from_params(config, params, lora=lora, seed=seed, source=source), tokenizer
