@@ -33,13 +33,11 @@ def main(argv: list[str] | None = None) -> int:
                                                  "resume=true continues an interrupted sweep")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
     args = p.parse_intermixed_args(argv)  # overrides may come before or after options
-    overrides = [o for o in args.overrides if not o.startswith("resume=")]
-    resume = any(o.strip() in ("resume=true", "resume=True", "resume=1") for o in args.overrides)
     try:
-        cfg = load_sweep(args.config, overrides)
+        cfg = load_sweep(args.config, args.overrides)
         from toolkit.sweep.tuner import run_sweep
 
-        summary = run_sweep(cfg, resume=resume, num_cpus=args.num_cpus)
+        summary = run_sweep(cfg, resume=cfg.run.resume, num_cpus=args.num_cpus)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -30,8 +30,10 @@ def test_every_sweep_file_loads(path):
 
 
 def test_trial_config_applies_params_and_gets_its_own_dir_and_wandb_group(tmp_path):
-    cfg = load_sweep(ROOT / "sweeps/ci.yaml", [f"output_dir={tmp_path}", "tracking.group=null"])
+    cfg = load_sweep(ROOT / "sweeps/ci.yaml", [f"output_dir={tmp_path}", "tracking.group=null", "resume=true"])
+    assert cfg.run.resume is True  # the sweep resumes ...
     run = cfg.trial_run({"train.learning_rate": 0.5, "lora.rank": 16}, "trial_x")
+    assert run.resume is False  # ... a trial resumes only from the checkpoint Ray hands it
     assert run.train.learning_rate == 0.5 and run.lora.rank == 16
     assert run.lora.targets == cfg.run.lora.targets  # untouched keys come from the base
     assert run.run_dir == tmp_path / "ci_sweep" / "trials" / "trial_x"

@@ -284,6 +284,17 @@ def from_dict(cls: type, d: dict[str, Any], where: str = "config") -> Any:
         raise ConfigError(f"{where}: {e}") from e
 
 
+def set_dotted(d: dict[str, Any], key: str, value: Any, where: str = "config") -> None:
+    """d["a"]["b"] = value for key "a.b", creating the mappings on the way."""
+    node = d
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: {key} goes through a non-mapping value")
+    node[parts[-1]] = value
+
+
 def apply_overrides(d: dict[str, Any], overrides: Sequence[str], where: str = "overrides") -> dict[str, Any]:
     """`a.b=value` sets d["a"]["b"]; the value is parsed as YAML (numbers, lists, null)."""
     out = _plain(d)
@@ -291,13 +302,7 @@ def apply_overrides(d: dict[str, Any], overrides: Sequence[str], where: str = "o
         if "=" not in item:
             raise ConfigError(f"{where}: {item!r} is not key=value")
         key, raw = item.split("=", 1)
-        node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{where}: {key} goes through a non-mapping value")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        set_dotted(out, key.strip(), yaml.safe_load(raw) if raw.strip() else None, where)
     return out
 
 

@@ -24,7 +24,7 @@ def build_classifier(cfg: RunConfig, *, progress: bool = True):
 
 
 def run_experiment(cfg: RunConfig, *, progress: bool = True, save_model: bool = True,
-                   tracker_group: str | None = None, after_epoch: Callable[..., None] | None = None,
+                   after_epoch: Callable[..., None] | None = None,
                    inspect_batch: Callable[..., None] | None = None) -> dict[str, Any]:
     """Train and evaluate; writes config.yaml, metrics.json, plots, the misclassified
     table, Orbax checkpoints, a W&B run and (optionally) the classifier into
@@ -58,8 +58,7 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, save_model: bool = 
     train, test, validation = load_splits(cfg.data)
     watch = validation if validation is not None else test
     clf = build_classifier(cfg, progress=progress)
-    with Tracker(cfg.tracking, name=cfg.name, directory=out, config=cfg.to_dict(), main_process=main,
-                 group=tracker_group) as tracker:
+    with Tracker(cfg.tracking, name=cfg.name, directory=out, config=cfg.to_dict(), main_process=main) as tracker:
         t0 = time.perf_counter()
         clf.fit(train["text"], train["label"], eval_texts=watch["text"], eval_labels=watch["label"],
                 checkpoint_dir=ckpt_dir if cfg.checkpoint.enabled else None, checkpoint=cfg.checkpoint,

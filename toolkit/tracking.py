@@ -40,7 +40,7 @@ class Tracker:
     """One W&B run. `log` takes scalars; `log_images` PNG paths; `summary` final values."""
 
     def __init__(self, cfg: TrackingSection, *, name: str, directory: str | Path, config: Mapping[str, Any],
-                 main_process: bool = True, job_type: str = "train", group: str | None = None):
+                 main_process: bool = True, job_type: str = "train"):
         self.mode = resolve_mode(cfg.mode) if main_process else "disabled"
         self.run = None
         if self.mode == "disabled":
@@ -50,7 +50,7 @@ class Tracker:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("WANDB_SILENT", "true")
-        self.run = wandb.init(project=cfg.project, entity=cfg.entity, group=group or cfg.group, name=name,
+        self.run = wandb.init(project=cfg.project, entity=cfg.entity, group=cfg.group, name=name,
                               tags=list(cfg.tags), config=dict(config), dir=str(directory), mode=self.mode,
                               job_type=job_type, reinit="finish_previous",
                               settings=wandb.Settings(console="off", x_disable_stats=True))

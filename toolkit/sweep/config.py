@@ -21,9 +21,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
-from toolkit.config import ConfigError, RunConfig, apply_overrides, from_dict, read_yaml
+from toolkit.config import ConfigError, RunConfig, apply_overrides, from_dict, read_yaml, set_dotted
 
-# name -> (number of arguments, what they are); one place for the space syntax.
+# name -> what its argument list holds; one place for the space syntax.
 DISTRIBUTIONS: dict[str, str] = {
     "grid": "a list of values, each tried (crossed with the other grid keys)",
     "choice": "a list of values, one drawn per sample",
@@ -127,21 +127,14 @@ class SweepConfig:
     def trial_run(self, params: dict[str, Any], trial_name: str) -> RunConfig:
         """The run config of one trial: the base, `params` (dotted keys) applied, its
         own run directory under the sweep's `trials/`, and W&B grouped by sweep."""
-        d = apply_overrides(self.run.to_dict(), [])
+        d = self.run.to_dict()
         for key, value in params.items():
-            _set(d, key, value)
+            set_dotted(d, key, value)
         d["name"] = trial_name
         d["output_dir"] = str(self.sweep_dir / "trials")
+        d["resume"] = False  # `resume` continues the sweep; a trial resumes from Ray's checkpoint
         d.setdefault("tracking", {})["group"] = self.run.tracking.group or self.name
         return from_dict(RunConfig, d, f"{self.source} (trial {trial_name}: {params})")
-
-
-def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
-    node = d
-    parts = dotted.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
 
 
 def _run_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
@@ -185,7 +178,7 @@ def check_space(space: dict[str, Any], base: RunConfig, where: str) -> None:
             values = [low, high] if kind.endswith("uniform") else [int(low), int(high) - 1]
         for v in values:
             d = base.to_dict()
-            _set(d, key, v)
+            set_dotted(d, key, v)
             try:
                 from_dict(RunConfig, d, at)
             except ConfigError as e:

@@ -34,12 +34,9 @@ def trial_rows(grid: Any, sweep_dir: Path) -> tuple[list[dict[str, Any]], dict[s
         status = "error" if result.error else ("finished" if m.get("finished") else
                                                "stopped early" if m else "no report")
         row: dict[str, Any] = {"trial": name, "status": status, **params, "epochs": m.get("epoch")}
-        for k in ("epoch", "step", *EPOCH_METRICS):
-            if k != "epoch" and k in m:
+        for k in ("step", *EPOCH_METRICS, *(f"test_{t}" for t in TEST_METRICS)):
+            if k in m:
                 row[k] = _number(m[k])
-        for k in TEST_METRICS:
-            if f"test_{k}" in m:
-                row[f"test_{k}"] = _number(m[f"test_{k}"])
         row["run_dir"] = str(sweep_dir / "trials" / name)
         row["checkpoint"] = m.get("checkpoint_path")
         if result.error:

@@ -137,18 +137,21 @@ class _Reporter:
         self.rank, self.last_epoch = rank, last_epoch
         self.pending: tuple[dict[str, Any], Path | None] | None = None
 
+    @staticmethod
+    def _metrics(record: dict[str, Any]) -> dict[str, Any]:
+        return {k: record[k] for k in ("epoch", "step", *EPOCH_METRICS) if record.get(k) is not None}
+
     def epoch(self, record: dict[str, Any], step_dir: Path | None) -> None:
-        metrics = {k: record[k] for k in ("epoch", "step", *EPOCH_METRICS) if record.get(k) is not None}
+        metrics = self._metrics(record)
         if record["epoch"] >= self.last_epoch:
             self.pending = (metrics, step_dir)
         else:
             self._send(metrics, step_dir)
 
     def final(self, result: dict[str, Any]) -> None:
-        metrics, step_dir = self.pending or ({"epoch": self.last_epoch}, None)
-        if not self.pending and result.get("history"):
-            last = result["history"][-1]
-            metrics = {k: last[k] for k in ("epoch", "step", *EPOCH_METRICS) if last.get(k) is not None}
+        # No pending epoch: a restart found every epoch done; report the last one again.
+        history = result.get("history") or [{"epoch": self.last_epoch}]
+        metrics, step_dir = self.pending or (self._metrics(history[-1]), None)
         metrics.update({f"test_{k}": result[k] for k in TEST_METRICS if result.get(k) is not None})
         metrics["finished"] = 1
         self._send(metrics, step_dir)
@@ -193,7 +196,7 @@ class _InputLog:
 def _compilation_cache() -> None:
     """Trials are fresh processes with the same shapes: JAX's persistent compilation
     cache lets later trials (and restarted workers) skip recompiling what an earlier
-    one compiled (the scoring steps; train steps differ by learning rate)."""
+    one compiled (the learning rate is optimizer state, not a compiled constant)."""
     import jax
 
     from toolkit.weights.gguf import default_cache_dir

@@ -20,7 +20,7 @@ import os
 import time
 from typing import Any
 
-from toolkit.config import ConfigError
+from toolkit.config import ConfigError, set_dotted
 from toolkit.sweep.config import SweepConfig
 
 # The trial driver's own Ray actor only waits on its workers; it still needs a
@@ -46,11 +46,7 @@ def param_space(space: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, spec in space.items():
         (kind, args), = spec.items()
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = _distribution(kind, args)
+        set_dotted(out, key, _distribution(kind, args))
     return out
 
 
@@ -117,7 +113,9 @@ def build_tuner(cfg: SweepConfig, *, resume: bool) -> tuple[Any, bool]:
         param_space=param_space(s.space),
         tune_config=tune.TuneConfig(
             metric=s.scheduler.metric, mode=s.scheduler.mode, num_samples=s.num_samples,
-            max_concurrent_trials=s.max_concurrent_trials or None, scheduler=scheduler,
+            scheduler=scheduler,
+            # Tune ignores TuneConfig.max_concurrent_trials once a searcher is given; the
+            # generator's own limit is the one that holds (0: no limit).
             search_alg=BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent_trials),
             trial_name_creator=lambda t: f"trial_{t.trial_id}",
             trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
