@@ -28,6 +28,7 @@ _META = "classifier.json"
 _LORA = "lora.npz"
 _BASE = "base.npz"
 _TOKENIZER = "tokenizer.spm"
+MODEL_HERE = "."  # classifier.json's "model" when the base weights are the directory itself
 
 
 def _as_list(x: Iterable[Any]) -> list[Any]:
@@ -276,46 +277,61 @@ class AgileClassifier:
         in memory) into `directory`, atomically: a crash leaves the old directory or none."""
         import jax
 
+        target = Path(directory)
+        files = self.host_files()  # a collective: every process gathers, only process 0 writes
+        if jax.process_index() == 0:
+            with atomic_dir(target) as tmp:
+                self.write_files(tmp, files)
+        return target
+
+    def host_files(self) -> dict[str, Any]:
+        """The adapters (and the base, for an in-memory model) gathered to host memory.
+
+        Sharded arrays are gathered on every process, so every process must call this."""
         from toolkit.models.gemma import flat_state
         from toolkit.train.mesh import to_host
         from toolkit.train.step import FROZEN
 
         self._ensure_model()
-        target = Path(directory)
-        # Sharded arrays are gathered on every process (a collective); only process 0 writes.
         model = self._model()
-        lora = to_host(flat_state(model, _lora_filter()))
-        spec = self.model_spec
-        base = None
-        if not isinstance(spec, (str, os.PathLike)):
-            base = {k: np.asarray(v, np.float32) for k, v in to_host(flat_state(model, FROZEN)).items()}
-            spec = None
-        if jax.process_index() != 0:
-            return target
-        with atomic_dir(target) as tmp:
-            np.savez(tmp / _LORA, **lora)
-            if base is not None:
-                np.savez(tmp / _BASE, **base)
-            (tmp / _TOKENIZER).write_bytes(self.tokenizer.serialized_proto())
-            meta = {
-                "format": SAVE_FORMAT,
-                "labels": list(self.labels),
-                "model": str(spec) if spec is not None else None,
-                "model_config": self.model_config.to_dict(),
-                "lora": dataclasses.asdict(self.lora),
-                "prompt": dataclasses.asdict(self.prompt),
-                "verbalizers": self.verbalizers,
-                "train": dataclasses.asdict(self.train_config),
-                "max_length": self.max_length,
-                "mesh": dataclasses.asdict(self.mesh_config),
-                "remat": self.remat,
-                "param_dtype": self.param_dtype,
-                "dtype": self.dtype,
-                "history": self.history,
-                **self._extra_meta(),
-            }
-            (tmp / _META).write_text(json.dumps(meta, indent=2, default=str))
-        return target
+        files: dict[str, Any] = {"lora": to_host(flat_state(model, _lora_filter())), "base": None}
+        if not isinstance(self.model_spec, (str, os.PathLike)):
+            files["base"] = {k: np.asarray(v, np.float32) for k, v in to_host(flat_state(model, FROZEN)).items()}
+        return files
+
+    def write_files(self, directory: Path, files: dict[str, Any], *, model: str | None = None,
+                    lora: bool = True) -> None:
+        """Write `host_files()` and the metadata into an existing (temporary) directory.
+
+        `model` overrides the recorded base spec ("." means the directory itself, for an
+        export that holds a keras-hub preset with the adapters merged in); `lora=False`
+        leaves the adapters out (they are merged into that preset)."""
+        if lora:
+            np.savez(directory / _LORA, **files["lora"])
+        if files["base"] is not None and model is None:
+            np.savez(directory / _BASE, **files["base"])
+        (directory / _TOKENIZER).write_bytes(self.tokenizer.serialized_proto())
+        spec = model if model is not None else (
+            str(self.model_spec) if isinstance(self.model_spec, (str, os.PathLike)) else None)
+        meta = {
+            "format": SAVE_FORMAT,
+            "labels": list(self.labels),
+            "model": spec,
+            "lora_merged": not lora,
+            "model_config": self.model_config.to_dict(),
+            "lora": dataclasses.asdict(self.lora),
+            "prompt": dataclasses.asdict(self.prompt),
+            "verbalizers": self.verbalizers,
+            "train": dataclasses.asdict(self.train_config),
+            "max_length": self.max_length,
+            "mesh": dataclasses.asdict(self.mesh_config),
+            "remat": self.remat,
+            "param_dtype": self.param_dtype,
+            "dtype": self.dtype,
+            "history": self.history,
+            **self._extra_meta(),
+        }
+        (directory / _META).write_text(json.dumps(meta, indent=2, default=str))
 
     def _extra_meta(self) -> dict[str, Any]:
         return {"kind": "single_label"}
@@ -336,8 +352,10 @@ class AgileClassifier:
         if meta.get("format") != SAVE_FORMAT:
             raise ValueError(f"{meta_path}: format {meta.get('format')!r} is not {SAVE_FORMAT!r}")
         lora_cfg = LoRAConfig(**{**meta["lora"], "targets": tuple(meta["lora"]["targets"])})
-        if meta["model"] is not None:
-            spec: Any = meta["model"]
+        if meta["model"] == MODEL_HERE:  # an export: the base is the keras-hub preset beside classifier.json
+            spec: Any = str(root)
+        elif meta["model"] is not None:
+            spec = meta["model"]
         else:
             config = ModelConfig.from_dict(meta["model_config"])
             with np.load(root / _BASE) as z:
@@ -357,6 +375,8 @@ class AgileClassifier:
             clf = cls(meta["labels"], **kwargs)
         clf.history = meta.get("history", [])
         clf._ensure_model()
+        if meta.get("lora_merged"):  # adapters already in the base: fresh ones (B = 0) change nothing
+            return clf
         with np.load(root / _LORA) as z:
             clf._set_lora({k: z[k] for k in z.files}, source=str(root / _LORA))
         return clf

@@ -89,6 +89,14 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
+    def read_meta(self, step: int | None = None) -> dict[str, Any]:
+        """The JSON side of `step` (default: the latest): step, epoch, history, run config."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"{self.directory}: no complete checkpoint")
+        out = self.manager.restore(step, args=self._ocp.args.Composite(**{META: self._ocp.args.JsonRestore()}))
+        return dict(out[META])
+
     def restore(self, like: dict[str, Any], step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         """(state, meta) of `step` (default: the latest), placed like the arrays in `like`."""
         ocp = self._ocp

@@ -1,0 +1,51 @@
+"""Class scores computed by keras-hub alone, as a Keras user would (a script the export
+tests run in a fresh process, so nothing of our model is in memory).
+
+    python tests/keras_scorer.py SPEC.json   ->  prints {"task": ..., "probs": [[...], ...]}
+
+SPEC: {"preset": dir, "task": "Gemma3CausalLM" | "GemmaCausalLM", "lora": .lora.h5 or null,
+"rank": int, "target_layer_names": [...], "head": str, "tail": str, "texts": [...],
+"class_words": [...]}. Each prompt is bos + tokens(head) + tokens(text) + tokens(tail),
+the pieces tokenised apart as the classifier does; the score of a text is the softmax
+over the class words' logits at the last position.
+"""
+
+import json
+import os
+import sys
+
+os.environ["KERAS_BACKEND"] = "jax"
+
+import keras  # noqa: E402
+import keras_hub  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def main() -> None:
+    spec = json.loads(open(sys.argv[1]).read())
+    lm = getattr(keras_hub.models, spec["task"]).from_preset(spec["preset"])
+    backbone = lm.backbone
+    if spec.get("lora"):
+        backbone.enable_lora(spec["rank"], target_layer_names=spec["target_layer_names"])
+        backbone.load_lora_weights(spec["lora"])
+    tok = lm.preprocessor.tokenizer
+
+    def ids(s: str) -> list[int]:
+        return [int(i) for i in keras.ops.convert_to_numpy(tok(s)).tolist()] if s else []
+
+    class_ids = [tok.token_to_id(w) for w in spec["class_words"]]
+    probs, prompt_ids = [], []
+    for text in spec["texts"]:
+        x = [tok.token_to_id("<bos>")] + ids(spec["head"]) + ids(text) + ids(spec["tail"])
+        prompt_ids.append(x)
+        hidden = backbone({"token_ids": np.array([x], np.int32), "padding_mask": np.ones((1, len(x)), np.int32)})
+        logits = np.asarray(keras.ops.convert_to_numpy(backbone.token_embedding(hidden, reverse=True)),
+                            np.float64)[0, -1, class_ids]
+        e = np.exp(logits - logits.max())
+        probs.append((e / e.sum()).tolist())
+    print(json.dumps({"task": type(lm).__name__, "backbone": type(backbone).__name__, "probs": probs,
+                      "prompt_ids": prompt_ids}))
+
+
+if __name__ == "__main__":
+    main()

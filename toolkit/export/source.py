@@ -1,0 +1,89 @@
+"""Find the trained classifier behind a directory the user points an export at.
+
+People point at whatever they have: the classifier a run saved, the run directory
+itself, a sweep (meaning its best trial), or only the Orbax checkpoints of a run
+that never finished. Each is recognised by its marker file, checked in this order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from toolkit.export.errors import ExportError
+
+CLASSIFIER_META = "classifier.json"
+
+
+def describe_kinds() -> str:
+    return ("a saved classifier (classifier.json), a run directory (classifier/ or checkpoints/), "
+            "a sweep directory (best/), or a run's Orbax checkpoints/ directory")
+
+
+def classifier_dir(path: Path) -> Path | None:
+    """The saved-classifier directory `path` stands for, if any."""
+    for candidate in (path, path / "classifier", path / "best"):
+        if (candidate / CLASSIFIER_META).is_file():
+            return candidate
+    return None
+
+
+def orbax_dir(path: Path) -> Path | None:
+    """The Orbax checkpoint directory `path` stands for: step directories with Orbax metadata."""
+    for candidate in (path, path / "checkpoints"):
+        if candidate.is_dir() and any(s.name.isdigit() and (s / "_CHECKPOINT_METADATA").is_file()
+                                      for s in candidate.iterdir()):
+            return candidate
+    return None
+
+
+def load_classifier(path: str | Path, *, progress: bool = True) -> tuple[Any, str]:
+    """(classifier, where it came from) for any of the directory kinds above."""
+    from toolkit.classifier import AgileClassifier
+
+    root = Path(path)
+    if not root.is_dir():
+        raise ExportError(f"--checkpoint {root}: no such directory; expected {describe_kinds()}")
+    found = classifier_dir(root)
+    if found is not None:
+        try:
+            return AgileClassifier.load(found, progress=progress), str(found)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ExportError(f"{found / CLASSIFIER_META}: not a classifier this toolkit can load: {e}") from e
+    ckpt = orbax_dir(root)
+    if ckpt is not None:
+        return from_orbax(ckpt, progress=progress)
+    listing = sorted(p.name for p in root.iterdir())[:8]
+    raise ExportError(f"--checkpoint {root} is not an agile-toolkit checkpoint: expected {describe_kinds()}; "
+                      f"it holds {listing or 'nothing'}")
+
+
+def from_orbax(directory: Path, *, progress: bool = True) -> tuple[Any, str]:
+    """The classifier of a run's best (else latest) Orbax checkpoint, rebuilt from the run
+    config the checkpoint carries."""
+    from toolkit.config import ConfigError, RunConfig, from_dict
+    from toolkit.experiment import build_classifier
+    from toolkit.train.checkpoint import Checkpointer
+    from toolkit.train.loop import make_optimizer
+
+    checkpointer = Checkpointer(directory)
+    try:
+        step = checkpointer.best_step() or checkpointer.latest_step()
+        meta = checkpointer.read_meta(step)
+        try:
+            cfg = from_dict(RunConfig, meta.get("config") or {}, where=f"{directory}/{step} run config")
+        except ConfigError as e:
+            raise ExportError(f"{directory}/{step}: the checkpoint's run config cannot be read: {e}") from e
+        if not meta.get("config"):
+            raise ExportError(f"{directory}/{step}: the checkpoint carries no run config, so the model it "
+                              "adapts is unknown; export the run's classifier/ directory instead")
+        clf = build_classifier(cfg, progress=progress)
+        clf._ensure_model()
+        tx, _ = make_optimizer(cfg.train, 100)  # the state's structure, whatever the step count
+        like = {"lora": clf._lora, "opt_state": tx.init(clf._lora), "rest": clf._parts.rest}
+        state, _ = checkpointer.restore(like, step)
+    finally:
+        checkpointer.close()
+    clf._lora = state["lora"]
+    clf.history = list(meta.get("history", []))
+    return clf, f"{directory}/{step}"

@@ -1,0 +1,134 @@
+"""The two export formats, each written into a temporary directory swapped in at the end.
+
+keras-preset: the adapters merged into the base, saved by keras-hub's own
+`save_to_preset` (config.json, metadata.json, model.weights.h5, tokenizer and
+preprocessor configs, the SentencePiece vocabulary), so
+`keras_hub.models.Gemma3CausalLM.from_preset(out)` (or `GemmaCausalLM`) loads it.
+Our classifier.json sits beside it with "model": "." so `AgileClassifier.load(out)`
+reads the same weights and knows the labels and prompt.
+
+lora: the adapters alone, in three readers' forms: `adapters.lora.h5` for
+keras-hub's `load_lora_weights` (after `enable_lora(rank, target_layer_names)` on
+the same base), `orbax/` (an Orbax PyTree checkpoint of the adapter tree), and the
+saved classifier (`AgileClassifier.load(out)`, base from its recorded spec).
+`lora.json` says which base and how to load it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit.export.errors import ExportError
+from toolkit.export.keras_files import KERAS_LAYER_NAMES, backbone_spec, causal_lm, write_lora_h5
+from toolkit.io_utils import atomic_dir
+
+FORMATS = ("keras-preset", "lora")
+LORA_H5 = "adapters.lora.h5"
+LORA_JSON = "lora.json"
+ORBAX_DIR = "orbax"
+
+
+def check_target(out: Path, source: Path, overwrite: bool) -> None:
+    """Refuse an output that would clobber work: a non-empty directory without
+    `overwrite`, a file, or the checkpoint being exported (or a directory holding it)."""
+    out, source = out.absolute(), source.absolute()
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file; give a directory path")
+    if out == source or out in source.parents:
+        raise ExportError(f"--out {out} would replace the checkpoint being exported ({source}); "
+                          "choose another directory")
+    if source in out.parents:
+        raise ExportError(f"--out {out} is inside the checkpoint being exported ({source}); "
+                          "choose a directory outside it")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ExportError(f"--out {out} already exists and is not empty; pass --overwrite to replace it "
+                          "(the old contents stay until the new export is complete)")
+
+
+def export(checkpoint: str | Path, out: str | Path, *, format: str = "keras-preset", overwrite: bool = False,
+           dtype: str = "float32", progress: bool = True) -> Path:
+    """Export the classifier behind `checkpoint` to `out`; returns `out`.
+
+    `dtype` is the keras preset's weight dtype ("float32", or "bfloat16" for half the size).
+    """
+    from toolkit.export.source import load_classifier
+
+    if format not in FORMATS:
+        raise ExportError(f"--format {format!r} is not one of {', '.join(FORMATS)}")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ExportError(f"--dtype {dtype!r}: choose float32, bfloat16 or float16")
+    out, source = Path(out), Path(checkpoint)
+    check_target(out, source, overwrite)
+    clf, origin = load_classifier(source, progress=progress)
+    if format == "keras-preset":
+        backbone_spec(clf.model_config)  # an architecture keras-hub cannot hold fails before any writing
+    files = clf.host_files()
+    with atomic_dir(out) as tmp:
+        if format == "keras-preset":
+            write_keras_preset(clf, files, tmp, dtype=dtype)
+        else:
+            write_lora(clf, files, tmp)
+        (tmp / "EXPORTED_FROM").write_text(f"{origin}\n")
+    return out
+
+
+def write_keras_preset(clf: Any, files: dict[str, Any], directory: Path, *, merge: bool = True,
+                       dtype: str = "float32") -> None:
+    """keras-hub's preset files plus classifier.json; `merge=False` writes the frozen
+    base alone (the preset the `lora` format's adapters apply to)."""
+    from toolkit.classifier import MODEL_HERE
+    from toolkit.models.gemma import merged_params
+
+    model = clf._model()
+    params = merged_params(model) if merge else (files["base"] if files["base"] is not None else _frozen(model))
+    lm = causal_lm(clf.model_config, params, clf.tokenizer.serialized_proto(),
+                   sequence_length=clf.max_length, dtype=dtype)
+    lm.save_to_preset(str(directory))
+    del lm
+    clf.write_files(directory, files, model=MODEL_HERE, lora=not merge)
+
+
+def _frozen(model: Any) -> dict[str, np.ndarray]:
+    from toolkit.models.gemma import flat_state
+    from toolkit.train.mesh import to_host
+    from toolkit.train.step import FROZEN
+
+    return {k: np.asarray(v, np.float32) for k, v in to_host(flat_state(model, FROZEN)).items()}
+
+
+def write_lora(clf: Any, files: dict[str, Any], directory: Path) -> None:
+    """The adapters for keras-hub (h5), for Orbax, and as a saved classifier."""
+    import orbax.checkpoint as ocp
+
+    lora_cfg = clf.lora
+    write_lora_h5(directory / LORA_H5, files["lora"], clf.model_config, lora_cfg.rank, lora_cfg.targets,
+                  lora_cfg.scale)
+    tree: dict[str, Any] = {}
+    for name, value in files["lora"].items():
+        node = tree
+        *parents, leaf = name.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = np.asarray(value)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save((directory / ORBAX_DIR).absolute(), tree)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    clf.write_files(directory, files)
+    names = [KERAS_LAYER_NAMES[t] for t in lora_cfg.targets]
+    base = clf.model_spec if isinstance(clf.model_spec, str) else "base.npz (in this directory)"
+    (directory / LORA_JSON).write_text(json.dumps({
+        "rank": lora_cfg.rank, "alpha": lora_cfg.alpha if lora_cfg.alpha is not None else lora_cfg.rank,
+        "targets": list(lora_cfg.targets), "keras_target_layer_names": names,
+        "scale_folded_into_keras_b": lora_cfg.scale, "base_model": base,
+        "model_family": clf.model_config.family,
+        "keras_hub": (f"backbone.enable_lora({lora_cfg.rank}, target_layer_names={names}); "
+                      f"backbone.load_lora_weights('{LORA_H5}')"),
+        "orbax": f"orbax.checkpoint.StandardCheckpointer().restore('{ORBAX_DIR}')",
+        "toolkit": "toolkit.AgileClassifier.load(<this directory>)",
+    }, indent=2))
+
