@@ -43,6 +43,7 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, save_model: bool = 
     from toolkit.data.datasets import load_splits
     from toolkit.io_utils import write_json, write_text
     from toolkit.tracking import Tracker
+    from toolkit.train.memory import peak_memory_gb
 
     main = jax.process_index() == 0
     out = cfg.run_dir
@@ -68,12 +69,14 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, save_model: bool = 
         t0 = time.perf_counter()
         metrics = clf.evaluate(test["text"], test["label"], out_dir=out if main else None)
         eval_s = time.perf_counter() - t0
+        peak_gb, peak_what = peak_memory_gb()
         result = {
             "name": cfg.name, "model": cfg.model.name, "train_size": len(train), "test_size": len(test),
             "validation_size": 0 if validation is None else len(validation),
             **{k: v for k, v in metrics.items() if not isinstance(v, (list, dict))},
             "fit_seconds": fit_s, "eval_seconds": eval_s, "examples_per_s_eval": len(test) / max(eval_s, 1e-9),
             "num_devices": jax.device_count(), "num_processes": jax.process_count(),
+            "device_kind": jax.devices()[0].device_kind, "peak_memory_gb": peak_gb, "peak_memory_source": peak_what,
             "history": clf.history, "confusion_matrix": metrics.get("confusion_matrix"),
         }
         tracker.summary({f"test/{k}": v for k, v in result.items() if isinstance(v, (int, float))})

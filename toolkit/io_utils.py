@@ -32,7 +32,9 @@ def _read_umask() -> int:
     return mask
 
 
-_FILE_MODE = 0o666 & ~_read_umask()
+_UMASK = _read_umask()
+_FILE_MODE = 0o666 & ~_UMASK
+_DIR_MODE = 0o777 & ~_UMASK
 
 
 def _fsync_file(path: Path) -> None:
@@ -88,6 +90,7 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        os.chmod(tmp, _DIR_MODE)  # mkdtemp's 0700 would make the finished directory private
         yield tmp
         if target.exists():
             old = target.with_name(f".{target.name}.old")
