@@ -44,10 +44,10 @@ def trained(request, tmp_path_factory):
 
 
 def _keras_scores(spec: dict, tmp: Path) -> dict:
-    """Run tests/keras_scorer.py on `spec` in a fresh Python process."""
+    """Run bench/keras_scorer.py on `spec` in a fresh Python process."""
     path = tmp / f"spec_{len(list(tmp.glob('spec_*')))}.json"
     path.write_text(json.dumps(spec))
-    r = subprocess.run([sys.executable, str(ROOT / "tests" / "keras_scorer.py"), str(path)], capture_output=True,
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "keras_scorer.py"), str(path)], capture_output=True,
                        text=True, timeout=600, env={**os.environ, "PYTHONPATH": ""})
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])

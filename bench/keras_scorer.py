@@ -1,7 +1,7 @@
-"""Class scores computed by keras-hub alone, as a Keras user would (a script the export
-tests run in a fresh process, so nothing of our model is in memory).
+"""Class scores computed by keras-hub alone, as a Keras user would (a script that the export
+tests and bench/export_roundtrip.py run in a fresh process, so nothing of our model is in memory).
 
-    python tests/keras_scorer.py SPEC.json   ->  prints {"task": ..., "probs": [[...], ...]}
+    python bench/keras_scorer.py SPEC.json   ->  prints {"task": ..., "probs": [[...], ...]}
 
 SPEC: {"preset": dir, "task": "Gemma3CausalLM" | "GemmaCausalLM", "lora": .lora.h5 or null,
 "rank": int, "target_layer_names": [...], "head": str, "tail": str, "texts": [...],
