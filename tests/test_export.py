@@ -173,7 +173,7 @@ def test_a_family_keras_hub_cannot_hold_is_refused_before_anything_is_written(ti
     # Gemma 3 with 3 local : 1 global layers: our model runs it, keras-hub's Gemma3Backbone fixes 5 : 1.
     cfg = get_config("tiny_gemma3", param_dtype="float32").replace(sliding_window_pattern=4)
     clf = AgileClassifier(LABELS, model=(Gemma(cfg, rngs=nnx.Rngs(0)), tiny_tokenizer), verbalizers=VERBALIZERS,
-                          max_length=48, progress=False, lora={"rank": 2})
+                          prompt={"instructions": "Classify"}, max_length=96, progress=False, lora={"rank": 2})
     saved = clf.save(tmp_path / "odd")
     with pytest.raises(ExportError, match=r"cannot be written as a keras-hub preset: .*5 local : 1 global"):
         export(saved, tmp_path / "out", format="keras-preset")
