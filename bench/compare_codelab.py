@@ -119,7 +119,7 @@ def main() -> None:
     texts, y = train_df["comment"].tolist(), train_df["hateful"].to_numpy()
     out: dict = {"matmul_peak_gflops": matmul_peak_gflops(), "environment": kc.environment()}
 
-    codelab_cfg = dict(lora=LoRAConfig(rank=4, targets=("q", "v")), batch_size=2, max_length=128,
+    codelab_cfg = dict(lora=LoRAConfig(rank=4, alpha=None, targets=("q", "v")), batch_size=2, max_length=128,
                        label_names=("Positive", "Negative"), instructions=kc.CODELAB_CLASSIFIER.instructions,
                        separator="<separator>")
     ours, (parts, lora_s, _, cids, cfg) = ours_train(texts[:200], y[:200], steps=args.steps * 5, **codelab_cfg)

@@ -75,7 +75,7 @@ ALL = ["q", "k", "v", "o", "gate", "up", "down"]
 # "codelab" (the codelab's generic instruction, its labels, the `<separator>` text).
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
-    "codelab": {"lora": {"rank": 4, "targets": ["q", "v"]},
+    "codelab": {"lora": {"rank": 4, "alpha": None, "targets": ["q", "v"]},  # keras-hub: alpha = rank
                 "train": {"learning_rate": 5e-4, "batch_size": 2, "epochs": 4, "loss": "lm",
                           "schedule": "constant", "warmup_ratio": 0.0, "grad_clip": 1e9},
                 "max_length": 128, "phrasing": "codelab", "epochs_at": {800: 2}},
