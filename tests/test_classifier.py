@@ -131,7 +131,7 @@ def test_multilabel_one_question_per_category_shares_one_adapter(tiny_tokenizer,
     base = Gemma(get_config("tiny_gemma3", param_dtype="float32"), rngs=nnx.Rngs(0))
     clf = MultiLabelClassifier(["prize", "meeting"], question="About {category}", labels=("a", "in"),
                                model=(base, tiny_tokenizer), prompt={"instructions": "x"}, max_length=64,
-                               progress=False, lora={"rank": 4, "targets": ("q", "v", "up")},
+                               progress=False, lora={"rank": 4, "alpha": None, "targets": ("q", "v", "up")},
                                train={"epochs": 8, "batch_size": 8, "learning_rate": 2e-2})
     texts = SPAM * 4 + HAM * 4
     y = np.array([[1, 0]] * 12 + [[0, 1]] * 12)
