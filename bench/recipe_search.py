@@ -4,8 +4,12 @@
     python bench/recipe_search.py cv --recipes default lr1e3 epochs3 --size 200
     # 2. the finished recipes on the 198 test rows, 3 seeds, 200/400/800 examples:
     python bench/recipe_search.py test --recipes codelab default tfidf --sizes 200 400 800 --seeds 0 1 2
-    # 3. the tables (markdown) from what 1 and 2 wrote:
+    # 3. the tables (markdown) and a figure of the test metrics from what 1 and 2 wrote:
     python bench/recipe_search.py table
+    # the same defaults on a data set they were not tuned on (UCI sentiment sentences, IMDb):
+    python bench/recipe_search.py test --dataset uci_imdb --recipes zeroshot --sizes 0 --seeds 0
+    python bench/recipe_search.py test --dataset uci_imdb --recipes tfidf default codelab --sizes 200
+    python bench/recipe_search.py table --dataset uci_imdb
 
 Every run appends one row to a JSON file (`bench/results/recipe_<mode>_<dataset>.json`,
 rewritten atomically after each run), and a rerun skips the rows already there: a
@@ -24,7 +28,8 @@ the question, which belong to the data set). `default` is `AgileClassifier(label
 with nothing else set: what a user gets. `codelab` is the codelab's recipe in this
 toolkit: LoRA rank 4 on q/v, Adam 5e-4 constant, batch 2, length 128, 4 epochs (2 at
 800 rows), loss over every token, the generic instruction with Positive/Negative and
-the literal `<separator>`.
+the literal `<separator>`. `zeroshot` is the untrained model with the default prompt
+(at `--sizes 0`): what training adds.
 """
 
 from __future__ import annotations
