@@ -296,7 +296,10 @@ def test(args: argparse.Namespace) -> None:
 def summary_table(runs: list[dict[str, Any]], group: tuple[str, ...]) -> str:
     """Markdown: one row per group, mean ± std of each metric over the group's runs."""
     cols = (*METRICS, "wall_s")
+    order = {r: i for i, r in enumerate(dict.fromkeys(["zeroshot", "codelab", "default", "tfidf", *RECIPES]))}
     df = pd.DataFrame(runs)
+    df = df.assign(_order=df["recipe"].map(order)).sort_values([c if c != "recipe" else "_order" for c in group],
+                                                               kind="stable")
     lines = ["| " + " | ".join((*group, "runs", *cols)) + " |", "|" + "---|" * (len(group) + 1 + len(cols))]
     for keys, rows in df.groupby(list(group), sort=False):
         keys = keys if isinstance(keys, tuple) else (keys,)
