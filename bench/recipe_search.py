@@ -346,7 +346,10 @@ def test_figure(runs: list[dict[str, Any]], dataset: str, out: Path) -> Path:
                 ax.axhline(stats["mean"].iloc[0], ls="--", color="grey", label="untrained (zero-shot)")
                 continue
             ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=recipe)
-        ax.set(title=title, xlabel="training examples", ylim=(0.4, 1.0))
+        sizes = sorted(int(s) for s in df.loc[df["recipe"] != "zeroshot", "size"].unique())
+        pad = max(50, (sizes[-1] - sizes[0]) * 0.08) if sizes else 50
+        ax.set(title=title, xlabel="training examples", ylim=(0.4, 1.0), xticks=sizes,
+               xlim=(sizes[0] - pad, sizes[-1] + pad) if sizes else None)
         ax.grid(alpha=0.3)
     axes[0].legend(loc="lower right")
     fig.suptitle(f"{dataset}: test metrics, mean ± std over seeds")
