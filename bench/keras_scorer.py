@@ -7,7 +7,7 @@ SPEC: {"preset": dir, "task": "Gemma3CausalLM" | "GemmaCausalLM", "lora": .lora.
 "rank": int, "target_layer_names": [...], "head": str, "tail": str, "texts": [...],
 "class_words": [...]}. Each prompt is bos + tokens(head) + tokens(text) + tokens(tail),
 the pieces tokenised apart as the classifier does; the score of a text is the softmax
-over the class words' logits at the last position.
+over the class words' logits at its last position (one right-padded batch).
 """
 
 import json
@@ -34,15 +34,21 @@ def main() -> None:
         return [int(i) for i in keras.ops.convert_to_numpy(tok(s)).tolist()] if s else []
 
     class_ids = [tok.token_to_id(w) for w in spec["class_words"]]
-    probs, prompt_ids = [], []
-    for text in spec["texts"]:
-        x = [tok.token_to_id("<bos>")] + ids(spec["head"]) + ids(text) + ids(spec["tail"])
-        prompt_ids.append(x)
-        hidden = backbone({"token_ids": np.array([x], np.int32), "padding_mask": np.ones((1, len(x)), np.int32)})
-        logits = np.asarray(keras.ops.convert_to_numpy(backbone.token_embedding(hidden, reverse=True)),
-                            np.float64)[0, -1, class_ids]
-        e = np.exp(logits - logits.max())
-        probs.append((e / e.sum()).tolist())
+    prompt_ids = [[tok.token_to_id("<bos>")] + ids(spec["head"]) + ids(text) + ids(spec["tail"])
+                  for text in spec["texts"]]
+    # One right-padded batch: causal attention keeps each row's real positions blind to
+    # the padding after them, so row i's score is read at its own last token.
+    lengths = np.array([len(x) for x in prompt_ids])
+    tokens = np.zeros((len(prompt_ids), lengths.max()), np.int32)
+    for i, x in enumerate(prompt_ids):
+        tokens[i, : len(x)] = x
+    mask = (np.arange(lengths.max())[None, :] < lengths[:, None]).astype(np.int32)
+    hidden = backbone({"token_ids": tokens, "padding_mask": mask})
+    last = keras.ops.convert_to_numpy(hidden)[np.arange(len(lengths)), lengths - 1][:, None, :]
+    logits = np.asarray(keras.ops.convert_to_numpy(backbone.token_embedding(last, reverse=True)),
+                        np.float64)[:, 0, class_ids]
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = (e / e.sum(axis=1, keepdims=True)).tolist()
     print(json.dumps({"task": type(lm).__name__, "backbone": type(backbone).__name__, "probs": probs,
                       "prompt_ids": prompt_ids}))
 

@@ -177,14 +177,10 @@ class Runner:
     """Loads the base model once and trains one fresh classifier per run on it."""
 
     def __init__(self, model: str):
-        import jax
-
-        from toolkit.weights.gguf import default_cache_dir
+        from toolkit.compile_cache import enable_compilation_cache
         from toolkit.weights.loader import load_pretrained
 
-        if not jax.config.jax_compilation_cache_dir:  # folds share shapes: compile once
-            jax.config.update("jax_compilation_cache_dir", str(default_cache_dir() / "jax-compilation"))
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        enable_compilation_cache()  # folds and seeds share shapes
         self.base = load_pretrained(model, lora=None, param_dtype="float32", dtype="float32")
 
     def run(self, recipe: str, task: dict[str, Any], train: pd.DataFrame, evaluate: pd.DataFrame,

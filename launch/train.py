@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
 
+    from toolkit.compile_cache import enable_compilation_cache
     from toolkit.experiment import main_table, run_experiment
 
     from toolkit.config import ConfigError
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from toolkit.train.loop import OutOfMemory, TrainingDiverged
     from toolkit.weights.errors import WeightImportError
 
+    enable_compilation_cache()  # a rerun of the same shapes reads its programs back
     try:
         result = run_experiment(cfg, progress=not args.quiet, save_model=not args.no_save)
     except (ConfigError, DataError, CheckpointError, OutOfMemory, TrainingDiverged, WeightImportError) as e:

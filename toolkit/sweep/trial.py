@@ -193,26 +193,17 @@ class _InputLog:
                                          "device_count": jax.device_count(), "rows": rows}))
 
 
-def _compilation_cache() -> None:
-    """Trials are fresh processes with the same shapes: JAX's persistent compilation
-    cache lets later trials (and restarted workers) skip recompiling what an earlier
-    one compiled (the learning rate is optimizer state, not a compiled constant)."""
-    import jax
-
-    from toolkit.weights.gguf import default_cache_dir
-
-    if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(default_cache_dir() / "jax-compilation"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
 def worker_loop(payload: dict[str, Any]) -> None:
     """Runs on every worker of a trial (one per host)."""
     import ray.train
 
+    from toolkit.compile_cache import enable_compilation_cache
     from toolkit.experiment import run_experiment
 
-    _compilation_cache()
+    # Trials are fresh processes with the same shapes: later trials and restarted
+    # workers read back what an earlier one compiled (the learning rate is optimizer
+    # state, not a compiled constant).
+    enable_compilation_cache()
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
