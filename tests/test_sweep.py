@@ -161,6 +161,19 @@ def test_a_killed_worker_resumes_from_its_checkpoint_and_the_sweep_completes(tmp
     assert sessions[1] in {h["step"] for h in history}
 
 
+def _terminated_trial(tune_dir: Path) -> str | None:
+    """The directory name of a trial that Tune's newest experiment state marks TERMINATED."""
+    states = sorted(tune_dir.glob("experiment_state-*.json"))
+    if not states:
+        return None
+    try:
+        trials = [json.loads(state) for state, _ in json.loads(states[-1].read_text())["trial_data"]]
+    except (json.JSONDecodeError, KeyError, ValueError):
+        return None  # caught mid-write; the next poll reads it whole
+    done = [t["trial_id"] for t in trials if t.get("status") == "TERMINATED"]
+    return f"trial_{done[0]}" if done else None
+
+
 def test_an_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path):
     out = tmp_path / "runs"
     args = _sweep(out, "sweep.scheduler.name=fifo", "--num-cpus", "2")
@@ -168,9 +181,10 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path):
                               start_new_session=True)
     deadline, first = time.time() + 600, None
     while time.time() < deadline and first is None and driver.poll() is None:
-        for p in (out / "ci_sweep" / "tune").glob("trial_*/result.json"):
-            if '"finished": 1' in p.read_text():
-                first = p.parent.name
+        # Interrupt only once Tune's own saved state calls a trial TERMINATED: a trial's last
+        # result (`finished` in its result.json) comes seconds before its function returns,
+        # and a Ctrl+C in between rightly leaves it RUNNING, to be resumed.
+        first = _terminated_trial(out / "ci_sweep" / "tune")
         time.sleep(0.5)
     assert first, "no trial finished"
     driver.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and stops
