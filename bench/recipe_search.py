@@ -334,6 +334,8 @@ def test_figure(runs: list[dict[str, Any]], dataset: str, out: Path) -> Path:
 
     df = pd.DataFrame(runs)
     panels = (("roc_auc", "ROC-AUC"), ("balanced_accuracy", "balanced accuracy"), ("f1", "F1"))
+    sizes = sorted(int(s) for s in df.loc[df["recipe"] != "zeroshot", "size"].unique())
+    pad = max(50, (sizes[-1] - sizes[0]) * 0.08) if sizes else 50
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), constrained_layout=True)
     for ax, (metric, title) in zip(axes, panels):
         for recipe, rows in df.groupby("recipe", sort=False):
@@ -342,8 +344,6 @@ def test_figure(runs: list[dict[str, Any]], dataset: str, out: Path) -> Path:
                 ax.axhline(stats["mean"].iloc[0], ls="--", color="grey", label="untrained (zero-shot)")
                 continue
             ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=recipe)
-        sizes = sorted(int(s) for s in df.loc[df["recipe"] != "zeroshot", "size"].unique())
-        pad = max(50, (sizes[-1] - sizes[0]) * 0.08) if sizes else 50
         ax.set(title=title, xlabel="training examples", ylim=(0.4, 1.0), xticks=sizes,
                xlim=(sizes[0] - pad, sizes[-1] + pad) if sizes else None)
         ax.grid(alpha=0.3)

@@ -168,7 +168,7 @@ def _terminated_trial(tune_dir: Path) -> str | None:
         return None
     try:
         trials = [json.loads(state) for state, _ in json.loads(states[-1].read_text())["trial_data"]]
-    except (json.JSONDecodeError, KeyError, ValueError):
+    except (KeyError, ValueError):  # json.JSONDecodeError is a ValueError
         return None  # caught mid-write; the next poll reads it whole
     done = [t["trial_id"] for t in trials if t.get("status") == "TERMINATED"]
     return f"trial_{done[0]}" if done else None

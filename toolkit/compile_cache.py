@@ -6,7 +6,8 @@ scorer per padded width (~6 s each). Runs of the same model and shapes (a
 rerun, the next sweep trial, a restarted worker, the next fold) read those
 programs back instead (measured on the 270M: a scorer 6.1 s -> 1.2 s, a train
 step 35 s -> 20 s). The library never turns it on by itself, because it is
-process-wide JAX state; `launch/train.py`, sweep trials and the benchmarks do.
+process-wide JAX state; `launch/train.py`, sweep trials and
+`bench/recipe_search.py` do (not `bench/train_scale.py`, which times compiling).
 """
 
 from __future__ import annotations
