@@ -13,7 +13,7 @@ from toolkit.models.gemma import Gemma
 from toolkit.models.lora import LoRAConfig
 from toolkit.train.loop import fit, make_optimizer, place_parts, predict_proba
 from toolkit.train.mesh import make_mesh
-from toolkit.train.step import loss_and_logits, make_score_step, make_train_step, split_model
+from toolkit.train.step import loss_and_logits, make_head, make_score_step, make_train_step, split_model
 
 CFG = get_config("tiny_gemma2", param_dtype="float32")
 CLASS_IDS = jnp.array([5, 9, 11])
@@ -50,12 +50,12 @@ def test_steps_lower_the_loss_and_leave_the_base_untouched():
     parts = _parts()
     frozen_before = jax.tree.map(np.asarray, parts.frozen)
     tx = optax.adam(1e-2)
-    step = make_train_step(parts.train_graph, tx, CLASS_IDS)
+    step = make_train_step(parts.train_graph, tx)
     lora, opt, rest = jax.tree.map(jnp.copy, parts.lora), tx.init(parts.lora), jax.tree.map(jnp.copy, parts.rest)
     batch = _batch()
     losses = []
     for _ in range(15):
-        lora, opt, rest, m = step(lora, opt, parts.frozen, rest, batch)
+        lora, opt, rest, m = step(lora, opt, parts.frozen, rest, batch, CLASS_IDS, None)
         losses.append(float(m["loss"]))
     assert losses[-1] < 0.5 * losses[0]
     assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, np.asarray(b)), frozen_before, parts.frozen))
@@ -85,9 +85,9 @@ def test_lm_loss_is_full_vocabulary_cross_entropy_at_the_label_position():
 
 def test_score_step_is_softmax_of_class_rows_at_the_last_real_token():
     parts = _parts()
-    score = make_score_step(parts.eval_graph, CLASS_IDS)
+    score = make_score_step(parts.eval_graph)
     b = _batch(5)
-    probs = score(parts.lora, parts.frozen, parts.rest, b["tokens"], b["lengths"])
+    probs = score(parts.lora, parts.frozen, parts.rest, b, CLASS_IDS, None)[:, 0]
     model = nnx.merge(parts.eval_graph, parts.lora, parts.frozen, parts.rest)
     for i in range(5):
         n = int(b["lengths"][i])
@@ -101,8 +101,8 @@ def test_dropout_is_on_in_training_and_off_when_scoring():
     train_model = nnx.merge(parts.train_graph, parts.lora, parts.frozen, parts.rest)
     eval_model = nnx.merge(parts.eval_graph, parts.lora, parts.frozen, parts.rest)
     _with_b = lambda m: nnx.state(m, nnx.LoRAParam)  # noqa: E731
-    for _, v in nnx.to_flat_state(_with_b(train_model)):
-        if v.value.ndim == 2 and v.value.shape[0] == 4:
+    for path, v in nnx.to_flat_state(_with_b(train_model)):
+        if path[-1] == "lora_b":
             v.set_value(jnp.ones_like(v.value))
     a1 = loss_and_logits(eval_model, b, CLASS_IDS)[1]
     a2 = loss_and_logits(eval_model, b, CLASS_IDS)[1]
@@ -147,17 +147,19 @@ def test_scoring_and_loss_with_a_shared_head_equal_the_full_prompt():
     common = {"labels": jnp.array([0, 1, 0]), "weights": jnp.ones(3)}
     a = loss_and_logits(model, {"tokens": pad(full, 11), "lengths": jnp.array([8, 7, 11]), **common}, CLASS_IDS[:2])
     b = loss_and_logits(model, {"tokens": pad(rows, 6), "lengths": jnp.array([3, 2, 6]), **common}, CLASS_IDS[:2],
-                        head=jnp.asarray(head))
+                        head=make_head(head))
     np.testing.assert_allclose(a[0], b[0], rtol=1e-5)
 
 
 def _run_steps(parts, batch, n=3, accum=1):
-    tx = optax.adam(1e-2)
-    step = make_train_step(parts.train_graph, tx, CLASS_IDS, accum_steps=accum)
+    # SGD: linear in the gradients, so float-rounding noise in near-zero gradient entries is
+    # not blown up to learning-rate size as Adam's normalisation does.
+    tx = optax.sgd(0.5)
+    step = make_train_step(parts.train_graph, tx, accum_steps=accum)
     lora, opt, rest = jax.tree.map(jnp.copy, parts.lora), tx.init(parts.lora), jax.tree.map(jnp.copy, parts.rest)
     losses = []
     for _ in range(n):
-        lora, opt, rest, m = step(lora, opt, parts.frozen, rest, batch)
+        lora, opt, rest, m = step(lora, opt, parts.frozen, rest, batch, CLASS_IDS, None)
         losses.append(float(m["loss"]))
     return lora, losses
 
@@ -166,13 +168,13 @@ def test_lora_dropout_trains_and_draws_new_masks_each_step():
     parts = _parts(dropout=0.3)
     batch = _batch()
     tx = optax.sgd(0.0)  # no update: any change in loss comes from the dropout masks
-    step = make_train_step(parts.train_graph, tx, CLASS_IDS)
+    step = make_train_step(parts.train_graph, tx)
     lora, opt, rest = jax.tree.map(jnp.copy, parts.lora), tx.init(parts.lora), jax.tree.map(jnp.copy, parts.rest)
     # B starts at zero, so dropout on the adapter input changes nothing until B moves.
     lora = jax.tree.map(lambda x: x + 0.05, lora)
     losses = []
     for _ in range(3):
-        lora, opt, rest, m = step(lora, opt, parts.frozen, rest, batch)
+        lora, opt, rest, m = step(lora, opt, parts.frozen, rest, batch, CLASS_IDS, None)
         losses.append(float(m["loss"]))
     assert np.isfinite(losses).all() and len(set(losses)) == 3
 

@@ -223,7 +223,7 @@ class AgileClassifier:
 
         return predict_proba(self._placement, lora, ids, self.class_ids, batch_size=self.train_config.eval_batch_size,
                              max_length=self.max_length, pad_id=self.tokenizer.pad_id, progress=self.progress,
-                             head=self._head())
+                             head=self._head(), packing=self.train_config.packing)
 
     def _plots(self, y: np.ndarray, probs: np.ndarray, m: dict[str, Any], out: Path) -> dict[str, str]:
         """confusion_matrix.png (+ roc_curve.png for two classes) in `out`; {name: path}."""
@@ -387,18 +387,12 @@ class AgileClassifier:
         return nnx.merge(self._parts.eval_graph, self._lora, self._parts.frozen, self._parts.rest)
 
     def _set_lora(self, flat: dict[str, np.ndarray], source: str) -> None:
-        import jax.numpy as jnp
         from flax import nnx
 
+        from toolkit.models.gemma import set_flat
+
         model = self._model()
-        expected = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(model, _lora_filter()))}
-        if set(flat) != set(expected):
-            raise ValueError(f"{source}: adapter tensors {sorted(set(flat) ^ set(expected))[:6]} do not match "
-                             f"the LoRA config")
-        for k, var in expected.items():
-            if tuple(flat[k].shape) != tuple(var.value.shape):
-                raise ValueError(f"{source}: {k} has shape {flat[k].shape}, expected {var.value.shape}")
-            var.set_value(jnp.asarray(flat[k], var.value.dtype))
+        set_flat(model, flat, _lora_filter(), source=source)
         from toolkit.train.mesh import place
 
         self._lora = place(nnx.state(model, _lora_filter()), self._placement.shardings.lora)

@@ -96,6 +96,9 @@ class TrainConfig:
     grad_accum_steps: int = 1
     log_every_steps: int = 10
     peak_tflops: float | None = None
+    # Pack several examples per row to a fixed token budget (one compiled shape, little
+    # padding; `batch_size` is then the mean examples per step). False: length buckets.
+    packing: bool = True
 
     def __post_init__(self) -> None:
         if self.loss not in ("class", "lm"):

@@ -159,3 +159,73 @@ def sorted_batches(
                     labels=np.zeros(batch_size, np.int32),
                     weights=np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]),
                     index=np.concatenate([rows.astype(np.int32), np.full(pad, -1, np.int32)]))
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedBatch:
+    """One host's packed rows (see `toolkit.data.packing`): `tokens`, `segment_ids`,
+    `positions` (rows, width); `last`, `labels`, `weights`, `index` (rows, segments)."""
+
+    tokens: np.ndarray
+    segment_ids: np.ndarray
+    positions: np.ndarray
+    last: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray
+    index: np.ndarray
+
+    @property
+    def real_tokens(self) -> int:
+        return int((self.segment_ids > 0).sum())
+
+    def device_dict(self) -> dict[str, np.ndarray]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "index"}
+
+
+def packed_steps(lengths: Sequence[int], shape, *, epoch: int = 0, seed: int = 0, shuffle: bool = True) -> int:
+    """Steps in one packed epoch (what the learning-rate schedule needs up front)."""
+    from toolkit.data import packing
+
+    order = packing.epoch_order(len(lengths), epoch, seed, shuffle)
+    return len(packing.plan(order, lengths, shape))
+
+
+def make_packed_epoch(
+    ids: Sequence[Sequence[int]],
+    labels: Sequence[int] | np.ndarray | None,
+    shape,
+    *,
+    epoch: int = 0,
+    seed: int = 0,
+    shuffle: bool = True,
+    pad_id: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    skip_batches: int = 0,
+    order: np.ndarray | None = None,
+) -> Iterator[PackedBatch]:
+    """Yield one epoch of this host's packed batches, streamed through tf.data.
+
+    The plan is global and identical on every host; each keeps rows
+    `[process_index * rows/process_count, ...)` of every step.
+    """
+    from toolkit.data import packing
+
+    if len(ids) == 0:
+        raise ValueError("no examples to batch")
+    if shape.rows % process_count:
+        raise ValueError(f"packed rows={shape.rows} must divide by process_count={process_count}")
+    lengths = [len(x) for x in ids]
+    if order is None:
+        order = packing.epoch_order(len(ids), epoch, seed, shuffle)
+    steps = packing.plan(order, lengths, shape)
+    data = packing.arrays(steps, ids, labels, shape, pad_id)
+    per_host = shape.rows // process_count
+    lo = process_index * per_host
+    tf = _tf()
+    ds = tf.data.Dataset.from_tensor_slices(data).skip(skip_batches)
+    ds = ds.map(lambda b: {k: v[lo: lo + per_host] for k, v in b.items()})
+    options = tf.data.Options()
+    options.deterministic = True
+    for b in ds.with_options(options).prefetch(2).as_numpy_iterator():
+        yield PackedBatch(**b)

@@ -55,6 +55,10 @@ class ModelConfig:
     dtype: str = "float32"
     # Activation checkpointing of each decoder layer: "none", "dots" or "full".
     remat: str = "none"
+    # Layers under `lax.scan` (one compiled body, weights stacked on a leading
+    # `layers` axis) or unrolled (one program region per layer: slower to compile,
+    # kept to check the scan against).
+    scan_layers: bool = True
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:

@@ -25,13 +25,14 @@ head_dim, mlp) for the mesh rule table; nothing here knows about meshes.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from toolkit.models import layout
 from toolkit.models.configs import ModelConfig
 from toolkit.models.lora import Einsum, LoRAConfig
 
@@ -42,13 +43,22 @@ def _param(value: Array, axes: tuple[str | None, ...]) -> nnx.Param:
     return nnx.Param(value, sharding_names=axes, eager_sharding=False)
 
 
+def _stacked(stack: int | None, shape: tuple[int, ...], axes: tuple[str | None, ...]):
+    """Shape and axis names with the scanned model's leading `layers` axis (no mesh rule)."""
+    if stack is None:
+        return shape, axes
+    return (stack, *shape), ("layers", *axes)
+
+
 class RMSNorm(nnx.Module):
     """Gemma's RMSNorm, `x / rms(x) * (1 + scale)`, always reduced in fp32."""
 
-    def __init__(self, dim: int, axis_name: str, *, eps: float, param_dtype: Any, dtype: Any):
+    def __init__(self, dim: int, axis_name: str, *, eps: float, param_dtype: Any, dtype: Any,
+                 stack: int | None = None):
         self.eps = eps
         self.dtype = dtype
-        self.scale = _param(jnp.zeros((dim,), param_dtype), (axis_name,))
+        shape, axes = _stacked(stack, (dim,), (axis_name,))
+        self.scale = _param(jnp.zeros(shape, param_dtype), axes)
 
     def __call__(self, x: Array) -> Array:
         x32 = x.astype(jnp.float32)
@@ -57,13 +67,34 @@ class RMSNorm(nnx.Module):
         return y.astype(self.dtype)
 
 
-def apply_rope(x: Array, positions: Array, base: float, scale: float) -> Array:
-    """Rotate-half RoPE on (batch, seq, heads, head_dim) at integer `positions`.
+# A global layer's "window": wider than any sequence, so windowing is a no-op and
+# local and global layers can share one scanned body.
+GLOBAL_WINDOW = 2**30
 
-    `scale` is linear position interpolation (Gemma 3 4B's global layers use 8).
+
+def layer_tables(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer RoPE inverse frequencies (layers, head_dim / 2) and attention windows (layers,).
+
+    These are what differ between Gemma 2/3's local and global layers; as
+    data rather than Python branches they become scanned inputs of one layer
+    body. `rope_scale` is linear position interpolation (Gemma 3 4B's global
+    layers use 8).
     """
+    half = cfg.head_dim // 2
+    exponents = -np.arange(half, dtype=np.float32) * np.float32(2.0 / cfg.head_dim)
+    inv, win = [], []
+    for i in range(cfg.num_layers):
+        g = cfg.is_global_layer(i)
+        base, scale = ((cfg.rope_base_global, cfg.rope_scale_global) if g
+                       else (cfg.rope_base_local, cfg.rope_scale_local))
+        inv.append(np.power(np.float32(base), exponents) / np.float32(scale))
+        win.append(GLOBAL_WINDOW if g else cfg.sliding_window)
+    return np.stack(inv).astype(np.float32), np.asarray(win, np.int32)
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+    """Rotate-half RoPE on (batch, seq, heads, head_dim) at integer `positions`."""
     half = x.shape[-1] // 2
-    inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / x.shape[-1]) / scale
     angles = positions.astype(jnp.float32)[..., None] * inv_freq  # (b, t, half)
     angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
     cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
@@ -81,10 +112,9 @@ def _targets(lora: LoRAConfig | None, name: str) -> LoRAConfig | None:
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, *, lora: LoRAConfig | None, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, lora: LoRAConfig | None, rngs: nnx.Rngs, stack: int | None = None):
         self.cfg = cfg
-        self.is_global = cfg.is_global_layer(layer)
-        kw = dict(param_dtype=jnp.dtype(cfg.param_dtype), dtype=jnp.dtype(cfg.dtype), rngs=rngs)
+        kw = dict(param_dtype=jnp.dtype(cfg.param_dtype), dtype=jnp.dtype(cfg.dtype), rngs=rngs, stack=stack)
         n, k, d, h = cfg.num_heads, cfg.num_kv_heads, cfg.embed_dim, cfg.head_dim
         self.q_proj = Einsum("btd,ndh->btnh", (n, d, h), ("heads", "embed", "head_dim"),
                              lora=_targets(lora, "q"), **kw)
@@ -95,26 +125,20 @@ class Attention(nnx.Module):
         self.o_proj = Einsum("btnh,nhd->btd", (n, h, d), ("heads", "head_dim", "embed"),
                              lora=_targets(lora, "o"), **kw)
         if cfg.use_qk_norm:
-            norm_kw = dict(eps=cfg.norm_eps, param_dtype=kw["param_dtype"], dtype=kw["dtype"])
+            norm_kw = dict(eps=cfg.norm_eps, param_dtype=kw["param_dtype"], dtype=kw["dtype"], stack=stack)
             self.q_norm = RMSNorm(h, "head_dim", **norm_kw)
             self.k_norm = RMSNorm(h, "head_dim", **norm_kw)
 
-    def _rope(self) -> tuple[float, float]:
-        cfg = self.cfg
-        if self.is_global:
-            return cfg.rope_base_global, cfg.rope_scale_global
-        return cfg.rope_base_local, cfg.rope_scale_local
-
-    def keys_values(self, x: Array, positions: Array) -> tuple[Array, Array]:
+    def keys_values(self, x: Array, positions: Array, inv_freq: Array) -> tuple[Array, Array]:
         """Post-norm, post-RoPE keys and the values of `x`: what a shared prefix contributes."""
         k, v = self.k_proj(x), self.v_proj(x)
         if self.cfg.use_qk_norm:
             k = self.k_norm(k)
-        return apply_rope(k, positions, *self._rope()), v
+        return apply_rope(k, positions, inv_freq), v
 
-    def __call__(self, x: Array, positions: Array, mask: Array,
+    def __call__(self, x: Array, positions: Array, mask: Array, inv_freq: Array, window: Array | int,
                  prefix: tuple[Array, Array] | None = None, key_positions: Array | None = None) -> Array:
-        """`mask` is (batch, q, k) bool: padding and causality, before windowing.
+        """`mask` is (batch, q, k) bool: segments, padding and causality, before windowing.
 
         `prefix` holds keys/values (1, P, kv_heads, head_dim) of tokens every row
         shares (a prompt's instruction head), prepended to this batch's keys;
@@ -124,15 +148,14 @@ class Attention(nnx.Module):
         q = self.q_proj(x)
         if cfg.use_qk_norm:
             q = self.q_norm(q)
-        k, v = self.keys_values(x, positions)
+        k, v = self.keys_values(x, positions, inv_freq)
         if prefix is not None:
             b = x.shape[0]
-            k = jnp.concatenate([jnp.broadcast_to(prefix[0], (b, *prefix[0].shape[1:])), k], axis=1)
-            v = jnp.concatenate([jnp.broadcast_to(prefix[1], (b, *prefix[1].shape[1:])), v], axis=1)
-        if not self.is_global:
-            kpos = positions if key_positions is None else key_positions
-            mask = mask & (jnp.abs(positions[:, :, None] - kpos[:, None, :]) < cfg.sliding_window)
-        q = apply_rope(q, positions, *self._rope())
+            k = jnp.concatenate([jnp.broadcast_to(prefix[0], (b, *prefix[0].shape[1:])).astype(k.dtype), k], axis=1)
+            v = jnp.concatenate([jnp.broadcast_to(prefix[1], (b, *prefix[1].shape[1:])).astype(v.dtype), v], axis=1)
+        kpos = positions if key_positions is None else key_positions
+        mask = mask & (jnp.abs(positions[:, :, None] - kpos[:, None, :]) < window)
+        q = apply_rope(q, positions, inv_freq)
         q = q * jnp.asarray(cfg.query_pre_attn_scalar**-0.5, q.dtype)
         b, t, _, hd = q.shape
         q = q.reshape(b, t, cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, hd)
@@ -148,8 +171,8 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, lora: LoRAConfig | None, rngs: nnx.Rngs):
-        kw = dict(param_dtype=jnp.dtype(cfg.param_dtype), dtype=jnp.dtype(cfg.dtype), rngs=rngs)
+    def __init__(self, cfg: ModelConfig, *, lora: LoRAConfig | None, rngs: nnx.Rngs, stack: int | None = None):
+        kw = dict(param_dtype=jnp.dtype(cfg.param_dtype), dtype=jnp.dtype(cfg.dtype), rngs=rngs, stack=stack)
         d, f = cfg.embed_dim, cfg.mlp_dim
         self.gate_proj = Einsum("btd,df->btf", (d, f), ("embed", "mlp"), lora=_targets(lora, "gate"), **kw)
         self.up_proj = Einsum("btd,df->btf", (d, f), ("embed", "mlp"), lora=_targets(lora, "up"), **kw)
@@ -160,22 +183,25 @@ class MLP(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, *, lora: LoRAConfig | None, rngs: nnx.Rngs):
-        norm_kw = dict(eps=cfg.norm_eps, param_dtype=jnp.dtype(cfg.param_dtype), dtype=jnp.dtype(cfg.dtype))
+    """One decoder block, or (with `stack=n`) n blocks' weights stacked for `lax.scan`."""
+
+    def __init__(self, cfg: ModelConfig, *, lora: LoRAConfig | None, rngs: nnx.Rngs, stack: int | None = None):
+        norm_kw = dict(eps=cfg.norm_eps, param_dtype=jnp.dtype(cfg.param_dtype), dtype=jnp.dtype(cfg.dtype),
+                       stack=stack)
         self.pre_attention_norm = RMSNorm(cfg.embed_dim, "embed", **norm_kw)
-        self.attn = Attention(cfg, layer, lora=lora, rngs=rngs)
+        self.attn = Attention(cfg, lora=lora, rngs=rngs, stack=stack)
         if cfg.use_post_attn_norm:
             self.post_attention_norm = RMSNorm(cfg.embed_dim, "embed", **norm_kw)
         self.pre_ffw_norm = RMSNorm(cfg.embed_dim, "embed", **norm_kw)
-        self.mlp = MLP(cfg, lora=lora, rngs=rngs)
+        self.mlp = MLP(cfg, lora=lora, rngs=rngs, stack=stack)
         if cfg.use_post_ffw_norm:
             self.post_ffw_norm = RMSNorm(cfg.embed_dim, "embed", **norm_kw)
         self.use_post_attn_norm = cfg.use_post_attn_norm
         self.use_post_ffw_norm = cfg.use_post_ffw_norm
 
-    def __call__(self, x: Array, positions: Array, mask: Array, prefix: tuple[Array, Array] | None = None,
-                 key_positions: Array | None = None) -> Array:
-        a = self.attn(self.pre_attention_norm(x), positions, mask, prefix, key_positions)
+    def __call__(self, x: Array, positions: Array, mask: Array, inv_freq: Array, window: Array | int,
+                 prefix: tuple[Array, Array] | None = None, key_positions: Array | None = None) -> Array:
+        a = self.attn(self.pre_attention_norm(x), positions, mask, inv_freq, window, prefix, key_positions)
         if self.use_post_attn_norm:
             a = self.post_attention_norm(a)
         x = x + a
@@ -185,38 +211,73 @@ class DecoderLayer(nnx.Module):
         return x + f
 
 
-def _call_layer(layer: DecoderLayer, *args: Any) -> Array:
-    return layer(*args)
-
-
 _REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
-def _remat(policy: Any):
-    def run(layer: DecoderLayer, *args: Any) -> Array:
+def _remat_policy(remat: str) -> Any:
+    if remat not in _REMAT_POLICIES:
+        raise ValueError(f"remat must be none, dots or full, got {remat!r}")
+    return _REMAT_POLICIES[remat]
+
+
+# A layer function: (layer, carried activations, this layer's scanned inputs) -> (activations, per-layer output).
+LayerFn = Callable[[DecoderLayer, Array, Any], tuple[Array, Any]]
+
+
+def _run_scanned(stacked: DecoderLayer, fn: LayerFn, x: Array, xs: Any, remat: str) -> tuple[Array, Any]:
+    """`fn` over the stacked layers under `lax.scan`: one compiled body however deep the model.
+
+    Weights (and `xs`) are sliced per layer; RNG streams (LoRA dropout) are
+    carried, so each layer draws fresh keys exactly as in the unrolled loop.
+    With remat the body runs under `jax.checkpoint`, so the backward pass
+    recomputes one layer's activations at a time instead of keeping them all.
+    """
+    graphdef, params, rest = nnx.split(stacked, nnx.Param, ...)
+
+    def body(carry, sliced):
+        h, rest = carry
+        p, xs_i = sliced
+        layer = nnx.merge(graphdef, p, rest)
+        h, y = fn(layer, h, xs_i)
+        return (h, nnx.state(layer, nnx.Not(nnx.Param))), y
+
+    if remat != "none":
+        body = jax.checkpoint(body, policy=_remat_policy(remat))
+    (x, rest), ys = jax.lax.scan(body, (x, rest), (params, xs))
+    nnx.update(stacked, rest)
+    return x, ys
+
+
+def _remat_layer(fn: LayerFn, remat: str) -> LayerFn:
+    """The unrolled model's remat: each layer's `fn` under `jax.checkpoint`."""
+    if remat == "none":
+        return fn
+    policy = _remat_policy(remat)
+
+    def run(layer: DecoderLayer, x: Array, xs_i: Any) -> tuple[Array, Any]:
         graphdef, state = nnx.split(layer)
 
-        def pure(state, *args):
+        def pure(state, x, xs_i):
             inner = nnx.merge(graphdef, state)
-            return inner(*args), nnx.state(inner, nnx.RngState)
+            out = fn(inner, x, xs_i)
+            return out, nnx.state(inner, nnx.RngState)
 
-        out, rng = jax.checkpoint(pure, policy=policy)(state, *args)
+        out, rng = jax.checkpoint(pure, policy=policy)(state, x, xs_i)
         # Dropout streams advance exactly as they would without remat.
-        for (_, var), (_, new) in zip(nnx.to_flat_state(nnx.state(layer, nnx.RngState)), nnx.to_flat_state(rng)):
-            var.set_value(new[...] if isinstance(new, nnx.Variable) else new)
+        nnx.update(layer, rng)
         return out
 
     return run
 
 
-def _layer_runner(remat: str):
-    """How a layer is called: directly, or under `jax.checkpoint` so the backward pass
-    recomputes its activations instead of keeping them (memory for compute)."""
-    if remat == "none":
-        return _call_layer
-    if remat not in _REMAT_POLICIES:
-        raise ValueError(f"remat must be none, dots or full, got {remat!r}")
-    return _remat(_REMAT_POLICIES[remat])
+def _run_unrolled(layers: nnx.List, fn: LayerFn, x: Array, xs: Any, remat: str) -> tuple[Array, Any]:
+    """The same contract as `_run_scanned`, as a Python loop (one program region per layer)."""
+    run = _remat_layer(fn, remat)
+    ys = []
+    for i, layer in enumerate(layers):
+        x, y = run(layer, x, jax.tree.map(lambda a: a[i], xs))
+        ys.append(y)
+    return x, jax.tree.map(lambda *a: jnp.stack(a), *ys) if ys and ys[0] is not None else None
 
 
 class Embedder(nnx.Module):
@@ -228,14 +289,23 @@ class Embedder(nnx.Module):
 
 
 class Gemma(nnx.Module):
-    """A Gemma decoder; `lora` adds adapters (nnx.LoRAParam) to the chosen projections."""
+    """A Gemma decoder; `lora` adds adapters (nnx.LoRAParam) to the chosen projections.
+
+    With `config.scan_layers` (the default) all layers' weights are stacked on a
+    leading `layers` axis and one layer body runs under `lax.scan`, so compile
+    time does not grow with depth (MaxText scans for the same reason); otherwise
+    the layers are a Python list, unrolled into the program.
+    """
 
     def __init__(self, config: ModelConfig, *, lora: LoRAConfig | None = None, rngs: nnx.Rngs):
         self.config = config
         self.lora = lora
         self.dtype = jnp.dtype(config.dtype)
         self.embedder = Embedder(config, rngs=rngs)
-        self.layers = nnx.List([DecoderLayer(config, i, lora=lora, rngs=rngs) for i in range(config.num_layers)])
+        if config.scan_layers:
+            self.layers = DecoderLayer(config, lora=lora, rngs=rngs, stack=config.num_layers)
+        else:
+            self.layers = nnx.List([DecoderLayer(config, lora=lora, rngs=rngs) for _ in range(config.num_layers)])
         self.final_norm = RMSNorm(config.embed_dim, "embed", eps=config.norm_eps,
                                   param_dtype=jnp.dtype(config.param_dtype), dtype=self.dtype)
 
@@ -243,8 +313,13 @@ class Gemma(nnx.Module):
         x = jnp.take(self.embedder.input_embedding[...], tokens, axis=0).astype(self.dtype)
         return x * jnp.sqrt(jnp.float32(self.config.embed_dim)).astype(self.dtype)
 
-    def prefix(self, tokens: Array) -> list[tuple[Array, Array]]:
-        """Per-layer keys/values of a (P,) token prefix that every row of a batch shares.
+    def _run_layers(self, fn: LayerFn, x: Array, xs: Any) -> tuple[Array, Any]:
+        run = _run_scanned if self.config.scan_layers else _run_unrolled
+        return run(self.layers, fn, x, xs, self.config.remat)
+
+    def prefix(self, tokens: Array) -> tuple[Array, Array]:
+        """Keys and values (layers, 1, P, kv_heads, head_dim) of a (P,) token prefix
+        that every row of a batch shares.
 
         Computing the instruction head of a prompt once per batch instead of once
         per row is exact (causality: the head never sees the text) and, on
@@ -253,36 +328,50 @@ class Gemma(nnx.Module):
         t = tokens.shape[0]
         positions = jnp.arange(t)[None]
         mask = jnp.tril(jnp.ones((t, t), bool))[None]
-        x = self._embed(tokens[None])
-        out = []
-        for layer in self.layers:
-            out.append(layer.attn.keys_values(layer.pre_attention_norm(x), positions))
-            x = layer(x, positions, mask)
-        return out
+
+        def fn(layer: DecoderLayer, x: Array, xs_i: Any) -> tuple[Array, Any]:
+            inv_freq, window = xs_i
+            kv = layer.attn.keys_values(layer.pre_attention_norm(x), positions, inv_freq)
+            return layer(x, positions, mask, inv_freq, window), kv
+
+        _, kv = self._run_layers(fn, self._embed(tokens[None]), tuple(map(jnp.asarray, layer_tables(self.config))))
+        return kv
 
     def hidden_states(self, tokens: Array, padding_mask: Array | None = None,
-                      positions: Array | None = None, prefix: list[tuple[Array, Array]] | None = None) -> Array:
+                      positions: Array | None = None, prefix: tuple[Array, Array] | None = None,
+                      segment_ids: Array | None = None, prefix_mask: Array | None = None) -> Array:
         """Final-normed hidden states (batch, seq, embed).
 
         `padding_mask` marks real tokens (1) vs padding (0); with right padding
         positions are simply 0..seq-1 (after the prefix, if one is given).
-        `prefix` is `self.prefix(shared_tokens)`: rows continue after it.
+        `segment_ids` (batch, seq) instead packs several examples in a row:
+        tokens attend only within their own segment (0 is padding), and
+        `positions` then restart at each segment. `prefix` is
+        `self.prefix(shared_tokens)`: every segment continues after it;
+        `prefix_mask` (P,) hides its padding (a head padded to a shared length).
         """
         b, t = tokens.shape
-        p = 0 if prefix is None else prefix[0][0].shape[1]
-        if padding_mask is None:
-            padding_mask = jnp.ones((b, t), bool)
+        p = 0 if prefix is None else prefix[0].shape[2]
+        if segment_ids is None:
+            segment_ids = (jnp.ones((b, t), jnp.int32) if padding_mask is None
+                           else padding_mask.astype(jnp.int32))
+        real = segment_ids > 0
         if positions is None:
             positions = jnp.broadcast_to(p + jnp.arange(t), (b, t))
-        mask = jnp.tril(jnp.ones((t, t), bool))[None] & padding_mask.astype(bool)[:, None, :]
+        mask = (jnp.tril(jnp.ones((t, t), bool))[None] & (segment_ids[:, :, None] == segment_ids[:, None, :])
+                & real[:, None, :])
         key_positions = None
         if prefix is not None:
-            mask = jnp.concatenate([jnp.ones((b, t, p), bool), mask], axis=-1)
+            head_cols = real[:, :, None] if prefix_mask is None else real[:, :, None] & prefix_mask[None, None, :]
+            mask = jnp.concatenate([jnp.broadcast_to(head_cols, (b, t, p)), mask], axis=-1)
             key_positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(p), (b, p)), positions], axis=1)
-        x = self._embed(tokens)
-        run = _layer_runner(self.config.remat)
-        for i, layer in enumerate(self.layers):
-            x = run(layer, x, positions, mask, None if prefix is None else prefix[i], key_positions)
+
+        def fn(layer: DecoderLayer, x: Array, xs_i: Any) -> tuple[Array, Any]:
+            inv_freq, window, kv = xs_i
+            return layer(x, positions, mask, inv_freq, window, kv, key_positions), None
+
+        inv_freq, windows = map(jnp.asarray, layer_tables(self.config))
+        x, _ = self._run_layers(fn, self._embed(tokens), (inv_freq, windows, prefix))
         return self.final_norm(x)
 
     def project(self, hidden: Array, token_ids: Array | None = None) -> Array:
@@ -302,17 +391,45 @@ class Gemma(nnx.Module):
 
 
 def flat_state(model: nnx.Module, filter_: Any = nnx.Param) -> dict[str, Array]:
-    """The model's variables of `filter_` as a flat `{"a.b.c": array}` dict."""
-    return {".".join(map(str, path)): v[...] for path, v in nnx.to_flat_state(nnx.state(model, filter_))}
+    """The model's variables of `filter_` as a flat `{"a.b.c": array}` dict in the exchange
+    format (`layers.{i}.*`, one tensor per layer, whatever the model's own layout)."""
+    flat = {".".join(map(str, path)): v[...] for path, v in nnx.to_flat_state(nnx.state(model, filter_))}
+    return layout.to_exchange(flat, _scanned(model))
+
+
+def _scanned(model: nnx.Module) -> bool:
+    cfg = getattr(model, "config", None)
+    return bool(getattr(cfg, "scan_layers", False))
 
 
 def merged_params(model: Gemma) -> dict[str, np.ndarray]:
-    """Base weights with every adapter folded in, fp32, in the flat layout (for export)."""
-    out = {k: np.asarray(v, np.float32) for k, v in flat_state(model, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))).items()}
+    """Base weights with every adapter folded in, fp32, in the exchange layout (for export)."""
+    out = {".".join(map(str, k)): np.asarray(v[...], np.float32) for k, v in nnx.to_flat_state(
+        nnx.state(model, FROZEN_FILTER))}
     for path, module in nnx.iter_graph(model):
         if isinstance(module, Einsum):
             out[".".join(map(str, path)) + ".kernel"] = np.asarray(module.merged_kernel())
-    return out
+    return layout.to_exchange(out, _scanned(model))
+
+
+FROZEN_FILTER = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
+
+
+def set_flat(model: nnx.Module, flat: Mapping[str, np.ndarray], filter_: Any, *, source: str) -> None:
+    """Set `model`'s `filter_` variables from exchange-format tensors (the inverse of
+    `flat_state`); names and shapes must match exactly, errors name `source`."""
+    state = nnx.state(model, filter_)
+    vars_ = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(state)}
+    expected = layout.exchange_shapes({k: v.shape for k, v in vars_.items()}, _scanned(model))
+    if set(flat) != set(expected):
+        raise ValueError(f"{source}: tensors {sorted(set(flat) ^ set(expected))[:6]} do not match the model "
+                         "(a different LoRA config or architecture?)")
+    for k, shape in expected.items():
+        if tuple(flat[k].shape) != shape:
+            raise ValueError(f"{source}: {k} has shape {tuple(flat[k].shape)}, expected {shape}")
+    cfg = model.config  # type: ignore[attr-defined]
+    for k, value in layout.to_model(flat, cfg.num_layers, _scanned(model)).items():
+        vars_[k].set_value(jnp.asarray(value, vars_[k][...].dtype))
 
 
 def from_params(
@@ -323,7 +440,7 @@ def from_params(
     seed: int = 0,
     source: str = "params",
 ) -> Gemma:
-    """Build a model from a flat weight dict without ever random-initialising the base.
+    """Build a model from a flat exchange-format weight dict without ever random-initialising the base.
 
     The base is created abstractly (no memory), then filled from `params`; only
     the LoRA adapters are initialised, under jit so the base init is dead code.
@@ -336,14 +453,16 @@ def from_params(
     def build() -> Gemma:
         return Gemma(config, lora=lora, rngs=nnx.Rngs(seed))
 
-    graphdef, base_state, other_state = nnx.split(
-        nnx.eval_shape(build), nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)), ...)
+    graphdef, base_state, other_state = nnx.split(nnx.eval_shape(build), FROZEN_FILTER, ...)
     # Adapters and RNG streams are small: initialise them for real, under jit so
     # that XLA drops the (unused) random init of the base.
-    other_state = jax.jit(lambda: nnx.split(build(), nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)), ...)[2])()
+    other_state = jax.jit(lambda: nnx.split(build(), FROZEN_FILTER, ...)[2])()
     lora_state = nnx.state(nnx.merge(graphdef, base_state, other_state), nnx.LoRAParam)
-    expected = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(base_state)}
-    lora_expected = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(lora_state)}
+    scanned = config.scan_layers
+    base_vars = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(base_state)}
+    lora_vars = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(lora_state)}
+    expected = layout.exchange_shapes({k: v.shape for k, v in base_vars.items()}, scanned)
+    lora_expected = layout.exchange_shapes({k: v.shape for k, v in lora_vars.items()}, scanned)
     missing = sorted(set(expected) - set(params))
     if missing:
         raise WeightImportError(f"{source}: missing tensors for {config.name}: {', '.join(missing[:8])}"
@@ -354,9 +473,15 @@ def from_params(
                                 f"{' with this LoRA config' if any('lora' in u for u in unknown) else ''}: "
                                 f"{', '.join(unknown[:8])}")
     for name, value in params.items():
-        var = expected.get(name) or lora_expected[name]
-        if tuple(value.shape) != tuple(var.shape):
+        shape = expected.get(name) or lora_expected[name]
+        if tuple(value.shape) != tuple(shape):
             raise WeightImportError(f"{source}: tensor {name} has shape {tuple(value.shape)} but "
-                                    f"{config.name} expects {tuple(var.shape)}")
+                                    f"{config.name} expects {tuple(shape)}")
+    lora_given = {k: v for k, v in params.items() if k in lora_expected}
+    if lora_given and set(lora_given) != set(lora_expected):
+        raise WeightImportError(f"{source}: adapter tensors are incomplete: "
+                                f"{', '.join(sorted(set(lora_expected) - set(lora_given))[:8])} missing")
+    for name, value in layout.to_model(params, config.num_layers, scanned).items():
+        var = base_vars.get(name) or lora_vars[name]
         var.set_value(jnp.asarray(value, dtype=var.dtype))
     return nnx.merge(graphdef, base_state, other_state)

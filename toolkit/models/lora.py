@@ -61,6 +61,8 @@ class Einsum(nnx.Module):
     `axes` are the kernel's logical axis names; the adapter's A inherits all but
     the last, B inherits the last, and the rank axis is never sharded. Spelling
     this out here is what keeps an adapter from being sharded by accident.
+    `stack=n` holds n layers' weights on a leading `layers` axis (a scanned
+    model); `__call__` then runs on one layer's slice inside the scan.
     """
 
     def __init__(
@@ -73,10 +75,14 @@ class Einsum(nnx.Module):
         dtype: Any,
         rngs: nnx.Rngs,
         lora: LoRAConfig | None = None,
+        stack: int | None = None,
     ):
         self.equation = equation
         self.dtype = dtype
+        self.stacked = stack is not None
         shape = tuple(shape)
+        lead = () if stack is None else (stack,)
+        lead_axes: tuple[str | None, ...] = () if stack is None else ("layers",)
         fan_in = 1
         x_sub, k_sub = equation.split("->")[0].split(",")
         for size, c in zip(shape, k_sub):
@@ -84,20 +90,22 @@ class Einsum(nnx.Module):
                 fan_in *= size
         init = jax.nn.initializers.normal(stddev=fan_in**-0.5)
         self.kernel = nnx.Param(
-            init(rngs.params(), shape, param_dtype), sharding_names=tuple(axes), eager_sharding=False
+            init(rngs.params(), (*lead, *shape), param_dtype), sharding_names=(*lead_axes, *axes),
+            eager_sharding=False,
         )
         self.lora = lora
         if lora is not None:
+            off = len(lead)
+            a_init = jax.nn.initializers.he_uniform(in_axis=tuple(range(off, off + len(shape) - 1)), out_axis=-1,
+                                                    batch_axis=tuple(range(off)))
             self.lora_a = nnx.LoRAParam(
-                jax.nn.initializers.he_uniform(in_axis=tuple(range(len(shape) - 1)), out_axis=-1)(
-                    rngs.params(), (*shape[:-1], lora.rank), jnp.float32
-                ),
-                sharding_names=(*axes[:-1], None),
+                a_init(rngs.params(), (*lead, *shape[:-1], lora.rank), jnp.float32),
+                sharding_names=(*lead_axes, *axes[:-1], None),
                 eager_sharding=False,
             )
             self.lora_b = nnx.LoRAParam(
-                jnp.zeros((lora.rank, shape[-1]), jnp.float32),
-                sharding_names=(None, axes[-1]),
+                jnp.zeros((*lead, lora.rank, shape[-1]), jnp.float32),
+                sharding_names=(*lead_axes, None, axes[-1]),
                 eager_sharding=False,
             )
             self.lora_dropout = nnx.Dropout(lora.dropout, rngs=rngs)
@@ -132,4 +140,5 @@ class Einsum(nnx.Module):
         k = self.kernel[...].astype(jnp.float32)
         if self.lora is None:
             return k
-        return k + self.lora.scale * jnp.einsum("...r,ro->...o", self.lora_a[...], self.lora_b[...])
+        eq = "l...r,lro->l...o" if self.stacked else "...r,ro->...o"
+        return k + self.lora.scale * jnp.einsum(eq, self.lora_a[...], self.lora_b[...])

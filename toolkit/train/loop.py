@@ -26,10 +26,11 @@ import optax
 from tqdm.auto import tqdm
 
 from toolkit.config import TrainConfig
-from toolkit.data.pipeline import make_epoch, num_batches, sorted_batches
+from toolkit.data import packing as packing_lib
+from toolkit.data.pipeline import make_epoch, make_packed_epoch, num_batches, packed_steps, sorted_batches
 from toolkit.train import mesh as mesh_lib
 from toolkit.train.flops import mfu, train_flops_per_token
-from toolkit.train.step import ModelParts, StepShardings, make_score_step, make_train_step
+from toolkit.train.step import ModelParts, StepShardings, make_head, make_score_step, make_train_step
 
 
 class TrainingDiverged(FloatingPointError):
@@ -97,10 +98,18 @@ class Placement:
     mesh: Any
     shardings: StepShardings
     model_config: Any = None  # for FLOP / MFU estimates
+    _score: Callable | None = dataclasses.field(default=None, repr=False)
 
     @property
     def dp(self) -> int:
         return mesh_lib.data_parallel_size(self.mesh)
+
+    def score_fn(self) -> Callable:
+        """The one compiled scorer of this model on this mesh (classes and head are its
+        arguments): per-epoch eval and every later predict share it."""
+        if self._score is None:
+            self._score = make_score_step(self.parts.eval_graph, shardings=self.shardings)
+        return self._score
 
 
 def place_parts(parts: ModelParts, mesh: Any, model_config: Any = None) -> Placement:
@@ -159,8 +168,15 @@ def _check_same_run(saved: dict[str, Any], current: dict[str, Any], where: Any) 
 
 
 def _device_batch(b, placement: Placement, global_rows: int) -> dict[str, jax.Array]:
-    local = {"tokens": b.tokens, "lengths": np.maximum(b.lengths, 1), "labels": b.labels, "weights": b.weights}
+    if hasattr(b, "segment_ids"):
+        local = b.device_dict()
+    else:
+        local = {"tokens": b.tokens, "lengths": np.maximum(b.lengths, 1), "labels": b.labels, "weights": b.weights}
     return mesh_lib.global_batch(placement.mesh, local, global_rows)
+
+
+def _real_tokens(b) -> int:
+    return b.real_tokens if hasattr(b, "segment_ids") else int(b.lengths.sum())
 
 
 def fit(
@@ -193,19 +209,28 @@ def fit(
     sees each of this process's batches before its step (input debugging).
     """
     parts, mesh = placement.parts, placement.mesh
-    _check_batch(cfg, placement.dp)
-    steps_per_epoch = num_batches([len(x) for x in ids], cfg.batch_size, max_length)
-    total = steps_per_epoch * cfg.epochs
+    lengths = [len(x) for x in ids]
+    if cfg.packing:
+        # One fixed token budget per step: one compiled train step for the whole fit.
+        shape = packing_lib.train_shape(lengths, cfg.batch_size, max_length,
+                                        row_multiple=placement.dp * cfg.grad_accum_steps)
+        epoch_steps = [packed_steps(lengths, shape, epoch=e, seed=cfg.seed) for e in range(cfg.epochs)]
+        global_rows = shape.rows
+    else:
+        _check_batch(cfg, placement.dp)
+        epoch_steps = [num_batches(lengths, cfg.batch_size, max_length)] * cfg.epochs
+        global_rows = cfg.batch_size
+    total = sum(epoch_steps)
     tx, schedule = make_optimizer(cfg, total)
     lora = jax.tree.map(jnp.copy, parts.lora)  # the step donates its inputs
     rest = jax.tree.map(jnp.copy, parts.rest)
     opt_shardings = mesh_lib.like_shardings(jax.eval_shape(tx.init, lora), lora, placement.shardings.lora, mesh)
     opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(lora)
     shardings = placement.shardings._replace(opt_state=opt_shardings)
-    step_fn = _oom_guard(make_train_step(parts.train_graph, tx, jnp.asarray(class_ids, jnp.int32), cfg.loss,
-                                         head=None if head is None else jnp.asarray(head, jnp.int32),
-                                         accum_steps=cfg.grad_accum_steps, shardings=shardings), cfg, mesh)
-    slice_index, slice_count = mesh_lib.process_rows(mesh, cfg.batch_size)
+    step_fn = _oom_guard(make_train_step(parts.train_graph, tx, cfg.loss, accum_steps=cfg.grad_accum_steps,
+                                         shardings=shardings), cfg, mesh)
+    class_arr, head_arg = jnp.asarray(class_ids, jnp.int32), make_head(head)
+    slice_index, slice_count = mesh_lib.process_rows(mesh, global_rows)
     main = jax.process_index() == 0
     history: list[dict[str, Any]] = []
     step, start_epoch, skip = 0, 0, 0
@@ -236,13 +261,20 @@ def fit(
         window_t, window_tokens, window_flops = time.perf_counter(), 0, 0.0
         sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
         batch_in_epoch = skip if epoch == start_epoch else 0
-        for b in make_epoch(ids, labels, batch_size=cfg.batch_size, max_length=max_length, epoch=epoch,
-                            seed=cfg.seed, shuffle=True, pad_id=pad_id, process_index=slice_index,
-                            process_count=slice_count, skip_batches=batch_in_epoch):
+        if cfg.packing:
+            batches = make_packed_epoch(ids, labels, shape, epoch=epoch, seed=cfg.seed, pad_id=pad_id,
+                                        process_index=slice_index, process_count=slice_count,
+                                        skip_batches=batch_in_epoch)
+        else:
+            batches = make_epoch(ids, labels, batch_size=cfg.batch_size, max_length=max_length, epoch=epoch,
+                                 seed=cfg.seed, shuffle=True, pad_id=pad_id, process_index=slice_index,
+                                 process_count=slice_count, skip_batches=batch_in_epoch)
+        steps_per_epoch = epoch_steps[epoch]
+        for b in batches:
             if inspect_batch is not None:
                 inspect_batch(step, b)
             lora, opt_state, rest, m = step_fn(lora, opt_state, parts.frozen, rest,
-                                               _device_batch(b, placement, cfg.batch_size))
+                                               _device_batch(b, placement, global_rows), class_arr, head_arg)
             m = {k: float(v) for k, v in mesh_lib.to_host(m).items()}
             if not np.isfinite(m["loss"]) or not m["params_finite"]:
                 bar.close()
@@ -255,7 +287,7 @@ def fit(
             sums["correct"] += m["correct"]
             sums["count"] += m["count"]
             # Tokens of every process's rows (one global batch) and the FLOPs they cost.
-            real = int(b.lengths.sum()) * slice_count + (len(head or ()) * int(m["count"]))
+            real = _real_tokens(b) * slice_count + (len(head or ()) * int(m["count"]))
             ctx = real / max(m["count"], 1)
             flops = train_flops_per_token(placement.model_config, ctx) * real if placement.model_config else 0.0
             tokens_seen += real
@@ -306,43 +338,49 @@ def predict_proba(
     pad_id: int = 0,
     progress: bool = False,
     head: Sequence[int] | None = None,
+    packing: bool = True,
 ) -> np.ndarray:
-    """(n, classes) probabilities in input order, from length-sorted batches.
+    """(n, classes) probabilities in input order.
 
-    Each scoring batch is split over the data-parallel devices like a train
-    batch (its size rounded up to a multiple of them); probabilities come back
-    replicated, so every process returns the full array.
+    Packed (the default): examples longest-first in rows of one shape that
+    depends only on (batch_size, max_length, mesh), so every call shares one
+    compiled scorer. Unpacked: length-sorted batches of `batch_size` rows.
+    Either way a batch's rows are split over the data-parallel devices like a
+    train batch; probabilities come back replicated, so every process returns
+    the full array.
     """
     parts, mesh = placement.parts, placement.mesh
-    dp = placement.dp
-    batch_size = -(-batch_size // dp) * dp
-    slice_index, slice_count = mesh_lib.process_rows(mesh, batch_size)
-    per = batch_size // slice_count
-    lo = slice_index * per
-    score = _score_fn(parts.eval_graph, tuple(int(c) for c in class_ids), None if head is None else tuple(head),
-                      placement.shardings)
     out = np.zeros((len(ids), len(class_ids)), np.float32)
-    total = -(-len(ids) // batch_size)
+    if not len(ids):
+        return out
+    dp = placement.dp
+    score = placement.score_fn()
+    class_arr, head_arg = jnp.asarray(class_ids, jnp.int32), make_head(head)
+    if packing:
+        shape = packing_lib.score_shape(batch_size, max_length, row_multiple=dp)
+        lengths = [len(x) for x in ids]
+        order = packing_lib.score_order(lengths)
+        rows = shape.rows
+        total = len(packing_lib.plan(order, lengths, shape))
+        batches = make_packed_epoch(ids, None, shape, shuffle=False, pad_id=pad_id, order=order)
+    else:
+        rows = -(-batch_size // dp) * dp
+        total = -(-len(ids) // rows)
+        batches = sorted_batches(ids, batch_size=rows, max_length=max_length, pad_id=pad_id)
+    slice_index, slice_count = mesh_lib.process_rows(mesh, rows)
+    per = rows // slice_count
+    lo = slice_index * per
     main = jax.process_index() == 0
-    for b in tqdm(sorted_batches(ids, batch_size=batch_size, max_length=max_length, pad_id=pad_id),
-                  total=total, unit="batch", disable=not (progress and main), desc="score"):
-        g = mesh_lib.global_batch(mesh, {"tokens": b.tokens[lo: lo + per],
-                                         "lengths": np.maximum(b.lengths, 1)[lo: lo + per]}, batch_size)
-        probs = mesh_lib.to_host(score(lora, parts.frozen, parts.rest, g["tokens"], g["lengths"]))
-        real = b.index >= 0
-        out[b.index[real]] = probs[real]
+    for b in tqdm(batches, total=total, unit="batch", disable=not (progress and main), desc="score"):
+        if packing:
+            local = {k: v[lo: lo + per] for k, v in b.device_dict().items()}
+        else:
+            local = {"tokens": b.tokens[lo: lo + per], "lengths": np.maximum(b.lengths, 1)[lo: lo + per],
+                     "labels": b.labels[lo: lo + per], "weights": b.weights[lo: lo + per]}
+        g = mesh_lib.global_batch(mesh, local, rows)
+        probs = np.asarray(mesh_lib.to_host(score(lora, parts.frozen, parts.rest, g, class_arr, head_arg)))
+        probs = probs.reshape(-1, probs.shape[-1])
+        index = np.asarray(b.index).reshape(-1)
+        real = index >= 0
+        out[index[real]] = probs[real]
     return out
-
-
-_SCORE_CACHE: dict[Any, Callable] = {}
-
-
-def _score_fn(graphdef: Any, class_ids: tuple[int, ...], head: tuple[int, ...] | None,
-              shardings: StepShardings) -> Callable:
-    # One compiled scorer per (model structure, classes, head, mesh): repeated predict calls reuse it.
-    key = (graphdef, class_ids, head, shardings.replicated.mesh)
-    if key not in _SCORE_CACHE:
-        _SCORE_CACHE[key] = make_score_step(graphdef, jnp.asarray(class_ids, jnp.int32),
-                                            head=None if head is None else jnp.asarray(head, jnp.int32),
-                                            shardings=shardings)
-    return _SCORE_CACHE[key]

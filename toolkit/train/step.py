@@ -14,10 +14,11 @@ projection would cost more than the whole 270M body.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -25,6 +26,8 @@ from toolkit.models.gemma import Gemma
 
 FROZEN = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
 LOSSES = ("class", "lm")
+# The prompt's shared instruction head: {"tokens": (P,) padded, "length": () real length}.
+Head = dict[str, jax.Array]
 
 
 class ModelParts(NamedTuple):
@@ -45,51 +48,89 @@ def split_model(model: Gemma) -> ModelParts:
     return ModelParts(train_graph, eval_graph, lora, frozen, rest)
 
 
-def last_hidden(model: Gemma, tokens: jax.Array, lengths: jax.Array, head: jax.Array | None = None) -> jax.Array:
-    """Hidden state at each row's last real token (right padding), (batch, embed).
+def as_segments(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Any batch in the packed layout: one segment per row for an unpacked
+    (`tokens`, `lengths`, `labels`, `weights`) batch, unchanged if already packed.
 
-    With `head` (the prompt's shared instruction tokens), `tokens` hold only
-    each row's own part and the head is run once for the whole batch.
+    Packed: `tokens`, `segment_ids` (0 = padding), `positions` (restarting at
+    each segment) of shape (rows, T); `last` (each segment's last token),
+    `labels` and `weights` (0 for empty slots) of shape (rows, S).
     """
-    mask = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
-    prefix = None if head is None else model.prefix(head)
-    h = model.hidden_states(tokens, mask, prefix=prefix)
-    return h[jnp.arange(tokens.shape[0]), lengths - 1]
+    if "segment_ids" in batch:
+        return batch
+    tokens, lengths = batch["tokens"], batch["lengths"]
+    t = tokens.shape[1]
+    seg = (jnp.arange(t)[None, :] < lengths[:, None]).astype(jnp.int32)
+    return {"tokens": tokens, "segment_ids": seg, "positions": jnp.broadcast_to(jnp.arange(t), tokens.shape),
+            "last": (lengths - 1)[:, None], "labels": batch["labels"][:, None], "weights": batch["weights"][:, None]}
 
 
-def class_logits(model: Gemma, tokens: jax.Array, lengths: jax.Array, class_ids: jax.Array,
-                 head: jax.Array | None = None) -> jax.Array:
-    return model.project(last_hidden(model, tokens, lengths, head), class_ids).astype(jnp.float32)
+def segment_hidden(model: Gemma, batch: dict[str, jax.Array], head: Head | None = None) -> jax.Array:
+    """Hidden state at each segment's last token, (rows, S, embed).
+
+    With `head` (the prompt's shared instruction tokens, padded, and their
+    real length), rows hold only each example's own part and the head is run
+    once for the whole batch; every segment's positions continue after it.
+    """
+    b = as_segments(batch)
+    positions, prefix, prefix_mask = b["positions"], None, None
+    if head is not None:
+        prefix = model.prefix(head["tokens"])
+        prefix_mask = jnp.arange(head["tokens"].shape[0]) < head["length"]
+        positions = positions + head["length"]
+    h = model.hidden_states(b["tokens"], positions=positions, prefix=prefix, segment_ids=b["segment_ids"],
+                            prefix_mask=prefix_mask)
+    return jnp.take_along_axis(h, b["last"][:, :, None], axis=1)
+
+
+def class_logits(model: Gemma, batch: dict[str, jax.Array], class_ids: jax.Array,
+                 head: Head | None = None) -> jax.Array:
+    """(rows, S, classes) logits of the class tokens at each segment's end."""
+    return model.project(segment_hidden(model, batch, head), class_ids).astype(jnp.float32)
 
 
 def row_losses(
     model: Gemma, batch: dict[str, jax.Array], class_ids: jax.Array, loss: str = "class",
-    head: jax.Array | None = None,
+    head: Head | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Per-row cross-entropy (batch,) and the (batch, classes) logits.
+    """Per-segment cross-entropy (rows, S) and the (rows, S, classes) logits.
 
     "class": softmax over the class tokens only (what scoring uses).
     "lm": the codelab's objective, softmax over the full vocabulary at the
     label position; the class logits are still returned for metrics.
     """
-    last = last_hidden(model, batch["tokens"], batch["lengths"], head)
+    labels = as_segments(batch)["labels"]
+    last = segment_hidden(model, batch, head)
     if loss == "class":
         logits = model.project(last, class_ids).astype(jnp.float32)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]), logits
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels), logits
     if loss == "lm":
         vocab = model.project(last).astype(jnp.float32)
-        return optax.softmax_cross_entropy_with_integer_labels(vocab, class_ids[batch["labels"]]), vocab[:, class_ids]
+        return optax.softmax_cross_entropy_with_integer_labels(vocab, class_ids[labels]), vocab[..., class_ids]
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 
 def loss_and_logits(
     model: Gemma, batch: dict[str, jax.Array], class_ids: jax.Array, loss: str = "class",
-    head: jax.Array | None = None,
+    head: Head | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Weighted mean cross-entropy (filler rows weigh 0) and the (batch, classes) logits."""
+    """Weighted mean cross-entropy (empty slots weigh 0) and the (examples, classes) logits
+    (flattened over rows and segments)."""
     ce, logits = row_losses(model, batch, class_ids, loss, head)
-    w = batch["weights"].astype(jnp.float32)
-    return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0), logits
+    w = as_segments(batch)["weights"].astype(jnp.float32)
+    return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0), logits.reshape(-1, logits.shape[-1])
+
+
+def make_head(tokens: Sequence[int] | None, multiple: int = 32) -> Head | None:
+    """The shared head as a compiled-step argument: tokens padded to a multiple of
+    `multiple` plus the real length, so one program serves every prompt of
+    similar length (and every label set) instead of one per prompt."""
+    if tokens is None:
+        return None
+    n = len(tokens)
+    padded = np.zeros(max(multiple, -(-n // multiple) * multiple), np.int32)
+    padded[:n] = tokens
+    return {"tokens": jnp.asarray(padded), "length": jnp.int32(n)}
 
 
 class StepShardings(NamedTuple):
@@ -113,21 +154,24 @@ def _accumulate(batch: dict[str, jax.Array], accum: int) -> dict[str, jax.Array]
 
 
 def make_train_step(
-    graphdef: Any, tx: optax.GradientTransformation, class_ids: jax.Array, loss: str = "class",
-    jit: bool = True, head: jax.Array | None = None, accum_steps: int = 1,
-    shardings: StepShardings | None = None,
+    graphdef: Any, tx: optax.GradientTransformation, loss: str = "class",
+    jit: bool = True, accum_steps: int = 1, shardings: StepShardings | None = None,
 ) -> Callable:
-    """`step(lora, opt_state, frozen, rest, batch) -> (lora, opt_state, rest, metrics)`.
+    """`step(lora, opt_state, frozen, rest, batch, class_ids, head) -> (lora, opt_state, rest, metrics)`.
 
-    With `accum_steps > 1` the batch is cut into that many micro-batches whose
-    gradients are summed in a `lax.scan` before one optimizer update; the
-    loss is normalised by the total weight of the whole batch, so the update
-    equals the one a single large batch would make. With `shardings`, the
-    step is compiled for the mesh they name (same function, one more argument
-    to `jax.jit`): that is the whole difference between 1 device and a pod.
+    `class_ids` and `head` (see `make_head`; may be None) are arguments, not
+    constants baked into the program, so one compiled step serves every prompt,
+    label set and multi-label question of the same shapes. `batch` is packed
+    (see `as_segments`) or unpacked. With `accum_steps > 1` the batch's rows are
+    cut into that many micro-batches whose gradients are summed in a
+    `lax.scan` before one optimizer update; the loss is normalised by the total
+    weight of the whole batch, so the update equals the one a single large
+    batch would make. With `shardings`, the step is compiled for the mesh they
+    name (same function, one more argument to `jax.jit`): that is the whole
+    difference between 1 device and a pod.
     """
 
-    def grads_of(lora, frozen, rest, batch):
+    def grads_of(lora, frozen, rest, batch, class_ids, head):
         def objective(lora, rest):
             # Fresh variables for the dropout RNG streams: NNX lets a variable change
             # only at the trace level that created it, and dropout advances its
@@ -135,24 +179,26 @@ def make_train_step(
             rest = jax.tree.map(lambda x: x, rest)
             model = nnx.merge(graphdef, lora, frozen, rest)
             ce, logits = row_losses(model, batch, class_ids, loss, head)
-            return jnp.sum(ce * batch["weights"].astype(jnp.float32)), (logits, nnx.state(model, nnx.Not(nnx.Param)))
+            w = as_segments(batch)["weights"].astype(jnp.float32)
+            return jnp.sum(ce * w), (logits, nnx.state(model, nnx.Not(nnx.Param)))
 
         (total, (logits, rest)), grads = jax.value_and_grad(objective, has_aux=True)(lora, rest)
         return total, logits, rest, grads
 
-    def step(lora, opt_state, frozen, rest, batch):
+    def step(lora, opt_state, frozen, rest, batch, class_ids, head):
+        batch = as_segments(batch)
         if accum_steps == 1:
-            total, logits, rest, grads = grads_of(lora, frozen, rest, batch)
+            total, logits, rest, grads = grads_of(lora, frozen, rest, batch, class_ids, head)
         else:
             def body(carry, micro):
                 g_sum, t_sum, rest = carry
-                t, logits, rest, g = grads_of(lora, frozen, rest, micro)
+                t, logits, rest, g = grads_of(lora, frozen, rest, micro, class_ids, head)
                 return (jax.tree.map(jnp.add, g_sum, g), t_sum + t, rest), logits
 
             zeros = jax.tree.map(jnp.zeros_like, lora)
             (grads, total, rest), logits = jax.lax.scan(body, (zeros, jnp.float32(0), rest),
                                                         _accumulate(batch, accum_steps))
-            logits = jnp.moveaxis(logits, 0, 1).reshape(-1, logits.shape[-1])
+            logits = jnp.moveaxis(logits, 0, 1).reshape(-1, *logits.shape[2:])
         w = batch["weights"].astype(jnp.float32)
         denom = jnp.maximum(jnp.sum(w), 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
@@ -171,22 +217,23 @@ def make_train_step(
     if shardings is None:
         return jax.jit(step, donate_argnums=(0, 1, 3))
     s = shardings
-    return jax.jit(step, donate_argnums=(0, 1, 3), in_shardings=(s.lora, s.opt_state, s.frozen, s.rest, s.batch),
+    return jax.jit(step, donate_argnums=(0, 1, 3),
+                   in_shardings=(s.lora, s.opt_state, s.frozen, s.rest, s.batch, s.replicated, s.replicated),
                    out_shardings=(s.lora, s.opt_state, s.rest, s.replicated))
 
 
-def make_score_step(graphdef: Any, class_ids: jax.Array, jit: bool = True, head: jax.Array | None = None,
-                    shardings: StepShardings | None = None) -> Callable:
-    """`score(lora, frozen, rest, tokens, lengths) -> (batch, classes)` probabilities
+def make_score_step(graphdef: Any, jit: bool = True, shardings: StepShardings | None = None) -> Callable:
+    """`score(lora, frozen, rest, batch, class_ids, head) -> (rows, S, classes)` probabilities
     (replicated on every device when `shardings` are given, so every host can read them)."""
 
-    def score(lora, frozen, rest, tokens, lengths):
+    def score(lora, frozen, rest, batch, class_ids, head):
         model = nnx.merge(graphdef, lora, frozen, rest)
-        return jax.nn.softmax(class_logits(model, tokens, lengths, class_ids, head), axis=-1)
+        return jax.nn.softmax(class_logits(model, batch, class_ids, head), axis=-1)
 
     if not jit:
         return score
     if shardings is None:
         return jax.jit(score)
     s = shardings
-    return jax.jit(score, in_shardings=(s.lora, s.frozen, s.rest, s.batch, s.batch), out_shardings=s.replicated)
+    return jax.jit(score, in_shardings=(s.lora, s.frozen, s.rest, s.batch, s.replicated, s.replicated),
+                   out_shardings=s.replicated)
