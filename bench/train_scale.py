@@ -47,7 +47,7 @@ def worker(args: argparse.Namespace) -> dict:
     from toolkit.train import loop
     from toolkit.train.flops import mfu, train_flops_per_token
     from toolkit.train.mesh import global_batch, like_shardings, make_mesh
-    from toolkit.train.step import make_train_step, split_model
+    from toolkit.train.step import make_head, make_train_step, split_model
 
     lora = LoRAConfig(rank=8, alpha=16, targets=("q", "k", "v", "o", "gate", "up", "down"))
     d, f, t = (int(x) for x in mesh_spec.split("x"))
@@ -85,20 +85,19 @@ def worker(args: argparse.Namespace) -> dict:
     tx = optax.adamw(1e-4)
     opt_sh = like_shardings(jax.eval_shape(tx.init, parts.lora), parts.lora, placement.shardings.lora, mesh)
     opt_state = jax.jit(tx.init, out_shardings=opt_sh)(parts.lora)
-    step = make_train_step(parts.train_graph, tx, jnp.asarray([5, 9], jnp.int32),
-                           head=None if head is None else jnp.asarray(head, jnp.int32),
-                           shardings=placement.shardings._replace(opt_state=opt_sh))
+    step = make_train_step(parts.train_graph, tx, shardings=placement.shardings._replace(opt_state=opt_sh))
+    class_ids, head_arg = jnp.asarray([5, 9], jnp.int32), make_head(head)
     batch = global_batch(mesh, {"tokens": tokens, "lengths": lengths, "labels": rng.integers(0, 2, b).astype(np.int32),
                                 "weights": np.ones(b, np.float32)}, b)
     lora_s, rest = jax.tree.map(jnp.copy, parts.lora), jax.tree.map(jnp.copy, parts.rest)
     t0 = time.perf_counter()
-    lora_s, opt_state, rest, m = step(lora_s, opt_state, parts.frozen, rest, batch)
+    lora_s, opt_state, rest, m = step(lora_s, opt_state, parts.frozen, rest, batch, class_ids, head_arg)
     jax.block_until_ready(m)
     compile_s = time.perf_counter() - t0
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
-        lora_s, opt_state, rest, m = step(lora_s, opt_state, parts.frozen, rest, batch)
+        lora_s, opt_state, rest, m = step(lora_s, opt_state, parts.frozen, rest, batch, class_ids, head_arg)
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
     dt = float(np.median(times))

@@ -39,7 +39,8 @@ def _as_list(x: Iterable[Any]) -> list[Any]:
 
 
 def resolve_param_dtype(param_dtype: str) -> str:
-    """`auto`: bfloat16 where matmuls are native (GPU/TPU), float32 on CPU."""
+    """`auto` (for storage or compute dtype): bfloat16 where matmuls are native (GPU/TPU),
+    float32 on CPU."""
     if param_dtype != "auto":
         return param_dtype
     import jax
@@ -76,7 +77,7 @@ class AgileClassifier:
         train: TrainConfig | dict[str, Any] | None = None,
         max_length: int = 256,
         param_dtype: str = "auto",
-        dtype: str = "float32",
+        dtype: str = "auto",
         progress: bool = True,
         mesh: Any = None,
         remat: str = "none",
@@ -110,12 +111,12 @@ class AgileClassifier:
 
         pdtype = resolve_param_dtype(self.param_dtype)
         if isinstance(self.model_spec, (str, os.PathLike)):
-            model, tok = load_pretrained(self.model_spec, lora=self.lora, param_dtype=pdtype, dtype=self.dtype,
+            model, tok = load_pretrained(self.model_spec, lora=self.lora, param_dtype=pdtype, dtype=resolve_param_dtype(self.dtype),
                                          seed=self.train_config.seed, remat=self.remat)
         else:
             base, tok = self.model_spec
             params = {k: np.asarray(v) for k, v in flat_state(base, FROZEN).items()}
-            cfg = base.config.replace(param_dtype=pdtype, dtype=self.dtype, remat=self.remat)
+            cfg = base.config.replace(param_dtype=pdtype, dtype=resolve_param_dtype(self.dtype), remat=self.remat)
             model = from_params(cfg, params, lora=self.lora, seed=self.train_config.seed, source="model")
         self.tokenizer = tok
         self.model_config = model.config

@@ -30,13 +30,15 @@ REMAT_POLICIES = ("none", "dots", "full")
 class ModelSection:
     """Which pretrained model, and how its frozen base is stored.
 
-    `param_dtype: auto` is bfloat16 on GPU/TPU and float32 on CPU, where bf16
-    matmuls are emulated and slower than fp32.
+    `param_dtype` stores the frozen base, `dtype` is the compute (activation)
+    dtype. `auto` for either is bfloat16 on GPU/TPU and float32 on CPU, where
+    bf16 matmuls are emulated and slower than fp32. LoRA weights, norms,
+    softmaxes and losses stay fp32 whatever is chosen.
     """
 
     name: str = "gemma3_270m"
     param_dtype: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "auto"
     remat: str = "none"
 
     def __post_init__(self) -> None:

@@ -156,18 +156,27 @@ class Attention(nnx.Module):
         kpos = positions if key_positions is None else key_positions
         mask = mask & (jnp.abs(positions[:, :, None] - kpos[:, None, :]) < window)
         q = apply_rope(q, positions, inv_freq)
-        q = q * jnp.asarray(cfg.query_pre_attn_scalar**-0.5, q.dtype)
-        b, t, _, hd = q.shape
-        q = q.reshape(b, t, cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, hd)
-        logits = jnp.einsum("btkgh,bskh->bkgts", q, k)
-        logits = _softcap(logits, cfg.attn_logit_softcap).astype(jnp.float32)
-        logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(logits, axis=-1)
-        # A query that may attend to nothing (padding before any token) gets zeros,
-        # not a uniform average over masked keys.
-        probs = jnp.where(mask.any(-1)[:, None, None, :, None], probs, 0.0).astype(v.dtype)
-        out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, cfg.num_heads, hd)
+        scale = cfg.query_pre_attn_scalar**-0.5
+        if cfg.attn_logit_softcap is None:
+            # cuDNN flash attention on GPU, XLA's fused attention elsewhere.
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale)
+        else:  # Gemma 2's logit soft-cap: written out
+            out = _attention_softcapped(q, k, v, mask, scale, cfg)
         return self.o_proj(out)
+
+
+def _attention_softcapped(q: Array, k: Array, v: Array, mask: Array, scale: float, cfg: ModelConfig) -> Array:
+    q = q * jnp.asarray(scale, q.dtype)
+    b, t, _, hd = q.shape
+    q = q.reshape(b, t, cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, hd)
+    logits = jnp.einsum("btkgh,bskh->bkgts", q, k)
+    logits = _softcap(logits, cfg.attn_logit_softcap).astype(jnp.float32)
+    logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    # A query that may attend to nothing (padding before any token) gets zeros,
+    # not a uniform average over masked keys.
+    probs = jnp.where(mask.any(-1)[:, None, None, :, None], probs, 0.0).astype(v.dtype)
+    return jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, cfg.num_heads, hd)
 
 
 class MLP(nnx.Module):
@@ -358,8 +367,11 @@ class Gemma(nnx.Module):
         real = segment_ids > 0
         if positions is None:
             positions = jnp.broadcast_to(p + jnp.arange(t), (b, t))
+        # Padding queries see only themselves: no row of the mask is empty, so every
+        # attention implementation stays finite, and no real token ever sees padding.
+        eye = jnp.eye(t, dtype=bool)[None]
         mask = (jnp.tril(jnp.ones((t, t), bool))[None] & (segment_ids[:, :, None] == segment_ids[:, None, :])
-                & real[:, None, :])
+                & (real[:, None, :] | eye))
         key_positions = None
         if prefix is not None:
             head_cols = real[:, :, None] if prefix_mask is None else real[:, :, None] & prefix_mask[None, None, :]
