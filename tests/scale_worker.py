@@ -43,6 +43,7 @@ def main() -> int:
 
     from toolkit.models.configs import get_config
     from toolkit.models.gemma import Gemma
+    from toolkit.models import layout
     from toolkit.models.lora import LoRAConfig
     from toolkit.train import loop
     from toolkit.train.mesh import make_mesh, to_host
@@ -82,10 +83,11 @@ def main() -> int:
         curve = Curve()
         lora, _ = loop.fit(placement, ids, labels, [5, 9], train, max_length=16, progress=False, head=head,
                            tracker=curve)
-        flat = to_host(lora)
         results[f"{spec}/loss"] = np.array(curve.loss)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(flat)[0]:
-            results[f"{spec}/{jax.tree_util.keystr(path)}"] = np.asarray(leaf)
+        # Adapters by their exchange names (layers.{i}.attn.q_proj.lora_a): one entry per layer.
+        flat = {".".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(to_host(lora))}
+        for name, value in layout.to_exchange(flat, cfg.scan_layers).items():
+            results[f"{spec}/{name}"] = value
         specs = [str(s.spec) for s in jax.tree.leaves(placement.shardings.frozen,
                                                       is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))]
         results[f"{spec}/frozen_specs"] = np.array(sorted(set(specs)))

@@ -28,13 +28,23 @@ MAX_SEGMENTS = 32  # examples per row at most: bounds the (rows, segments) label
 
 @dataclasses.dataclass(frozen=True)
 class PackShape:
+    """`rows` x `width` tokens are planned per step; the arrays have `padded_rows`
+    (rows rounded up to `row_multiple`, the data-parallel size x accumulation steps),
+    the extra rows empty. Planning never depends on the mesh, so 1 device and a pod
+    see the same examples in the same steps."""
+
     rows: int
     width: int
     segments: int = MAX_SEGMENTS
+    row_multiple: int = 1
+
+    @property
+    def padded_rows(self) -> int:
+        return _round_up(self.rows, self.row_multiple)
 
     @property
     def tokens(self) -> int:
-        return self.rows * self.width
+        return self.padded_rows * self.width
 
 
 def _round_up(x: int, m: int) -> int:
@@ -42,16 +52,15 @@ def _round_up(x: int, m: int) -> int:
 
 
 def train_shape(lengths: Sequence[int], batch_size: int, width: int, row_multiple: int = 1) -> PackShape:
-    """Rows enough for `batch_size` examples of the data's mean length, at least 10% slack,
-    rounded up to `row_multiple` (data-parallel size x accumulation steps)."""
+    """Rows enough for `batch_size` examples of the data's mean length with 10% slack."""
     mean = float(np.mean(lengths)) if len(lengths) else 1.0
     rows = max(1, int(np.ceil(batch_size * mean * 1.1 / width)))
-    return PackShape(_round_up(rows, row_multiple), width)
+    return PackShape(rows, width, row_multiple=row_multiple)
 
 
 def score_shape(eval_batch_size: int, width: int, row_multiple: int = 1) -> PackShape:
     """One scoring shape per config: about `eval_batch_size` ETHOS-length examples a step."""
-    return PackShape(_round_up(max(1, eval_batch_size // 4), row_multiple), width)
+    return PackShape(max(1, eval_batch_size // 4), width, row_multiple=row_multiple)
 
 
 def plan(order: Sequence[int], lengths: Sequence[int], shape: PackShape) -> list[list[list[int]]]:
@@ -91,7 +100,7 @@ def score_order(lengths: Sequence[int]) -> np.ndarray:
 def arrays(steps: list[list[list[int]]], ids: Sequence[Sequence[int]], labels: Sequence[int] | np.ndarray | None,
            shape: PackShape, pad_id: int = 0) -> dict[str, np.ndarray]:
     """The packed arrays of every step, stacked on a leading step axis."""
-    k, r, w, s = len(steps), shape.rows, shape.width, shape.segments
+    k, r, w, s = len(steps), shape.padded_rows, shape.width, shape.segments
     out = {"tokens": np.full((k, r, w), pad_id, np.int32), "segment_ids": np.zeros((k, r, w), np.int32),
            "positions": np.zeros((k, r, w), np.int32), "last": np.zeros((k, r, s), np.int32),
            "labels": np.zeros((k, r, s), np.int32), "weights": np.zeros((k, r, s), np.float32),

@@ -213,14 +213,14 @@ def make_packed_epoch(
 
     if len(ids) == 0:
         raise ValueError("no examples to batch")
-    if shape.rows % process_count:
-        raise ValueError(f"packed rows={shape.rows} must divide by process_count={process_count}")
+    if shape.padded_rows % process_count:
+        raise ValueError(f"packed rows={shape.padded_rows} must divide by process_count={process_count}")
     lengths = [len(x) for x in ids]
     if order is None:
         order = packing.epoch_order(len(ids), epoch, seed, shuffle)
     steps = packing.plan(order, lengths, shape)
     data = packing.arrays(steps, ids, labels, shape, pad_id)
-    per_host = shape.rows // process_count
+    per_host = shape.padded_rows // process_count
     lo = process_index * per_host
     tf = _tf()
     ds = tf.data.Dataset.from_tensor_slices(data).skip(skip_batches)

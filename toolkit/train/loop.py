@@ -215,7 +215,7 @@ def fit(
         shape = packing_lib.train_shape(lengths, cfg.batch_size, max_length,
                                         row_multiple=placement.dp * cfg.grad_accum_steps)
         epoch_steps = [packed_steps(lengths, shape, epoch=e, seed=cfg.seed) for e in range(cfg.epochs)]
-        global_rows = shape.rows
+        global_rows = shape.padded_rows
     else:
         _check_batch(cfg, placement.dp)
         epoch_steps = [num_batches(lengths, cfg.batch_size, max_length)] * cfg.epochs
@@ -360,7 +360,7 @@ def predict_proba(
         shape = packing_lib.score_shape(batch_size, max_length, row_multiple=dp)
         lengths = [len(x) for x in ids]
         order = packing_lib.score_order(lengths)
-        rows = shape.rows
+        rows = shape.padded_rows
         total = len(packing_lib.plan(order, lengths, shape))
         batches = make_packed_epoch(ids, None, shape, shuffle=False, pad_id=pad_id, order=order)
     else:
