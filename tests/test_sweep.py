@@ -1,13 +1,12 @@
-"""Sweeps on a real Ray: `ray job submit` to a local head, a 2-process JAX trial,
-and a trial whose worker is killed mid-run (sweeps/ci.yaml: random tiny Gemma 3)."""
+"""Sweeps on a real Ray: `ray job submit` to a local head (the suite's shared sweep,
+tests/conftest.py), a 2-process JAX trial, a trial whose worker is killed mid-run and an
+interrupted sweep that resumes (sweeps/ci.yaml: random tiny Gemmas)."""
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,24 +15,9 @@ from pathlib import Path
 
 import pytest
 
-import wandb_records
+from conftest import ETHOS, ROOT, needs_ethos, subprocess_env, wandb_records, wandb_run_record, wandb_summary
 
-ROOT = Path(__file__).resolve().parents[1]
-ETHOS = (ROOT.parent / "shared" / "data" / "ethos").resolve()
-pytestmark = pytest.mark.skipif(not ETHOS.is_dir(), reason="needs ../shared/data/ethos")
-
-
-def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.pop("RAY_ADDRESS", None)
-    env.pop("XLA_FLAGS", None)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+pytestmark = [needs_ethos, pytest.mark.slow]
 
 
 def _sweep(out: Path, *overrides: str) -> list[str]:
@@ -57,52 +41,37 @@ def _check_finished_trials(summary: dict, n: int) -> None:
     assert summary["driver_imported_jax"] is False
 
 
-def test_ray_job_submit_runs_the_ci_sweep_on_a_local_head(tmp_path):
-    out = tmp_path / "runs"
-    port, dash = _free_port(), _free_port()
-    # Ray >= 2.59 protects a head with a token; the head and the job CLI share this one.
-    env = {**_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    start = subprocess.run(["ray", "start", "--head", "--num-cpus", "2", "--port", str(port),
-                            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-                            "--include-dashboard", "true", "--disable-usage-stats"],
-                           capture_output=True, text=True, timeout=180, env=env)
-    try:
-        assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
-        job = subprocess.run(["ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir",
-                              str(ROOT), "--", *[a if a != sys.executable else "python" for a in _sweep(out)]],
-                             capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
-        assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
-        assert "succeeded" in job.stdout.lower()
-        assert "best trial:" in job.stdout  # the trial table reaches the submitter
-        summary = _results(out)
-        trials = summary["trials"]
-        # ASHA may stop the worse trial after epoch 1: it still has eval metrics, not test ones.
-        assert {t["status"] for t in trials} <= {"finished", "stopped early"}, trials
-        finished = [t for t in trials if t["status"] == "finished"]
-        assert len(trials) == 2 and finished
-        _check_finished_trials({**summary, "trials": finished}, len(finished))
-        assert summary["ray"].startswith("cluster at")
-        assert {t["train.learning_rate"] for t in summary["trials"]} == {0.01, 0.001}
-        assert (out / "ci_sweep" / "results.csv").is_file()
-        assert (out / "ci_sweep" / "sweep_eval_roc_auc.png").read_bytes()[:4] == b"\x89PNG"
-        for t in trials:
-            recs = wandb_records.records(Path(t["run_dir"]))
-            run = wandb_records.run_record(recs)
-            assert run["run_group"] == "ci_sweep" and run["display_name"] == t["trial"]
-            evals = [r["history"]["item"] for r in recs if r.get("type") == "history"]
-            assert sum("epoch/eval_f1" in h for h in evals) == t["epochs"]
-            if t["status"] == "finished":
-                s = wandb_records.summary(recs)
-                assert s["test/roc_auc"] == pytest.approx(t["test_roc_auc"])
-                assert s["test/f1"] == pytest.approx(t["test_f1"])
-    finally:
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120, env=env)
+def test_ray_job_submit_runs_the_ci_sweep_on_a_local_head(ci_sweep):
+    job, summary = ci_sweep.job, ci_sweep.summary
+    assert "succeeded" in job.stdout.lower()
+    assert "best trial:" in job.stdout  # the trial table reaches the submitter
+    assert summary["ray"].startswith("cluster at")  # the job joined the head, not an embedded Ray
+    _check_finished_trials(summary, len(ci_sweep.models) * len(ci_sweep.train_sizes))
+    # Every point of the grid ran as its own trial.
+    assert sorted((t["model.name"], t["data.train_size"]) for t in summary["trials"]) == sorted(
+        (m, n) for m in ci_sweep.models for n in ci_sweep.train_sizes)
+    assert summary["best_trial"] in {t["trial"] for t in summary["trials"]}
+
+
+def test_the_sweep_writes_its_table_and_plot_and_one_wandb_run_per_trial(ci_sweep):
+    out, summary = ci_sweep.dir, ci_sweep.summary
+    assert (out / "results.csv").is_file()
+    assert (out / "sweep_eval_roc_auc.png").read_bytes()[:4] == b"\x89PNG"
+    for t in summary["trials"]:
+        recs = wandb_records(Path(t["run_dir"]))
+        run = wandb_run_record(recs)
+        assert run["run_group"] == ci_sweep.name and run["display_name"] == t["trial"]
+        evals = [r["history"]["item"] for r in recs if r.get("type") == "history"]
+        assert sum("epoch/eval_f1" in h for h in evals) == t["epochs"]
+        s = wandb_summary(recs)
+        assert s["test/roc_auc"] == pytest.approx(t["test_roc_auc"])
+        assert s["test/f1"] == pytest.approx(t["test_f1"])
 
 
 def test_a_trial_runs_as_a_two_process_jax_job(tmp_path):
     out = tmp_path / "runs"
     r = subprocess.run(_sweep(out, "sweep.resources.num_workers=2", "sweep.space={}", "--num-cpus", "3"),
-                       capture_output=True, text=True, timeout=900, env=_env(), cwd=tmp_path)
+                       capture_output=True, text=True, timeout=900, env=subprocess_env(), cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
     summary = _results(out)
     _check_finished_trials(summary, 1)
@@ -118,16 +87,19 @@ def test_a_trial_runs_as_a_two_process_jax_job(tmp_path):
     assert len(a["rows"]) + len(b["rows"]) <= 8  # together at most one global batch (batch_size 8)
 
 
-def _kill_a_worker_mid_run(sweep_dir: Path, done: threading.Event, killed: list, after_step: int) -> None:
+def _kill_a_worker_mid_run(sweep_dir: Path, done: threading.Event, killed: list) -> None:
     """SIGKILL the Ray Train worker of the first trial to write its epoch-2 checkpoint
-    (epoch 1's, reported to Ray an epoch earlier, is by then in Ray's storage). The
-    worker's pid comes from the input log it wrote at its first step."""
-    deadline = time.time() + 600
+    (epoch 1's, reported to Ray an epoch earlier, is by then in Ray's storage). Epoch
+    checkpoints are the only ones (checkpoint.every_steps 0), so the second distinct step
+    seen is epoch 2's, however many steps an epoch has. The worker's pid comes from the
+    input log it wrote at its first step."""
+    deadline, seen = time.time() + 600, {}
     while time.time() < deadline and not done.is_set():
         for trial in (sweep_dir / "trials").glob("trial_*"):
-            steps = [int(p.name) for p in (trial / "checkpoints").glob("*") if p.name.isdigit()]
+            steps = seen.setdefault(trial.name, set())
+            steps.update(int(p.name) for p in (trial / "checkpoints").glob("*") if p.name.isdigit())
             logs = list((trial / "inputs").glob("rank-0-pid-*.json"))
-            if logs and steps and max(steps) >= after_step:
+            if logs and len(steps) >= 2:
                 os.kill(int(logs[0].stem.rsplit("-", 1)[1]), signal.SIGKILL)
                 killed.append(trial.name)
                 return
@@ -137,14 +109,13 @@ def _kill_a_worker_mid_run(sweep_dir: Path, done: threading.Event, killed: list,
 def test_a_killed_worker_resumes_from_its_checkpoint_and_the_sweep_completes(tmp_path):
     out = tmp_path / "runs"
     done, killed = threading.Event(), []
-    # 600 rows, batch 1: 600 steps per epoch; killed during epoch 3 of 4.
-    watcher = threading.Thread(target=_kill_a_worker_mid_run, args=(out / "ci_sweep", done, killed, 1200),
-                               daemon=True)
+    # 600 rows, batch 1: many steps per epoch; killed during epoch 3 of 4.
+    watcher = threading.Thread(target=_kill_a_worker_mid_run, args=(out / "ci_sweep", done, killed), daemon=True)
     watcher.start()
     try:
         r = subprocess.run(_sweep(out, "train.epochs=4", "sweep.scheduler.name=fifo", "data.train_size=600",
-                                  "train.batch_size=1", "train.log_every_steps=100", "--num-cpus", "2"), capture_output=True, text=True,
-                           timeout=900, env=_env(), cwd=tmp_path)
+                                  "train.batch_size=1", "train.log_every_steps=100", "--num-cpus", "2"),
+                           capture_output=True, text=True, timeout=900, env=subprocess_env(), cwd=tmp_path)
     finally:
         done.set()
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
@@ -177,8 +148,8 @@ def _terminated_trial(tune_dir: Path) -> str | None:
 def test_an_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path):
     out = tmp_path / "runs"
     args = _sweep(out, "sweep.scheduler.name=fifo", "--num-cpus", "2")
-    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(), cwd=tmp_path,
-                              start_new_session=True)
+    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=subprocess_env(),
+                              cwd=tmp_path, start_new_session=True)
     deadline, first = time.time() + 600, None
     while time.time() < deadline and first is None and driver.poll() is None:
         # Interrupt only once Tune's own saved state calls a trial TERMINATED: a trial's last
@@ -192,7 +163,8 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path):
     summary_path = out / "ci_sweep" / "results.json"
     metrics_path = out / "ci_sweep" / "trials" / first / "metrics.json"
     first_mtime = metrics_path.stat().st_mtime_ns
-    r = subprocess.run([*args, "resume=true"], capture_output=True, text=True, timeout=900, env=_env(), cwd=tmp_path)
+    r = subprocess.run([*args, "resume=true"], capture_output=True, text=True, timeout=900, env=subprocess_env(),
+                       cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
     summary = json.loads(summary_path.read_text())
     assert summary["restored"] is True
