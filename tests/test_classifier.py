@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,21 +11,11 @@ import yaml
 from flax import nnx
 
 import keras_fixtures as kf
+from conftest import HAM, LABELS, SPAM, VERBALIZERS, no_temp_files, train_cli
+from conftest import spam_ham as _data
 from toolkit.classifier import AgileClassifier
 from toolkit.models.configs import get_config
 from toolkit.models.gemma import Gemma
-
-ROOT = Path(__file__).resolve().parents[1]
-LABELS = ("spam", "ham")
-VERBALIZERS = {"spam": "a", "ham": "in"}  # single tokens of the tiny vocabulary
-SPAM = ["win a prize now click here", "free money click to win", "click here for a free prize"]
-HAM = ["the meeting is at noon", "see you at lunch tomorrow", "the report looks good to me"]
-
-
-def _data(n=24):
-    texts = [(SPAM if i % 2 == 0 else HAM)[i % 3] for i in range(n)]
-    labels = ["spam" if i % 2 == 0 else "ham" for i in range(n)]
-    return texts, labels
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +56,7 @@ def test_evaluate_writes_metrics_plots_and_error_table(fitted, tmp_path):
 def test_save_and_load_give_the_same_scores(fitted, tmp_path):
     texts, _ = _data(6)
     path = fitted.save(tmp_path / "clf")
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
+    assert no_temp_files(tmp_path)  # no temp dirs left behind
     again = AgileClassifier.load(path, progress=False)
     np.testing.assert_allclose(again.predict_proba(texts), fitted.predict_proba(texts), atol=1e-6)
     assert again.labels == LABELS and again.verbalizers == VERBALIZERS
@@ -97,6 +84,7 @@ def test_multi_token_label_is_rejected_with_its_pieces(tiny_tokenizer):
         clf.predict_proba(["hello"])
 
 
+@pytest.mark.slow
 def test_train_cli_writes_a_complete_run_directory(tmp_path):
     preset = kf.make_preset("gemma3", tmp_path)
     texts, labels = _data(32)
@@ -112,8 +100,7 @@ def test_train_cli_writes_a_complete_run_directory(tmp_path):
         "train": {"epochs": 2, "batch_size": 8},
     }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    r = subprocess.run([sys.executable, str(ROOT / "launch/train.py"), "--config", str(tmp_path / "cfg.yaml"),
-                        "--quiet", "train.learning_rate=0.01"], capture_output=True, text=True, timeout=600)
+    r = train_cli(tmp_path / "cfg.yaml", "train.learning_rate=0.01")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "roc_auc" in r.stdout
     run = tmp_path / "runs" / "cli"
@@ -124,6 +111,7 @@ def test_train_cli_writes_a_complete_run_directory(tmp_path):
         assert (run / name).is_file(), name
 
 
+@pytest.mark.slow
 def test_multilabel_one_question_per_category_shares_one_adapter(tiny_tokenizer, tmp_path):
     from toolkit.data.sources import DataError
     from toolkit.multilabel import MultiLabelClassifier

@@ -12,12 +12,10 @@ import numpy as np
 import pytest
 
 import keras_fixtures as kf
+from conftest import LABELS, ROOT, VERBALIZERS, no_temp_files, train_cli
 from toolkit.classifier import AgileClassifier
 from toolkit.export import ExportError, export
 
-ROOT = Path(__file__).resolve().parents[1]
-LABELS = ("spam", "ham")
-VERBALIZERS = {"spam": "a", "ham": "in"}  # single tokens of the tiny vocabulary
 WORDS = ["win", "a", "prize", "now", "the", "meeting", "is", "at", "noon", "free", "money", "see", "you",
          "lunch", "report", "looks", "good", "click", "here", "sea"]
 TASKS = {"gemma": "GemmaCausalLM", "gemma3": "Gemma3CausalLM"}
@@ -59,6 +57,7 @@ def _spec(clf: AgileClassifier, texts: list[str], **kw) -> dict:
             "class_words": [clf.verbalizers.get(c, c) for c in clf.labels], **kw}
 
 
+@pytest.mark.slow
 def test_keras_preset_export_scores_like_ours_in_keras_hub(trained):
     kind, _, clf, saved, tmp = trained
     out = export(saved, tmp / "keras_preset", format="keras-preset")
@@ -80,6 +79,7 @@ def test_keras_preset_export_scores_like_ours_in_keras_hub(trained):
     assert again.labels == clf.labels and again.prompt == clf.prompt
 
 
+@pytest.mark.slow
 def test_lora_export_loads_through_keras_enable_lora_and_orbax(trained):
     import orbax.checkpoint as ocp
 
@@ -104,6 +104,7 @@ def test_lora_export_loads_through_keras_enable_lora_and_orbax(trained):
     np.testing.assert_allclose(AgileClassifier.load(out, progress=False).predict_proba(texts), ours, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_run_and_orbax_checkpoints_export_the_same_adapters(tmp_path):
     """A run directory without its classifier/ (a killed run) exports from its Orbax checkpoint."""
     import yaml
@@ -120,8 +121,7 @@ def test_run_and_orbax_checkpoints_export_the_same_adapters(tmp_path):
                           "prompt": {"instructions": "Classify"}},
            "train": {"epochs": 2, "batch_size": 8, "learning_rate": 0.03}, "tracking": {"mode": "disabled"}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    r = subprocess.run([sys.executable, str(ROOT / "launch/train.py"), "--config", str(tmp_path / "c.yaml"), "--quiet"],
-                       capture_output=True, text=True, timeout=600)
+    r = train_cli(tmp_path / "c.yaml")
     assert r.returncode == 0, r.stderr[-2000:]
     run = tmp_path / "runs" / "r"
     from_run = export(run, tmp_path / "from_run", format="lora")  # via run/classifier
@@ -134,6 +134,7 @@ def test_run_and_orbax_checkpoints_export_the_same_adapters(tmp_path):
         assert all(np.abs(b[k]).max() > 0 for k in b.files if k.endswith("lora_b"))
 
 
+@pytest.mark.slow
 def test_export_cli_refuses_bad_inputs_and_leaves_nothing_behind(trained, tmp_path):
     kind, preset, clf, saved, _ = trained
     if kind != "gemma3":
@@ -161,7 +162,7 @@ def test_export_cli_refuses_bad_inputs_and_leaves_nothing_behind(trained, tmp_pa
     r = cli("--checkpoint", str(saved), "--out", str(busy), "--overwrite", "--format", "lora")
     assert r.returncode == 0, r.stderr[-2000:]
     assert not (busy / "keep.txt").exists() and (busy / "adapters.lora.h5").is_file()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
+    assert no_temp_files(tmp_path)  # no temp dirs left
 
 
 def test_a_family_keras_hub_cannot_hold_is_refused_before_anything_is_written(tiny_tokenizer, tmp_path):
@@ -178,6 +179,6 @@ def test_a_family_keras_hub_cannot_hold_is_refused_before_anything_is_written(ti
     with pytest.raises(ExportError, match=r"cannot be written as a keras-hub preset: .*5 local : 1 global"):
         export(saved, tmp_path / "out", format="keras-preset")
     assert not (tmp_path / "out").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert no_temp_files(tmp_path)
     with pytest.raises(ExportError, match="--format 'onnx' is not one of"):
         export(saved, tmp_path / "out", format="onnx")

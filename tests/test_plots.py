@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import no_temp_files
 from toolkit import io_utils, plots
 from toolkit.io_utils import atomic_write, write_json
 from toolkit.plots import plot_confusion_matrix, plot_pr_curve, plot_roc_curve, write_misclassified
@@ -31,10 +32,6 @@ def _assert_not_blank(pixels: np.ndarray) -> None:
     assert (pixels.min(axis=2) < 0.5).mean() > 0.005  # some dark ink: text, lines
 
 
-def _no_temp_files(directory: Path) -> bool:
-    return not [p for p in directory.iterdir() if p.name.startswith(".")]
-
-
 @pytest.fixture(scope="module")
 def binary_scores() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
@@ -50,7 +47,7 @@ def test_confusion_matrix_png(tmp_path: Path) -> None:
     fig_inches = 2.5 + 0.9 * 2 + 0.5
     assert px.shape == (round(fig_inches * plots.DPI), round(fig_inches * plots.DPI), 3)
     _assert_not_blank(px)
-    assert _no_temp_files(tmp_path)
+    assert no_temp_files(tmp_path)
 
     # The heatmap is the blue region (text and ticks are black/white). Split it in 2x2 cells:
     # each cell is shaded, and the diagonal (80%, 70% of its row) is darker than the off-diagonal.
@@ -97,7 +94,7 @@ def test_curve_png(plot, tmp_path: Path, binary_scores) -> None:
     curves = {"r=4": (y, s), "r=16": (y, s ** 2), "tiny split": (np.ones(5, int), np.linspace(0, 1, 5))}
     px2 = _load_png(plot(curves, None, tmp_path / "many.png", title="compare"))
     _assert_not_blank(px2)
-    assert _no_temp_files(tmp_path)
+    assert no_temp_files(tmp_path)
 
 
 def test_curve_argument_errors(tmp_path: Path, binary_scores) -> None:
@@ -173,4 +170,4 @@ def test_write_misclassified(tmp_path: Path) -> None:
     assert md[0] == "| row | text | true | predicted | confidence | p_true |"
     assert md[2] == "| 7 | pipes \\| and newlines | neg | pos | 0.912 | 0.088 |"
     assert len(md) == 4
-    assert _no_temp_files(tmp_path)
+    assert no_temp_files(tmp_path)

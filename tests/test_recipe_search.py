@@ -63,6 +63,7 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_search_on_a_tiny_model_resumes_and_tabulates(tmp_path):
     d = write_fixture(tmp_path / "uci")
     out = tmp_path / "results"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,11 +15,7 @@ import pytest
 import yaml
 
 import keras_fixtures as kf
-import wandb_records
-
-ROOT = Path(__file__).resolve().parents[1]
-SPAM = ["win a prize now click here", "free money click to win", "click here for a free prize"]
-HAM = ["the meeting is at noon", "see you at lunch tomorrow", "the report looks good to me"]
+from conftest import HAM, ROOT, SPAM, subprocess_env, train_cli, wandb_records, wandb_run_record, wandb_summary
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +40,9 @@ def run_setup(tmp_path_factory):
     return tmp
 
 
-def _train_cmd(setup: Path, *overrides: str) -> list[str]:
-    return [sys.executable, str(ROOT / "launch/train.py"), "--config", str(setup / "cfg.yaml"), "--quiet", *overrides]
-
-
-def _env():
-    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
 @pytest.fixture(scope="module")
 def full_run(run_setup) -> Path:
-    r = subprocess.run(_train_cmd(run_setup, "name=full"), capture_output=True, text=True, timeout=600, env=_env())
+    r = train_cli(run_setup / "cfg.yaml", "name=full")
     assert r.returncode == 0, r.stderr[-3000:]
     return run_setup / "runs" / "full"
 
@@ -69,10 +56,12 @@ def _steps(ckpt: Path) -> list[int]:
     return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) if ckpt.is_dir() else []
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(run_setup, full_run):
     ckpt = run_setup / "runs" / "killed" / "checkpoints"
-    proc = subprocess.Popen(_train_cmd(run_setup, "name=killed"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen([sys.executable, str(ROOT / "launch/train.py"), "--config", str(run_setup / "cfg.yaml"),
+                             "--quiet", "name=killed"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=subprocess_env())
     deadline = time.time() + 300
     try:
         while time.time() < deadline and proc.poll() is None and (not _steps(ckpt) or max(_steps(ckpt)) < 20):
@@ -87,11 +76,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(run_setup, full_run):
     assert last < 4 * steps_per_epoch and last % steps_per_epoch, "expected a mid-epoch kill"
     assert not (run_setup / "runs" / "killed" / "metrics.json").exists()
 
-    r = subprocess.run(_train_cmd(run_setup, "name=killed", "resume=true", "train.learning_rate=0.02"),
-                       capture_output=True, text=True, timeout=600, env=_env())
+    r = train_cli(run_setup / "cfg.yaml", "name=killed", "resume=true", "train.learning_rate=0.02")
     assert r.returncode != 0 and "different config" in r.stderr and "train.learning_rate: 0.01 -> 0.02" in r.stderr
-    r = subprocess.run(_train_cmd(run_setup, "name=killed", "resume=true"), capture_output=True, text=True,
-                       timeout=600, env=_env())
+    r = train_cli(run_setup / "cfg.yaml", "name=killed", "resume=true")
     assert r.returncode == 0, r.stderr[-3000:]
     resumed, full = _lora(run_setup / "runs" / "killed"), _lora(full_run)
     assert resumed.keys() == full.keys()
@@ -101,6 +88,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(run_setup, full_run):
     assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_checkpoints_keep_the_last_n_and_the_best(full_run):
     from toolkit.config import CheckpointSection
     from toolkit.train.checkpoint import Checkpointer
@@ -116,8 +104,9 @@ def test_checkpoints_keep_the_last_n_and_the_best(full_run):
     assert not any(".orbax-checkpoint-tmp" in p.name for p in (full_run / "checkpoints").iterdir())
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_holds_losses_eval_metrics_and_plots(full_run):
-    records = wandb_records.records(full_run)
+    records = wandb_records(full_run)
     history = [rec["history"]["item"] for rec in records if rec.get("type") == "history"]
     losses = [h["train/loss"] for h in history if "train/loss" in h]
     assert len(losses) >= 4 and all(np.isfinite(losses))
@@ -130,12 +119,13 @@ def test_wandb_offline_run_holds_losses_eval_metrics_and_plots(full_run):
         assert paths, image
         (files,) = list((full_run / "wandb").glob("offline-run-*/files"))
         assert (files / paths[-1]).is_file() and (files / paths[-1]).read_bytes()[:4] == b"\x89PNG"
-    assert wandb_records.run_record(records)["config"]["update"]["lora"]["rank"] == 2
-    summary = wandb_records.summary(records)
+    assert wandb_run_record(records)["config"]["update"]["lora"]["rank"] == 2
+    summary = wandb_summary(records)
     metrics = json.loads((full_run / "metrics.json").read_text())
     assert summary["test/roc_auc"] == pytest.approx(metrics["roc_auc"])
 
 
+@pytest.mark.slow
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny_tokenizer, tmp_path):
     from flax import nnx
 

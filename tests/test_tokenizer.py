@@ -12,17 +12,12 @@ import sentencepiece as spm
 
 from toolkit.models.tokenizer import Tokenizer
 from toolkit.weights.errors import WeightImportError
-from toolkit.weights.gguf import resolve_gguf
 
 
-@pytest.fixture(scope="session")
-def gguf_270m() -> Path:
-    return resolve_gguf("gemma3_270m")
-
-
-@pytest.fixture(scope="module")
-def gemma(gguf_270m: Path) -> Tokenizer:
-    return Tokenizer.from_gguf(gguf_270m)
+@pytest.fixture
+def gemma(gemma_tokenizer) -> Tokenizer:
+    """The real Gemma 3 tokenizer (tests/conftest.py builds it once per session)."""
+    return gemma_tokenizer
 
 
 # ---------------------------------------------------------------------------
