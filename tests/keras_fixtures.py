@@ -16,8 +16,11 @@ Keras is pinned to the JAX backend here, before keras is first imported.
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -199,11 +202,22 @@ def randomize(backbone, seed: int = 0) -> None:
         v.assign(val.astype(np.float32))
 
 
+_BUILT: dict[str, Path] = {}  # kind -> the preset this process built (a private copy, never handed out)
+
+
 def make_preset(kind: str, dir: str | os.PathLike) -> Path:
-    """Build a tiny random keras-hub preset of `kind` and save it under `dir/kind`."""
+    """Build a tiny random keras-hub preset of `kind` and save it under `dir/kind`.
+
+    The build is deterministic (a fixed seed per kind), so each kind is built once per
+    process and later calls get a fresh copy of the same files, theirs to edit."""
+    if kind not in _BUILT:
+        root = Path(tempfile.mkdtemp(prefix="agile-toolkit-test-presets-"))
+        atexit.register(shutil.rmtree, root, True)
+        lm = build_causal_lm(kind, seed=KINDS.index(kind) if kind in KINDS else 0)
+        lm.save_to_preset(str(root / kind))
+        _BUILT[kind] = root / kind
     path = Path(dir) / kind
-    lm = build_causal_lm(kind, seed=KINDS.index(kind) if kind in KINDS else 0)
-    lm.save_to_preset(str(path))
+    shutil.copytree(_BUILT[kind], path, dirs_exist_ok=True)
     return path
 
 
