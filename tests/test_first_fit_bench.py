@@ -40,7 +40,7 @@ def test_first_fit_on_a_tiny_model(tmp_path):
     cold, warm = r["cold"], r["warm"]
     for run in (cold, warm):
         assert run["train_rows"] == 16 and run["test_rows"] == 40 and len(run["history"]) == 2
-        assert run["fit_s"] > 0 and run["score_s"] > 0 and run["total_s"] == round(run["fit_s"] + run["score_s"], 3)
+        assert run["fit_s"] > 0 and run["score_s"] > 0 and abs(run["total_s"] - (run["fit_s"] + run["score_s"])) <= 0.002
         assert run["process_s"] > run["total_s"]
         assert 0.0 <= run["test_roc_auc"] <= 1.0
         c = run["compiles"]

@@ -111,13 +111,17 @@ def test_gemma_7b_shapes_get_a_valid_sharding_on_16_devices():
                 for dim, axes in zip(var.shape, tuple(spec)):
                     n = int(np.prod([sizes[a] for a in ((axes,) if isinstance(axes, str) else axes or ())]))
                     assert dim % n == 0, f"{name} {path}: dim {dim} split {n} ways"
+                spec = tuple(spec) + (None,) * (len(var.shape) - len(tuple(spec)))
+                if path[0] == "layers":  # the scanned model's stacked layer axis is never split
+                    assert var.shape[0] == cfg.num_layers and spec[0] is None, f"{path}: layer axis sharded"
+                    spec = spec[1:]
                 if path[-1] == "lora_a":
-                    assert tuple(spec)[len(var.shape) - 1:] in ((), (None,)), f"{path}: rank axis sharded"
+                    assert spec[-1] is None, f"{path}: rank axis sharded"
                 if path[-1] == "lora_b":
-                    assert not tuple(spec) or tuple(spec)[0] is None, f"{path}: rank axis sharded"
+                    assert spec[0] is None, f"{path}: rank axis sharded"
         specs = dict(nnx.to_flat_state(state_specs(frozen, mesh)))
-        q = tuple(specs[("layers", 0, "attn", "q_proj", "kernel")].get_value())
-        k = tuple(specs[("layers", 0, "attn", "k_proj", "kernel")].get_value())
+        q = tuple(specs[("layers", "attn", "q_proj", "kernel")].get_value())[1:]
+        k = tuple(specs[("layers", "attn", "k_proj", "kernel")].get_value())[1:]
         assert q[0] == "tensor" and q[1] == "fsdp"
         if name == "gemma_2b":  # one KV head: replicated over tensor, not an error (keras-hub #1613)
             assert k[0] is None and k[1] == "fsdp"

@@ -84,7 +84,9 @@ def test_a_trial_runs_as_a_two_process_jax_job(tmp_path):
     assert a["process_count"] == b["process_count"] == 2 and a["device_count"] == 2
     assert a["step"] == b["step"] == 0  # the same global step ...
     assert a["rows"] and b["rows"] and not set(a["rows"]) & set(b["rows"])  # ... fed from different rows
-    assert len(a["rows"]) + len(b["rows"]) <= 8  # together at most one global batch (batch_size 8)
+    # together about one global batch: a packed step fills a fixed token budget
+    # (batch_size 8 x the mean length + 10%), so it holds 8 examples give or take a few
+    assert 4 <= len(a["rows"]) + len(b["rows"]) <= 12
 
 
 def _kill_a_worker_mid_run(sweep_dir: Path, done: threading.Event, killed: list) -> None:

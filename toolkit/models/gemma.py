@@ -348,7 +348,8 @@ class Gemma(nnx.Module):
 
     def hidden_states(self, tokens: Array, padding_mask: Array | None = None,
                       positions: Array | None = None, prefix: tuple[Array, Array] | None = None,
-                      segment_ids: Array | None = None, prefix_mask: Array | None = None) -> Array:
+                      segment_ids: Array | None = None, prefix_mask: Array | None = None,
+                      head: Array | None = None) -> Array:
         """Final-normed hidden states (batch, seq, embed).
 
         `padding_mask` marks real tokens (1) vs padding (0); with right padding
@@ -358,9 +359,12 @@ class Gemma(nnx.Module):
         `positions` then restart at each segment. `prefix` is
         `self.prefix(shared_tokens)`: every segment continues after it;
         `prefix_mask` (P,) hides its padding (a head padded to a shared length).
+        `head` (P,) tokens instead of `prefix`: the head's layers run in the same
+        scan as the rows' (one loop forward, one backward, where a separate
+        `prefix` call would add a second pair), its keys/values feeding each layer.
         """
         b, t = tokens.shape
-        p = 0 if prefix is None else prefix[0].shape[2]
+        p = head.shape[0] if head is not None else (0 if prefix is None else prefix[0].shape[2])
         if segment_ids is None:
             segment_ids = (jnp.ones((b, t), jnp.int32) if padding_mask is None
                            else padding_mask.astype(jnp.int32))
@@ -373,17 +377,31 @@ class Gemma(nnx.Module):
         mask = (jnp.tril(jnp.ones((t, t), bool))[None] & (segment_ids[:, :, None] == segment_ids[:, None, :])
                 & (real[:, None, :] | eye))
         key_positions = None
-        if prefix is not None:
+        if p:
             head_cols = real[:, :, None] if prefix_mask is None else real[:, :, None] & prefix_mask[None, None, :]
             mask = jnp.concatenate([jnp.broadcast_to(head_cols, (b, t, p)), mask], axis=-1)
             key_positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(p), (b, p)), positions], axis=1)
 
-        def fn(layer: DecoderLayer, x: Array, xs_i: Any) -> tuple[Array, Any]:
-            inv_freq, window, kv = xs_i
-            return layer(x, positions, mask, inv_freq, window, kv, key_positions), None
-
         inv_freq, windows = map(jnp.asarray, layer_tables(self.config))
-        x, _ = self._run_layers(fn, self._embed(tokens), (inv_freq, windows, prefix))
+        if head is None:
+            def fn(layer: DecoderLayer, x: Array, xs_i: Any) -> tuple[Array, Any]:
+                inv_freq, window, kv = xs_i
+                return layer(x, positions, mask, inv_freq, window, kv, key_positions), None
+
+            x, _ = self._run_layers(fn, self._embed(tokens), (inv_freq, windows, prefix))
+            return self.final_norm(x)
+
+        head_pos = jnp.arange(p)[None]
+        head_mask = jnp.tril(jnp.ones((p, p), bool))[None]
+
+        def fn_head(layer: DecoderLayer, carry: Any, xs_i: Any) -> tuple[Any, Any]:
+            x, hx = carry
+            inv_freq, window = xs_i
+            kv = layer.attn.keys_values(layer.pre_attention_norm(hx), head_pos, inv_freq)
+            hx = layer(hx, head_pos, head_mask, inv_freq, window)
+            return (layer(x, positions, mask, inv_freq, window, kv, key_positions), hx), None
+
+        (x, _), _ = self._run_layers(fn_head, (self._embed(tokens), self._embed(head[None])), (inv_freq, windows))
         return self.final_norm(x)
 
     def project(self, hidden: Array, token_ids: Array | None = None) -> Array:

@@ -73,13 +73,13 @@ def segment_hidden(model: Gemma, batch: dict[str, jax.Array], head: Head | None 
     once for the whole batch; every segment's positions continue after it.
     """
     b = as_segments(batch)
-    positions, prefix, prefix_mask = b["positions"], None, None
+    positions, head_tokens, prefix_mask = b["positions"], None, None
     if head is not None:
-        prefix = model.prefix(head["tokens"])
-        prefix_mask = jnp.arange(head["tokens"].shape[0]) < head["length"]
+        head_tokens = head["tokens"]
+        prefix_mask = jnp.arange(head_tokens.shape[0]) < head["length"]
         positions = positions + head["length"]
-    h = model.hidden_states(b["tokens"], positions=positions, prefix=prefix, segment_ids=b["segment_ids"],
-                            prefix_mask=prefix_mask)
+    h = model.hidden_states(b["tokens"], positions=positions, segment_ids=b["segment_ids"],
+                            prefix_mask=prefix_mask, head=head_tokens)
     return jnp.take_along_axis(h, b["last"][:, :, None], axis=1)
 
 
