@@ -63,12 +63,11 @@ def from_orbax(directory: Path, *, progress: bool = True) -> tuple[Any, str]:
     config the checkpoint carries."""
     from toolkit.config import ConfigError, RunConfig, from_dict
     from toolkit.experiment import build_classifier
-    from toolkit.train.checkpoint import Checkpointer
     from toolkit.train.loop import make_optimizer
 
-    checkpointer = Checkpointer(directory)
+    checkpointer = _checkpointer_as_written(directory)
     try:
-        step = checkpointer.best_step() or checkpointer.latest_step()
+        step = checkpointer.best_step()
         meta = checkpointer.read_meta(step)
         try:
             cfg = from_dict(RunConfig, meta.get("config") or {}, where=f"{directory}/{step} run config")
@@ -87,3 +86,26 @@ def from_orbax(directory: Path, *, progress: bool = True) -> tuple[Any, str]:
     clf._lora = state["lora"]
     clf.history = list(meta.get("history", []))
     return clf, f"{directory}/{step}"
+
+
+def _checkpointer_as_written(directory: Path) -> Any:
+    """A Checkpointer ranking steps by the run's own `checkpoint.best_metric` / `best_mode`
+    (read from the latest step's run config), so 'best' means what it meant in training."""
+    from toolkit.config import CheckpointSection, ConfigError, from_dict
+    from toolkit.train.checkpoint import Checkpointer
+
+    first = Checkpointer(directory)
+    if first.latest_step() is None:
+        return first
+    section = (first.read_meta().get("config") or {}).get("checkpoint")
+    if not section:
+        return first
+    try:
+        cfg = from_dict(CheckpointSection, section, where=f"{directory} run config: checkpoint")
+    except ConfigError as e:
+        first.close()
+        raise ExportError(f"{directory}: the checkpoint's run config cannot be read: {e}") from e
+    if cfg == first.cfg:
+        return first
+    first.close()
+    return Checkpointer(directory, cfg)

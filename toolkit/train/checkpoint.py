@@ -63,8 +63,12 @@ class Checkpointer:
             cm.BestN(get_metric_fn=get_metric, reverse=cfg.best_mode == "min", n=1,
                      keep_checkpoints_without_metrics=False),
         ])
+        # `best_fn` is what makes Orbax write each step's metrics to disk and read them
+        # back when a directory is reopened; without it `best_step()` is the latest
+        # step and a reopened manager sees no metrics, so BestN drops the best.
         options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=False,
-                                               create=True, cleanup_tmp_directories=True)
+                                               create=True, cleanup_tmp_directories=True, best_fn=get_metric,
+                                               best_mode=cfg.best_mode)
         self._ocp = ocp
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE, META))
 
