@@ -76,7 +76,7 @@ class PromptEncoder:
 
     def encode(self, text: str) -> tuple[list[int], bool]:
         """(ids, truncated): the prompt's ids, never longer than max_length."""
-        ids = self.tokenizer.encode(text)
+        ids = self.tokenizer.encode(text, parse_special=False)  # user text: no control tokens
         truncated = len(ids) > self.text_budget
         return self.head_ids + ids[: self.text_budget] + self.tail_ids, truncated
 

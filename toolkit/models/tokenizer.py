@@ -8,8 +8,8 @@ converter writes user-defined pieces (Gemma's whitespace, newline and tab runs)
 with real spaces instead of SentencePiece's "▁"; they are mapped back, or runs
 of spaces would no longer match their single-token pieces.
 
-Special tokens (control, user-defined and unknown pieces) typed literally in
-the text become their single ids: the text is split on them first, longest
+Special tokens (control, user-defined and unknown pieces) written in a prompt
+template become their single ids (user text is encoded plain, see `encode`): the text is split on them first, longest
 match wins, and the pieces between are encoded by SentencePiece. That is how
 the chat markers `<start_of_turn>` / `<end_of_turn>`, which are control
 pieces SentencePiece itself would never emit, reach the model as one token.
@@ -213,9 +213,12 @@ class Tokenizer:
 
     # -- text -----------------------------------------------------------
 
-    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False, parse_special: bool = True) -> list[int]:
+        """`parse_special=False` for user text: `<eos>` typed in a tweet is five plain
+        pieces, as keras-hub's tokenizer (and so an exported preset) reads it, never
+        the end-of-sequence id. Only our own prompt template is parsed for specials."""
         ids = [self.bos_id] if add_bos else []
-        if self._special_re is None:
+        if self._special_re is None or not parse_special:
             ids += self._sp.encode(text)
         else:
             parts = self._special_re.split(text)  # plain, special, plain, ..., plain
