@@ -133,6 +133,35 @@ def test_nan_loss_stops_with_a_clear_message():
             max_length=8, progress=False)
 
 
+def test_steps_between_log_points_never_read_from_the_device():
+    """Metrics stay on device between reads (every `log_every_steps` and at the epoch's
+    end), so the host never waits for a step before dispatching the next. The
+    transfer guard enforces it on GPU/TPU (JAX does not guard CPU reads); on any
+    backend the loop counts its reads."""
+    parts = _placed(_parts())
+    rng = np.random.default_rng(0)
+    ids = [[2] + list(rng.integers(20, 400, size=int(rng.integers(4, 12)))) + [7] for _ in range(96)]
+    guarded = []
+
+    def guard(step, batch):  # called before step `step + 1` is dispatched
+        if step == 4:  # right after the read at step 4
+            jax.config.update("jax_transfer_guard_device_to_host", "disallow")
+        if step == 7:  # before the 8th step, whose read follows it
+            jax.config.update("jax_transfer_guard_device_to_host", "allow")
+        if 4 < step < 7:
+            guarded.append(step)
+
+    try:
+        _, hist = fit(parts, ids, np.array([i % 2 for i in range(96)]), [5, 9],
+                      TrainConfig(epochs=1, batch_size=8, log_every_steps=4), max_length=16, progress=False,
+                      inspect_batch=guard)
+    finally:
+        jax.config.update("jax_transfer_guard_device_to_host", "allow")
+    steps = hist[0]["step"]
+    assert guarded == [5, 6] and steps > 8 and np.isfinite(hist[0]["train_loss"])
+    assert hist[0]["host_reads"] == -(-steps // 4)  # one per log point (the last at the epoch's end)
+
+
 def test_scoring_and_loss_with_a_shared_head_equal_the_full_prompt():
     parts = _parts()
     head = [2, 30, 31, 32, 33]

@@ -256,6 +256,8 @@ def fit(
 
     bar = tqdm(total=total, initial=step, unit="step", disable=not (progress and main), dynamic_ncols=True,
                desc="train")
+    # The learning rate of every step, computed once: no eager device op per step.
+    lrs = np.asarray(jax.device_get(jax.vmap(schedule)(jnp.arange(total + 1))), np.float64)
     for epoch in range(start_epoch, cfg.epochs):
         t0, tokens_seen, flops_seen = time.perf_counter(), 0, 0.0
         window_t, window_tokens, window_flops = time.perf_counter(), 0, 0.0
@@ -270,47 +272,75 @@ def fit(
                                  seed=cfg.seed, shuffle=True, pad_id=pad_id, process_index=slice_index,
                                  process_count=slice_count, skip_batches=batch_in_epoch)
         steps_per_epoch = epoch_steps[epoch]
+        # Steps dispatched but not yet read: (step, this process's real tokens, device metrics).
+        # Metrics stay on device until a read point (every `log_every_steps`, a checkpoint,
+        # the epoch's end), so the host never waits on step n before dispatching n+1 and
+        # builds the next batch while the step runs. The NaN guard sees each step at the
+        # next read, before any checkpoint could keep a diverged state.
+        pending: list[tuple[int, int, dict[str, jax.Array]]] = []
+        reads = 0
+
+        def read() -> dict[str, float]:
+            nonlocal tokens_seen, flops_seen, window_tokens, window_flops, reads
+            last: dict[str, float] = {}
+            reads += bool(pending)
+            host = mesh_lib.to_host([m for *_, m in pending])
+            for (at, local_tokens, _), hm in zip(pending, host):
+                m = {k: float(v) for k, v in hm.items()}
+                if not np.isfinite(m["loss"]) or not m["params_finite"]:
+                    bar.close()
+                    what = (f"loss became {m['loss']}" if not np.isfinite(m["loss"])
+                            else "the LoRA update became NaN/Inf")
+                    raise TrainingDiverged(f"{what} at epoch {epoch + 1}, step {at}; {last_good()}. "
+                                           "Lower train.learning_rate or train.grad_clip, or check the data.")
+                sums["loss"] += m["loss"] * m["count"]
+                sums["correct"] += m["correct"]
+                sums["count"] += m["count"]
+                # Tokens of every process's rows (one global batch) and the FLOPs they cost.
+                real = local_tokens * slice_count + (len(head or ()) * int(m["count"]))
+                ctx = real / max(m["count"], 1)
+                flops = train_flops_per_token(placement.model_config, ctx) * real if placement.model_config else 0.0
+                tokens_seen += real
+                flops_seen += flops
+                window_tokens += real
+                window_flops += flops
+                last = m
+            if pending:
+                bar.update(len(pending))
+                bar.set_postfix(epoch=epoch + 1, loss=f"{last['loss']:.4f}", lr=f"{lrs[pending[-1][0]]:.2e}")
+            pending.clear()
+            return last
+
         for b in batches:
             if inspect_batch is not None:
                 inspect_batch(step, b)
             lora, opt_state, rest, m = step_fn(lora, opt_state, parts.frozen, rest,
                                                _device_batch(b, placement, global_rows), class_arr, head_arg)
-            m = {k: float(v) for k, v in mesh_lib.to_host(m).items()}
-            if not np.isfinite(m["loss"]) or not m["params_finite"]:
-                bar.close()
-                what = f"loss became {m['loss']}" if not np.isfinite(m["loss"]) else "the LoRA update became NaN/Inf"
-                raise TrainingDiverged(f"{what} at epoch {epoch + 1}, step {step + 1}; {last_good()}. "
-                                       "Lower train.learning_rate or train.grad_clip, or check the data.")
             step += 1
             batch_in_epoch += 1
-            sums["loss"] += m["loss"] * m["count"]
-            sums["correct"] += m["correct"]
-            sums["count"] += m["count"]
-            # Tokens of every process's rows (one global batch) and the FLOPs they cost.
-            real = _real_tokens(b) * slice_count + (len(head or ()) * int(m["count"]))
-            ctx = real / max(m["count"], 1)
-            flops = train_flops_per_token(placement.model_config, ctx) * real if placement.model_config else 0.0
-            tokens_seen += real
-            flops_seen += flops
-            window_tokens += real
-            window_flops += flops
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{m['loss']:.4f}", lr=f"{float(schedule(step)):.2e}")
-            if tracker is not None and (step % cfg.log_every_steps == 0 or step == total):
+            pending.append((step, _real_tokens(b), m))
+            log_now = step % cfg.log_every_steps == 0 or step == total
+            save_now = bool(checkpointer is not None and checkpointer.cfg.every_steps
+                            and step % checkpointer.cfg.every_steps == 0 and batch_in_epoch < steps_per_epoch)
+            if not (log_now or save_now or batch_in_epoch == steps_per_epoch):
+                continue
+            m = read()
+            if tracker is not None and log_now:
                 dt = max(time.perf_counter() - window_t, 1e-9)
-                tracker.log({"train/loss": m["loss"], "train/learning_rate": float(schedule(step)),
+                tracker.log({"train/loss": m["loss"], "train/learning_rate": float(lrs[step]),
                              "train/grad_norm": m["grad_norm"], "train/tokens_per_s": window_tokens / dt,
                              "train/mfu": mfu(window_flops / dt, device_kind, n_dev, cfg.peak_tflops),
                              "train/epoch": epoch + batch_in_epoch / max(steps_per_epoch, 1)}, step=step)
                 window_t, window_tokens, window_flops = time.perf_counter(), 0, 0.0
-            if checkpointer is not None and checkpointer.cfg.every_steps and step % checkpointer.cfg.every_steps == 0 \
-                    and batch_in_epoch < steps_per_epoch:
+            if save_now:
                 save(epoch, batch_in_epoch)
+        read()
         dt = time.perf_counter() - t0
         record = {"epoch": epoch + 1, "step": step, "train_loss": sums["loss"] / max(sums["count"], 1),
                   "train_accuracy": sums["correct"] / max(sums["count"], 1), "epoch_seconds": dt,
                   "tokens_per_s": tokens_seen / max(dt, 1e-9),
-                  "mfu": mfu(flops_seen / max(dt, 1e-9), device_kind, n_dev, cfg.peak_tflops)}
+                  "mfu": mfu(flops_seen / max(dt, 1e-9), device_kind, n_dev, cfg.peak_tflops),
+                  "host_reads": reads}
         images: dict[str, Any] = {}
         if on_epoch_end is not None:
             extra = on_epoch_end(epoch, lora) or {}
