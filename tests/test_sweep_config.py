@@ -50,7 +50,7 @@ def test_overrides_reach_run_and_sweep_keys(tmp_path):
 def test_relative_paths_become_absolute_so_trials_elsewhere_find_them(tmp_path, monkeypatch):
     (tmp_path / "data.csv").write_text("text,label\na,x\nb,y\n")
     monkeypatch.chdir(tmp_path)
-    p = _write(tmp_path, {"space": {"train.epochs": {"grid": [1, 2]}}}, data={"source": "data.csv"},
+    p = _write(tmp_path, {"space": {"train.epochs": {"grid": [1, 2]}}}, data={"source": "data.csv", "validation_size": 1},
                classifier={"labels": ["x", "y"]})
     cfg = load_sweep(p)
     assert cfg.run.data.source == str(tmp_path / "data.csv")

@@ -52,9 +52,15 @@ class DataSection:
     path, or `tfds:NAME`. Built-in and TFDS sources have their own test split;
     a file source uses `test_path` or holds out `test_fraction`.
     `label_names` maps raw label values to class names (e.g. ETHOS 0/1).
-    `validation_size` holds out that many rows from the END of the shuffled train
-    part for per-epoch eval and sweep decisions (so `train_size` subsets stay the
-    codelab's); 0 evaluates each epoch on the test rows instead."""
+
+    Every split is a seeded shuffle (`split_seed`), stratified by label for file and
+    TFDS sources: the test part (`test_fraction`, files without `test_path`), then
+    the validation rows (`validation_size`, the END of the shuffled train part),
+    then `train_size` (its first rows, so smaller subsets nest in larger ones).
+    ETHOS keeps the codelab's own seeded split and order, so its subsets are the
+    codelab's. Validation rows score each epoch, rank the best checkpoint and drive
+    ASHA; with `validation_size: 0` there is no per-epoch eval (the test rows never
+    choose a model)."""
 
     source: str = "ethos"
     text_column: str = "text"
@@ -67,6 +73,7 @@ class DataSection:
     train_size: int | None = None
     validation_size: int = 0
     label_names: dict[str, str] | None = None
+    split_seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,9 +31,9 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, save_model: bool = 
     `cfg.run_dir`. Every process of a multi-host job runs this; only process 0
     writes files and logs. Returns the test metrics.
 
-    Each epoch is evaluated on the validation rows (`data.validation_size`), or on
-    the test rows when there are none (the codelab's way); the final metrics are
-    always on the test rows. `after_epoch` / `inspect_batch` are the training
+    Each epoch is evaluated on the validation rows (`data.validation_size`; none
+    when it is 0, never the test rows); the final metrics are always on the test
+    rows. `after_epoch` / `inspect_batch` are the training
     loop's hooks (see `toolkit.train.loop.fit`)."""
     from toolkit.train.distributed import initialize
 
@@ -57,7 +57,10 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, save_model: bool = 
         print(f"resuming from {ckpt_dir}" if ckpt_dir.exists() else f"resume=true but {ckpt_dir} has no "
               "checkpoint yet: starting from step 0")
     train, test, validation = load_splits(cfg.data)
-    watch = validation if validation is not None else test
+    # Epochs are scored on validation rows only: they rank the best checkpoint and drive
+    # ASHA, so test rows there would choose the model on test. No validation split
+    # (data.validation_size: 0): no per-epoch eval and no ranking; the last step is kept.
+    watch = validation if validation is not None else {"text": None, "label": None}
     clf = build_classifier(cfg, progress=progress)
     with Tracker(cfg.tracking, name=cfg.name, directory=out, config=cfg.to_dict(), main_process=main) as tracker:
         t0 = time.perf_counter()

@@ -3,12 +3,16 @@ that decides which rows a run trains and tests on."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import logging
+from typing import Any, NamedTuple, Sequence
 
+import numpy as np
 import pandas as pd
 
 from toolkit.config import DataSection
 from toolkit.data import sources
+
+log = logging.getLogger(__name__)
 
 
 def _named(df: pd.DataFrame, label_names: dict[str, str] | None) -> pd.DataFrame:
@@ -35,27 +39,51 @@ class Splits(NamedTuple):
     validation: pd.DataFrame | None
 
 
+def stratified_order(labels: Sequence[Any], seed: int) -> np.ndarray:
+    """Positions in a seeded shuffle whose every prefix (and suffix) holds each class
+    in its overall share, give or take one row: within a class the rows are shuffled
+    and spread one per 1/n_class of the order, then the classes are merged."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray([str(v) for v in labels])
+    keys = np.empty(len(labels))
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        keys[idx] = (np.arange(len(idx)) + rng.random(len(idx))) / len(idx)
+    return np.argsort(keys, kind="stable")
+
+
+def _shuffled(df: pd.DataFrame, seed: int) -> pd.DataFrame:
+    return df.iloc[stratified_order(df["label"], seed)]
+
+
+def _warn_missing_classes(part: pd.DataFrame, train: pd.DataFrame, what: str) -> None:
+    missing = sorted(set(train["label"].astype(str)) - set(part["label"].astype(str)))
+    if missing:
+        log.warning("the %s rows (%d) hold no example of class(es) %s: ROC-AUC / PR-AUC are undefined on them; "
+                    "use more %s rows", what, len(part), missing, what)
+
+
 def load_splits(cfg: DataSection) -> Splits:
-    """(train, test, validation) with columns text, label (class names). Validation is the
-    last `validation_size` rows of the train part (None when 0); train is the first
-    `train_size` of the rest."""
+    """(train, test, validation) with columns text, label (class names); see
+    `DataSection` for how each split is drawn."""
     src = cfg.source
     if src == "ethos":
         df = sources.load_ethos("binary", cache_dir=cfg.cache_dir, local_dir=cfg.local_dir)
-        train, test = sources.ethos_split(df)
+        train, test = sources.ethos_split(df)  # the codelab's seeded split, kept as is
     elif src.startswith("tfds:"):
         name = src.split(":", 1)[1]
         kw = dict(text_key=None if cfg.text_column == "text" else cfg.text_column,
                   label_key=None if cfg.label_column == "label" else cfg.label_column, data_dir=cfg.local_dir)
-        train = sources.load_tfds(name, "train", **kw)
+        train = _shuffled(sources.load_tfds(name, "train", **kw), cfg.split_seed)
         test = sources.load_tfds(name, "test", **kw)
     else:
         df = sources.read_table(src, cfg.text_column, cfg.label_column, delimiter=cfg.delimiter)
         if cfg.test_path:
-            train, test = df, sources.read_table(cfg.test_path, cfg.text_column, cfg.label_column,
-                                                 delimiter=cfg.delimiter)
+            train, test = _shuffled(df, cfg.split_seed), sources.read_table(
+                cfg.test_path, cfg.text_column, cfg.label_column, delimiter=cfg.delimiter)
         else:
-            shuffled = df.sample(frac=1.0, random_state=0)
+            shuffled = _shuffled(df, cfg.split_seed)
             n_test = max(1, int(round(cfg.test_fraction * len(df))))
             train, test = shuffled.iloc[n_test:], shuffled.iloc[:n_test]
     validation = None
@@ -67,4 +95,8 @@ def load_splits(cfg: DataSection) -> Splits:
                                                                       cfg.label_names)
     if cfg.train_size is not None:
         train = sources.take_subset(train, cfg.train_size)
-    return Splits(_named(train, cfg.label_names), _named(test, cfg.label_names), validation)
+    train, test = _named(train, cfg.label_names), _named(test, cfg.label_names)
+    _warn_missing_classes(test, train, "test")
+    if validation is not None:
+        _warn_missing_classes(validation, train, "validation")
+    return Splits(train, test, validation)

@@ -67,7 +67,8 @@ def from_orbax(directory: Path, *, progress: bool = True) -> tuple[Any, str]:
 
     checkpointer = _checkpointer_as_written(directory)
     try:
-        step = checkpointer.best_step()
+        best = checkpointer.best_step()  # None when no step was ranked (a run without validation rows)
+        step = best if best is not None else checkpointer.latest_step()
         meta = checkpointer.read_meta(step)
         try:
             cfg = from_dict(RunConfig, meta.get("config") or {}, where=f"{directory}/{step} run config")

@@ -216,4 +216,9 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepConfig:
     run = dataclasses.replace(run, output_dir=str(Path(run.output_dir).absolute()))
     section = from_dict(SweepSection, sweep_d, f"{p}: sweep")
     check_space(space, run, str(p))
+    if section.scheduler.metric.startswith("eval_") and not run.data.validation_size \
+            and "data.validation_size" not in space:
+        raise ConfigError(f"{p}: sweep.scheduler.metric {section.scheduler.metric} is scored each epoch on "
+                          "validation rows, and data.validation_size is 0 (the test rows never rank trials); "
+                          "set data.validation_size (e.g. 100)")
     return SweepConfig(run=run, sweep=dataclasses.replace(section, space=space), source=str(p))

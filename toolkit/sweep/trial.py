@@ -71,7 +71,8 @@ def trial_driver(params: dict[str, Any], sweep: SweepConfig) -> None:
     run = sweep.trial_run(flatten(params), trial)
     trainer = JaxTrainer(
         worker_loop,
-        train_loop_config={"run": run, "trial": trial},
+        train_loop_config={"run": run, "trial": trial, "metric": sweep.sweep.scheduler.metric,
+                           "mode": sweep.sweep.scheduler.mode},
         scaling_config=scaling_config(sweep),
         run_config=ray.train.RunConfig(
             # Same name and storage on every rerun of this trial: Ray Train then hands
@@ -133,13 +134,18 @@ class _Reporter:
     back and sent together with the test metrics, so a scheduler that stops a trial
     at its final epoch cannot cut the test evaluation off."""
 
-    def __init__(self, rank: int, last_epoch: int):
-        self.rank, self.last_epoch = rank, last_epoch
+    def __init__(self, rank: int, last_epoch: int, metric: str | None = None, mode: str = "max"):
+        self.rank, self.last_epoch, self.metric, self.mode = rank, last_epoch, metric, mode
         self.pending: tuple[dict[str, Any], Path | None] | None = None
 
-    @staticmethod
-    def _metrics(record: dict[str, Any]) -> dict[str, Any]:
-        return {k: record[k] for k in ("epoch", "step", *EPOCH_METRICS) if record.get(k) is not None}
+    def _metrics(self, record: dict[str, Any]) -> dict[str, Any]:
+        out = {k: record[k] for k in ("epoch", "step", *EPOCH_METRICS) if record.get(k) is not None}
+        if self.metric and out.get(self.metric) is None:
+            # Undefined this epoch (e.g. ROC-AUC on a one-class validation set): the worst
+            # value, flagged, so Tune ranks the trial last instead of failing it.
+            out[self.metric] = -1.0 if self.mode == "max" else 1e30
+            out[f"{self.metric}_placeholder"] = 1
+        return out
 
     def epoch(self, record: dict[str, Any], step_dir: Path | None) -> None:
         metrics = self._metrics(record)
@@ -211,7 +217,7 @@ def worker_loop(payload: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         run = _restore(run, checkpoint, rank)
-    reporter = _Reporter(rank, run.train.epochs)
+    reporter = _Reporter(rank, run.train.epochs, payload.get("metric"), payload.get("mode", "max"))
     inputs = _InputLog(run.run_dir / "inputs" / f"rank-{rank}-pid-{os.getpid()}.json", rank)
     result = run_experiment(run, progress=False, after_epoch=reporter.epoch, inspect_batch=inputs)
     reporter.final(result)
