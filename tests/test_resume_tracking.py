@@ -29,7 +29,7 @@ def run_setup(tmp_path_factory):
         "output_dir": str(tmp / "runs"),
         "model": {"name": str(preset), "param_dtype": "float32"},
         "lora": {"rank": 2, "targets": ["q", "v"], "dropout": 0.1},
-        "data": {"source": str(tmp / "data.csv"), "test_fraction": 0.2},
+        "data": {"source": str(tmp / "data.csv"), "test_fraction": 0.2, "validation_size": 6},
         "classifier": {"labels": ["spam", "ham"], "verbalizers": {"spam": "a", "ham": "in"}, "max_length": 64,
                        "prompt": {"instructions": "Classify"}},
         "train": {"epochs": 4, "batch_size": 2, "learning_rate": 0.01, "log_every_steps": 4},
@@ -76,10 +76,13 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(run_setup, full_run):
     assert last < 4 * steps_per_epoch and last % steps_per_epoch, "expected a mid-epoch kill"
     assert not (run_setup / "runs" / "killed" / "metrics.json").exists()
 
-    r = train_cli(run_setup / "cfg.yaml", "name=killed", "resume=true", "train.learning_rate=0.02")
-    assert r.returncode != 0 and "different config" in r.stderr and "train.learning_rate: 0.01 -> 0.02" in r.stderr
-    r = train_cli(run_setup / "cfg.yaml", "name=killed", "resume=true")
+    r = train_cli(run_setup / "cfg.yaml", "name=killed", "resume=true", "train.batch_size=4")
+    assert r.returncode != 0 and "different config" in r.stderr and "train.batch_size: 2 -> 4" in r.stderr
+    # Settings that change only how the run reports may change, and are logged.
+    r = train_cli(run_setup / "cfg.yaml", "name=killed", "resume=true", "train.eval_batch_size=8",
+                  "train.log_every_steps=2")
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "train.eval_batch_size: 16 -> 8" in r.stderr and "train.log_every_steps: 4 -> 2" in r.stderr
     resumed, full = _lora(run_setup / "runs" / "killed"), _lora(full_run)
     assert resumed.keys() == full.keys()
     for k in full:
@@ -169,3 +172,17 @@ def test_out_of_memory_names_the_knobs():
     guarded = _oom_guard(step, TrainConfig(batch_size=64), make_mesh(devices=jax.devices()[:1]))
     with pytest.raises(OutOfMemory, match=r"batch 64.*grad_accum_steps.*model.remat=full.*mesh.fsdp"):
         guarded()
+
+
+def test_resume_allows_only_the_listed_changes():
+    from toolkit.train.checkpoint import CheckpointError
+    from toolkit.train.loop import _check_same_run
+
+    saved = {"train": {"learning_rate": 0.01, "epochs": 3, "eval_batch_size": 16}, "data": {"local_dir": "/a"},
+             "lora": {"rank": 2}}
+    lower = {**saved, "train": {**saved["train"], "learning_rate": 0.001}, "data": {"local_dir": "/b"}}
+    assert set(_check_same_run(saved, lower, "ckpt")) == {"train.learning_rate: 0.01 -> 0.001",
+                                                          "data.local_dir: '/a' -> '/b'"}
+    for changed in ({**saved, "train": {**saved["train"], "epochs": 4}}, {**saved, "lora": {"rank": 4}}):
+        with pytest.raises(CheckpointError, match="different config"):
+            _check_same_run(saved, changed, "ckpt")

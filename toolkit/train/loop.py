@@ -15,6 +15,7 @@ the data position, whose epoch is rebuilt with the same seed and fast-forwarded.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -31,6 +32,8 @@ from toolkit.data.pipeline import make_epoch, make_packed_epoch, num_batches, pa
 from toolkit.train import mesh as mesh_lib
 from toolkit.train.flops import mfu, train_flops_per_token
 from toolkit.train.step import ModelParts, StepShardings, make_head, make_score_step, make_train_step
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -152,19 +155,31 @@ def _check_batch(cfg: TrainConfig, dp: int) -> None:
 
 # What must match to continue a run (a new mesh, name or tracker is fine: Orbax reshards).
 _RESUME_KEYS = ("model", "lora", "data", "classifier", "train")
+# ... except these, which change how a run continues or reports, not what it trains on or
+# in what order: a lower learning rate after a divergence, a bigger eval batch, another
+# logging interval, the data's new location. Each change is logged.
+RESUME_MAY_CHANGE = frozenset({"train.learning_rate", "train.eval_batch_size", "train.log_every_steps",
+                               "train.peak_tflops", "data.local_dir", "data.cache_dir"})
 
 
-def _check_same_run(saved: dict[str, Any], current: dict[str, Any], where: Any) -> None:
+def _check_same_run(saved: dict[str, Any], current: dict[str, Any], where: Any) -> list[str]:
+    """The allowed changes ("key: old -> new"); raises on any other."""
     if not saved or not current:
-        return
-    diff = [f"{section}.{k}: {saved.get(section, {}).get(k)!r} -> {v!r}"
+        return []
+    diff = [(f"{section}.{k}", f"{section}.{k}: {saved.get(section, {}).get(k)!r} -> {v!r}")
             for section in _RESUME_KEYS for k, v in (current.get(section) or {}).items()
             if saved.get(section, {}).get(k) != v]
-    if diff:
+    refused = [text for key, text in diff if key not in RESUME_MAY_CHANGE]
+    if refused:
         from toolkit.train.checkpoint import CheckpointError
 
         raise CheckpointError(f"{where} was written by a different config; resuming would not continue the same run "
-                              f"({'; '.join(diff[:5])}). Restore those values or start fresh with resume=false")
+                              f"({'; '.join(refused[:5])}). Restore those values or start fresh with resume=false "
+                              f"(only {', '.join(sorted(RESUME_MAY_CHANGE))} may change on resume)")
+    allowed = [text for _, text in diff]
+    if allowed:
+        log.warning("resuming %s with changed settings: %s", where, "; ".join(allowed))
+    return allowed
 
 
 def _device_batch(b, placement: Placement, global_rows: int) -> dict[str, jax.Array]:
