@@ -104,6 +104,21 @@ def wandb_run_record(recs: list[dict[str, Any]]) -> dict[str, Any]:
     return next(rec["run"] for rec in recs if rec.get("type") == "run")
 
 
+# ------------------------------------------------------------------ parallel runs
+# The README runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`): most
+# tests are single-threaded XLA compiles, so two cores finish them in about half the time.
+# Every test that starts or reads a Ray cluster runs on one worker, in one group: the
+# shared sweep is then made once, and no `ray stop` ends another worker's cluster.
+RAY_FILES = {"test_sweep.py", "test_sweep_config.py", "test_report.py"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in RAY_FILES or "ci_sweep" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 # ------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="session")
 def tiny_tokenizer():

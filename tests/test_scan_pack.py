@@ -43,13 +43,22 @@ def _batch(n=5, t=9, seed=0):
             "labels": jnp.asarray(rng.integers(0, 3, size=n), jnp.int32), "weights": jnp.ones(n)}
 
 
-def _lora_grads(model, batch, head=None):
+@nnx.jit
+def _loss_logits_grads(model, batch, head):
+    """One compiled program per model and shape: eager op-by-op dispatch of a whole
+    Gemma forward and backward costs the suite tens of seconds."""
     def loss(m):
-        return loss_and_logits(m, batch, CLASS_IDS, head=head)[0]
+        return loss_and_logits(m, batch, CLASS_IDS, head=head)
 
-    grads = nnx.grad(loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(model)
+    (value, logits), grads = nnx.value_and_grad(loss, argnums=nnx.DiffState(0, nnx.LoRAParam), has_aux=True)(model)
+    return value, logits, grads
+
+
+def _run(model, batch, head=None):
+    """(loss, logits, LoRA gradients by exchange name)."""
+    value, logits, grads = _loss_logits_grads(model, batch, head)
     flat = {".".join(map(str, p)): np.asarray(g[...]) for p, g in nnx.to_flat_state(grads)}
-    return layout.to_exchange(flat, model.config.scan_layers)
+    return value, logits, layout.to_exchange(flat, model.config.scan_layers)
 
 
 def _close(a, b, rel=1e-5):
@@ -66,11 +75,12 @@ def test_scanned_equals_unrolled_logits_loss_and_lora_gradients(name):
     _close(scanned(tokens), unrolled(tokens))
     b, head = _batch(), make_head([2, 30, 31, 32])
     for h in (None, head):
-        _close(loss_and_logits(scanned, b, CLASS_IDS, head=h)[0], loss_and_logits(unrolled, b, CLASS_IDS, head=h)[0])
-        gs, gu = _lora_grads(scanned, b, h), _lora_grads(unrolled, b, h)
+        (ls, logits_s, gs), (lu, logits_u, gu) = _run(scanned, b, h), _run(unrolled, b, h)
+        _close(ls, lu)
+        _close(logits_s, logits_u)
         assert set(gs) == set(gu) and len(gs) == 2 * 7 * scanned.config.num_layers
         for k in gs:
-            _close(gs[k], gu[k], rel=1e-4 if h is None else 1e-4)
+            _close(gs[k], gu[k], rel=1e-4)
 
 
 def test_exchange_format_round_trips_through_the_scanned_layout():
@@ -98,12 +108,10 @@ def test_packed_batches_equal_unpacked_loss_gradients_and_scores(name):
     packed, index = _packed_from(b, width=32)
     head = make_head([2, 30, 31])
     for h in (None, head):
-        lu, logits_u = loss_and_logits(model, b, CLASS_IDS, head=h)
-        lp, logits_p = loss_and_logits(model, packed, CLASS_IDS, head=h)
+        (lu, logits_u, gu), (lp, logits_p, gp) = _run(model, b, h), _run(model, packed, h)
         _close(lp, lu)
         real = index.reshape(-1) >= 0
         _close(np.asarray(logits_p)[real], np.asarray(logits_u)[index.reshape(-1)[real]])
-        gu, gp = _lora_grads(model, b, h), _lora_grads(model, packed, h)
         for k in gu:
             _close(gp[k], gu[k])
 
