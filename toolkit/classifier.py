@@ -105,24 +105,30 @@ class AgileClassifier:
             return
         from toolkit.models.gemma import flat_state, from_params
         from toolkit.train.loop import place_parts
-        from toolkit.train.mesh import make_mesh
+        from toolkit.train.mesh import make_mesh, state_shardings
         from toolkit.train.step import FROZEN, split_model
         from toolkit.weights.loader import load_pretrained
 
         pdtype = resolve_param_dtype(self.param_dtype)
+        mesh = make_mesh(self.mesh_config)
+
+        def shardings(abstract: Any) -> Any:  # the base lands in its shards as it loads
+            return state_shardings(abstract, mesh)
+
         if isinstance(self.model_spec, (str, os.PathLike)):
             model, tok = load_pretrained(self.model_spec, lora=self.lora, param_dtype=pdtype, dtype=resolve_param_dtype(self.dtype),
-                                         seed=self.train_config.seed, remat=self.remat)
+                                         seed=self.train_config.seed, remat=self.remat, shardings=shardings)
         else:
             base, tok = self.model_spec
             params = {k: np.asarray(v) for k, v in flat_state(base, FROZEN).items()}
             cfg = base.config.replace(param_dtype=pdtype, dtype=resolve_param_dtype(self.dtype), remat=self.remat)
-            model = from_params(cfg, params, lora=self.lora, seed=self.train_config.seed, source="model")
+            model = from_params(cfg, params, lora=self.lora, seed=self.train_config.seed, source="model",
+                                shardings=shardings)
         self.tokenizer = tok
         self.model_config = model.config
         self.class_ids = class_token_ids(tok, self.labels, self.verbalizers)
         self.encoder = PromptEncoder(self.prompt, self.labels, tok, self.max_length)
-        self._placement = place_parts(split_model(model), make_mesh(self.mesh_config), model.config)
+        self._placement = place_parts(split_model(model), mesh, model.config)
         self._parts = self._placement.parts
         self._lora = self._parts.lora
         self._loaded = True

@@ -469,6 +469,7 @@ def from_params(
     lora: LoRAConfig | None = None,
     seed: int = 0,
     source: str = "params",
+    shardings: Callable[[nnx.State], nnx.State] | None = None,
 ) -> Gemma:
     """Build a model from a flat exchange-format weight dict without ever random-initialising the base.
 
@@ -477,6 +478,13 @@ def from_params(
     `params` may also carry `...lora_a` / `...lora_b` entries, which then
     replace the fresh adapters. Shape or key mismatches raise naming `source`
     and the tensor.
+
+    `shardings(abstract frozen state) -> state of shardings` (the caller's mesh
+    rules; this module knows no mesh) places each frozen tensor shard by shard:
+    every device receives only its slice, cut on the host
+    (`jax.make_array_from_callback`, which on a pod asks each host only for its
+    own devices' slices). A base bigger than one device then loads onto an FSDP
+    mesh. Without it, tensors land on the default device.
     """
     from toolkit.weights.errors import WeightImportError
 
@@ -511,7 +519,19 @@ def from_params(
     if lora_given and set(lora_given) != set(lora_expected):
         raise WeightImportError(f"{source}: adapter tensors are incomplete: "
                                 f"{', '.join(sorted(set(lora_expected) - set(lora_given))[:8])} missing")
+    base_shardings = ({".".join(map(str, p)): v.get_value() if isinstance(v, nnx.Variable) else v
+                       for p, v in nnx.to_flat_state(shardings(base_state))} if shardings is not None else {})
     for name, value in layout.to_model(params, config.num_layers, scanned).items():
         var = base_vars.get(name) or lora_vars[name]
-        var.set_value(jnp.asarray(value, dtype=var.dtype))
+        if name in base_shardings:
+            var.set_value(_sharded(value, var.dtype, base_shardings[name]))
+        else:
+            var.set_value(jnp.asarray(value, dtype=var.dtype))
     return nnx.merge(graphdef, base_state, other_state)
+
+
+def _sharded(value: np.ndarray, dtype: Any, sharding: Any) -> Array:
+    """A global array on `sharding`, each device's slice cast and copied from the host alone."""
+    host = np.asarray(value)
+    dtype = jnp.dtype(dtype)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: np.asarray(host[index], dtype=dtype))

@@ -46,11 +46,23 @@ def _random_base(name: str, cache_dir: str | Path | None) -> tuple[Any, Tokenize
     return config.replace(vocab_size=tokenizer.vocab_size), tokenizer
 
 
-def _random_init(config: Any, lora: LoRAConfig | None, seed: int) -> Gemma:
+def _random_init(config: Any, lora: LoRAConfig | None, seed: int, shardings: Any = None) -> Gemma:
+    """Random weights made where they live: with `shardings`, the frozen base is
+    initialised straight into its shards (no device ever holds a whole tensor)."""
     import jax
     from flax import nnx
 
-    return nnx.merge(*jax.jit(lambda: nnx.split(Gemma(config, lora=lora, rngs=nnx.Rngs(seed))))())
+    from toolkit.models.gemma import FROZEN_FILTER
+
+    def build() -> Gemma:
+        return Gemma(config, lora=lora, rngs=nnx.Rngs(seed))
+
+    if shardings is None:
+        return nnx.merge(*jax.jit(lambda: nnx.split(build()))())
+    graphdef, frozen_abs, _ = nnx.split(nnx.eval_shape(build), FROZEN_FILTER, ...)
+    frozen = jax.jit(lambda: nnx.split(build(), FROZEN_FILTER, ...)[1], out_shardings=shardings(frozen_abs))()
+    other = jax.jit(lambda: nnx.split(build(), FROZEN_FILTER, ...)[2])()
+    return nnx.merge(graphdef, frozen, other)
 
 
 def resolve(spec: str | Path, cache_dir: str | Path | None = None) -> tuple[str, Path]:
@@ -76,8 +88,13 @@ def load_pretrained(
     cache_dir: str | Path | None = None,
     seed: int = 0,
     remat: str | None = None,
+    shardings: Any = None,
 ) -> tuple[Gemma, Tokenizer]:
-    """Load weights and tokenizer for `spec`, with optional fresh LoRA adapters."""
+    """Load weights and tokenizer for `spec`, with optional fresh LoRA adapters.
+
+    `shardings(abstract frozen state) -> shardings` (e.g. the mesh rule table's
+    `toolkit.train.mesh.state_shardings`) places the frozen base shard by shard
+    as it loads; see `toolkit.models.gemma.from_params`."""
     if str(spec).startswith(RANDOM_PREFIX):
         config, tokenizer = _random_base(str(spec)[len(RANDOM_PREFIX):], cache_dir)
         params, source = None, str(spec)
@@ -94,5 +111,5 @@ def load_pretrained(
             tokenizer = Tokenizer.from_spm(spm)
     config = config.replace(**_run_time(param_dtype, dtype, remat))
     if params is None:
-        return _random_init(config, lora, seed), tokenizer
-    return from_params(config, params, lora=lora, seed=seed, source=source), tokenizer
+        return _random_init(config, lora, seed, shardings), tokenizer
+    return from_params(config, params, lora=lora, seed=seed, source=source, shardings=shardings), tokenizer
