@@ -19,6 +19,11 @@ class LoRAConfig:
     lower there. `alpha=None` means alpha = rank (scale 1), keras-hub's
     convention, so the codelab's `enable_lora(rank=4)` is
     `LoRAConfig(rank=4, alpha=None, targets=("q", "v"))`.
+
+    `dropout` acts on each adapter's input in training. The prompt's shared
+    instruction head is computed once per batch (its keys and values feed every
+    row), so it gets one dropout mask per batch, while each example's own tokens
+    get their own: per-row head masks would cost the head's compute once per row.
     """
 
     rank: int = 8
