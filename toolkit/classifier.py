@@ -80,7 +80,7 @@ class AgileClassifier:
         dtype: str = "auto",
         progress: bool = True,
         mesh: Any = None,
-        remat: str = "none",
+        remat: str = "dots",
     ):
         self.labels = tuple(str(label) for label in labels)
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):

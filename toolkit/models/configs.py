@@ -54,7 +54,7 @@ class ModelConfig:
     param_dtype: str = "bfloat16"
     dtype: str = "float32"
     # Activation checkpointing of each decoder layer: "none", "dots" or "full".
-    remat: str = "none"
+    remat: str = "dots"
     # Layers under `lax.scan` (one compiled body, weights stacked on a leading
     # `layers` axis) or unrolled (one program region per layer: slower to compile,
     # kept to check the scan against).

@@ -251,7 +251,7 @@ def _run_scanned(stacked: DecoderLayer, fn: LayerFn, x: Array, xs: Any, remat: s
         return (h, nnx.state(layer, nnx.Not(nnx.Param))), y
 
     if remat != "none":
-        body = jax.checkpoint(body, policy=_remat_policy(remat))
+        body = jax.checkpoint(body, policy=_remat_policy(remat), prevent_cse=False)
     (x, rest), ys = jax.lax.scan(body, (x, rest), (params, xs))
     nnx.update(stacked, rest)
     return x, ys
