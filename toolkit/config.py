@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -26,6 +27,24 @@ from toolkit.models.lora_config import LoRAConfig
 # train step ~22% faster than "none" (fewer per-layer buffers to stack and copy) and
 # uses less memory; "full": recompute each decoder layer in the backward pass (least memory).
 REMAT_POLICIES = ("none", "dots", "full")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# What a run's epochs are scored by (`AgileClassifier.fit` prefixes the validation
+# metrics with "eval_"): the names `checkpoint.best_metric` may take.
+EVAL_METRICS = ("eval_roc_auc", "eval_pr_auc", "eval_f1", "eval_f1_macro", "eval_f1_micro", "eval_accuracy",
+                "eval_balanced_accuracy")
+
+
+def must(ok: bool, key: str, value: Any, rule: str) -> None:
+    """The one message format of a value out of range: `section.key: got V; must be RULE`.
+
+    Raised as ValueError from the dataclasses (so the API, which builds them from
+    keyword arguments, gets it too); `from_dict` adds the file or command line."""
+    if not ok:
+        raise ValueError(f"{key}: got {value!r}; must be {rule}")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +63,11 @@ class ModelSection:
     remat: str = "dots"
 
     def __post_init__(self) -> None:
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"model.remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+        must(isinstance(self.name, str) and bool(self.name.strip()), "model.name", self.name,
+             "a model spec such as gemma3_270m, a .gguf file, a keras-hub preset dir or random:tiny_gemma3")
+        must(self.remat in REMAT_POLICIES, "model.remat", self.remat, f"one of {', '.join(REMAT_POLICIES)}")
+        for key in ("param_dtype", "dtype"):
+            must(getattr(self, key) in DTYPES, f"model.{key}", getattr(self, key), f"one of {', '.join(DTYPES)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +99,19 @@ class DataSection:
     label_names: dict[str, str] | None = None
     split_seed: int = 0
 
+    def __post_init__(self) -> None:
+        must(bool(self.source and self.source.strip()), "data.source", self.source,
+             "ethos, ethos_multilabel, tfds:NAME or a CSV/TSV/JSONL/Parquet path")
+        must(_number(self.test_fraction) and 0 < self.test_fraction < 1, "data.test_fraction", self.test_fraction,
+             "between 0 and 1 (exclusive), e.g. 0.2")
+        must(self.train_size is None or self.train_size >= 1, "data.train_size", self.train_size,
+             "a positive number of rows, or null for all")
+        must(self.validation_size >= 0, "data.validation_size", self.validation_size, ">= 0 (0: no validation rows)")
+        must(self.text_column != self.label_column, "data.label_column", self.label_column,
+             f"a different column from data.text_column ({self.text_column!r})")
+        must(self.delimiter is None or len(self.delimiter) == 1, "data.delimiter", self.delimiter,
+             "one character such as ',' ';' or a tab, or null for the file type's own")
+
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierSection:
@@ -86,6 +121,16 @@ class ClassifierSection:
     verbalizers: dict[str, str] | None = None
     prompt: PromptFormat = PromptFormat()
     max_length: int = 256
+
+    def __post_init__(self) -> None:
+        labels = [str(v) for v in self.labels]
+        must(len(labels) >= 2 and len(set(labels)) == len(labels) and all(v.strip() for v in labels),
+             "classifier.labels", list(self.labels), "at least two distinct, non-empty class names")
+        unknown = sorted(set(self.verbalizers or {}) - set(labels))
+        must(not unknown, "classifier.verbalizers", self.verbalizers,
+             f"keyed by class names of classifier.labels {labels} (unknown: {unknown})")
+        must(self.max_length >= 8, "classifier.max_length", self.max_length,
+             ">= 8 tokens (and long enough for the prompt plus some text)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,16 +157,22 @@ class TrainConfig:
     packing: bool = True
 
     def __post_init__(self) -> None:
-        if self.loss not in ("class", "lm"):
-            raise ValueError(f"train.loss must be 'class' or 'lm', got {self.loss!r}")
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(f"train.schedule must be cosine, linear or constant, got {self.schedule!r}")
-        if self.batch_size % max(self.grad_accum_steps, 1):
-            raise ValueError(f"train.batch_size={self.batch_size} must divide by "
-                             f"train.grad_accum_steps={self.grad_accum_steps}")
+        must(self.loss in ("class", "lm"), "train.loss", self.loss, "class or lm")
+        must(self.schedule in ("cosine", "linear", "constant"), "train.schedule", self.schedule,
+             "cosine, linear or constant")
         for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "log_every_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+            must(getattr(self, name) >= 1, f"train.{name}", getattr(self, name), ">= 1")
+        must(self.batch_size % self.grad_accum_steps == 0, "train.batch_size", self.batch_size,
+             f"a multiple of train.grad_accum_steps ({self.grad_accum_steps})")
+        must(_number(self.learning_rate) and self.learning_rate > 0, "train.learning_rate", self.learning_rate,
+             "> 0, e.g. 5e-4")
+        must(_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1, "train.warmup_ratio", self.warmup_ratio,
+             "in [0, 1): the share of steps spent warming up")
+        must(_number(self.weight_decay) and self.weight_decay >= 0, "train.weight_decay", self.weight_decay, ">= 0")
+        must(_number(self.grad_clip) and self.grad_clip > 0, "train.grad_clip", self.grad_clip,
+             "> 0 (the global gradient norm cap, e.g. 1.0)")
+        must(self.peak_tflops is None or (_number(self.peak_tflops) and self.peak_tflops > 0), "train.peak_tflops",
+             self.peak_tflops, "> 0, or null to look it up")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,10 +188,10 @@ class CheckpointSection:
     best_mode: str = "max"
 
     def __post_init__(self) -> None:
-        if self.best_mode not in ("max", "min"):
-            raise ValueError(f"checkpoint.best_mode must be max or min, got {self.best_mode!r}")
-        if self.keep < 1 or self.every_steps < 0:
-            raise ValueError("checkpoint.keep must be >= 1 and checkpoint.every_steps >= 0")
+        must(self.best_mode in ("max", "min"), "checkpoint.best_mode", self.best_mode, "max or min")
+        must(self.keep >= 1, "checkpoint.keep", self.keep, ">= 1")
+        must(self.every_steps >= 0, "checkpoint.every_steps", self.every_steps, ">= 0 (0: at epoch ends only)")
+        must(bool(self.best_metric), "checkpoint.best_metric", self.best_metric, f"one of {', '.join(EVAL_METRICS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,8 +207,8 @@ class TrackingSection:
     tags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.mode not in ("auto", "online", "offline", "disabled"):
-            raise ValueError(f"tracking.mode must be auto, online, offline or disabled, got {self.mode!r}")
+        must(self.mode in ("auto", "online", "offline", "disabled"), "tracking.mode", self.mode,
+             "auto, online, offline or disabled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,8 +239,8 @@ class MeshConfig:
     def __post_init__(self) -> None:
         for name in MESH_AXES:
             v = getattr(self, name)
-            if v != "auto" and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-                raise ValueError(f"mesh.{name} must be a positive int or 'auto', got {v!r}")
+            must(v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1), f"mesh.{name}", v,
+                 "a positive int or auto")
 
     def sizes(self, device_count: int) -> tuple[int, int, int]:
         """Resolve "auto" so the product is `device_count`; the first "auto" axis takes the rest."""
@@ -227,6 +278,19 @@ class RunConfig:
     tracking: TrackingSection = TrackingSection()
     distributed: DistributedSection = DistributedSection()
     resume: bool = False
+    # Replace an existing run dir: the old one is moved aside and deleted once the new
+    # run has saved its first checkpoint (a failure before that puts it back).
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        name = self.name
+        must(bool(name.strip()) and name not in (".", "..") and "/" not in name and "\\" not in name, "name", name,
+             "a plain directory name (no slashes): the run dir is <output_dir>/<name>")
+        must(bool(self.output_dir.strip()), "output_dir", self.output_dir, "a directory path, e.g. runs")
+        must(not (self.resume and self.overwrite), "overwrite", self.overwrite,
+             "false when resume=true (resume continues the run dir, overwrite replaces it: choose one)")
+        must(self.checkpoint.best_metric in EVAL_METRICS, "checkpoint.best_metric", self.checkpoint.best_metric,
+             f"a metric the run scores each epoch: one of {', '.join(EVAL_METRICS)}")
 
     @property
     def run_dir(self) -> Path:
@@ -237,7 +301,14 @@ class RunConfig:
 
 
 class ConfigError(ValueError):
-    """A config file or override is wrong; the message names the file and key."""
+    """A config file or override is wrong; the message names the file (or the command-line
+    override) and the key. `key` is the dotted key at fault, when known; `detail` the
+    message without its source, so a caller can say where the value came from."""
+
+    def __init__(self, message: str, *, key: str | None = None, detail: str | None = None):
+        super().__init__(message)
+        self.key = key
+        self.detail = detail if detail is not None else message
 
 
 def _plain(x: Any) -> Any:
@@ -248,26 +319,39 @@ def _plain(x: Any) -> Any:
     return x
 
 
-def _coerce(tp: Any, value: Any, where: str) -> Any:
+def _fail(where: str, key: str, detail: str) -> ConfigError:
+    return ConfigError(f"{where}: {detail}", key=key or None, detail=detail)
+
+
+_QUOTE = "YAML reads unquoted yes/no/on/off as booleans; quote it, e.g. \"no\""
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _coerce(tp: Any, value: Any, where: str, key: str = "") -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(args[0], value, where)
+        return _coerce(args[0], value, where, key)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
-        return from_dict(tp, value, where)
+            raise _fail(where, key, f"{key}: got {value!r}; must be a mapping of {tp.__name__} keys")
+        return from_dict(tp, value, where, key)
     if origin is tuple:
         if isinstance(value, str):
             value = [value]
-        return tuple(_coerce(typing.get_args(tp)[0], v, where) for v in value)
+        if not isinstance(value, (list, tuple)):
+            raise _fail(where, key, f"{key}: got {value!r}; must be a list")
+        return tuple(_coerce(typing.get_args(tp)[0], v, where, key) for v in value)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise _fail(where, key, f"{key}: got {value!r}; must be a mapping")
+        booleans = [x for kv in value.items() for x in kv if isinstance(x, bool)]
+        if booleans:
+            raise _fail(where, key, f"{key}: got {value!r}; must map strings to strings: {_QUOTE}")
         return {str(k): str(v) for k, v in value.items()}
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -277,25 +361,31 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         except ValueError:
             pass
     if tp is str and isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a string, got {value!r}: YAML reads unquoted yes/no/on/off "
-                          "as booleans; quote it, e.g. \"no\"")
-    if tp in (int, float, bool, str) and not isinstance(value, tp):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        raise _fail(where, key, f"{key}: got {value!r}; must be a string: {_QUOTE}")
+    if tp in (int, float, bool, str) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise _fail(where, key, f"{key}: got {value!r}; must be {_KINDS[tp]}")
     return value
 
 
-def from_dict(cls: type, d: dict[str, Any], where: str = "config") -> Any:
-    """Build dataclass `cls` from a nested dict, rejecting unknown keys by name."""
+def from_dict(cls: type, d: dict[str, Any], where: str = "config", key: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict, rejecting unknown keys by name.
+
+    `where` is the source (a file, "command line"), `key` the dotted path of `d`."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(d) - set(names))
+    at = f"{key}: " if key else ""
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {names}")
-    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in d.items()}
+        raise _fail(where, f"{key}.{unknown[0]}".lstrip("."), f"{at}unknown key(s) {unknown}; known keys: {names}")
+    kwargs = {k: _coerce(hints[k], v, where, f"{key}.{k}".lstrip(".")) for k, v in d.items()}
     try:
         return cls(**kwargs)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {e}") from e
+        detail = str(e)
+        m = re.match(r"([\w.]+): got ", detail)
+        raise _fail(where, m.group(1) if m else key, detail if m or not key else f"{key}: {detail}") from None
 
 
 def set_dotted(d: dict[str, Any], key: str, value: Any, where: str = "config") -> None:
@@ -309,15 +399,30 @@ def set_dotted(d: dict[str, Any], key: str, value: Any, where: str = "config") -
     node[parts[-1]] = value
 
 
-def apply_overrides(d: dict[str, Any], overrides: Sequence[str], where: str = "overrides") -> dict[str, Any]:
+def apply_overrides(d: dict[str, Any], overrides: Sequence[str], where: str = "command line") -> dict[str, Any]:
     """`a.b=value` sets d["a"]["b"]; the value is parsed as YAML (numbers, lists, null)."""
     out = _plain(d)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"{where}: {item!r} is not key=value")
+            raise ConfigError(f"{where}: {item!r} is not key=value (e.g. train.epochs=2)")
         key, raw = item.split("=", 1)
-        set_dotted(out, key.strip(), yaml.safe_load(raw) if raw.strip() else None, where)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw  # not YAML (e.g. an unbalanced bracket): the string itself, checked as any value
+        set_dotted(out, key.strip(), value, f"{where} override {item!r}")
     return out
+
+
+def blame_override(e: ConfigError, overrides: Sequence[str]) -> ConfigError:
+    """`e` again, said of the command-line override that set its key (when one did), not of the file."""
+    if not e.key:
+        return e
+    for item in reversed(overrides):
+        k = item.split("=", 1)[0].strip()
+        if e.key == k or e.key.startswith(k + "."):
+            return ConfigError(f"command-line override {item!r}: {e.detail}", key=e.key, detail=e.detail)
+    return e
 
 
 def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
@@ -341,8 +446,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     if path is not None:
         where = str(path)
         d = read_yaml(path, "config file")
-    d = apply_overrides(d, overrides, where=f"{where} overrides")
-    return from_dict(RunConfig, d, where)
+    d = apply_overrides(d, overrides)
+    try:
+        return from_dict(RunConfig, d, where)
+    except ConfigError as e:
+        raise blame_override(e, overrides) from None
 
 
 def dump_config(cfg: RunConfig) -> str:
