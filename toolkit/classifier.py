@@ -31,11 +31,42 @@ _TOKENIZER = "tokenizer.spm"
 MODEL_HERE = "."  # classifier.json's "model" when the base weights are the directory itself
 
 
-def _as_list(x: Iterable[Any]) -> list[Any]:
-    """Lists, tuples, numpy arrays and pandas Series all become plain lists."""
+class PromptFitError(ValueError):
+    """The labels, verbalizers or prompt do not fit the model's tokenizer; `key` is the
+    `classifier.` config key to change (verbalizers, max_length or prompt)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def _as_list(x: Iterable[Any], what: str = "texts") -> list[Any]:
+    """Lists, tuples, numpy arrays and pandas Series all become plain lists.
+
+    A bare string is refused, not read as one text: `list("hello")` is five one-letter
+    texts, and scoring those silently is worse than an error."""
+    if isinstance(x, (str, bytes)):
+        from toolkit.data.sources import DataError
+
+        shown = x if len(x) <= 40 else x[:37] + "..."
+        raise DataError(f"{what}: got a single string {shown!r}; pass a list of them, e.g. [{shown!r}]")
     if hasattr(x, "tolist"):
         return list(x.tolist())
     return list(x)
+
+
+def _class_names(labels: Any) -> tuple[str, ...]:
+    """`labels` as a tuple of class-name strings; anything else (a bare string, numbers) is refused."""
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
+        raise ValueError(f"labels: got {labels!r}; must be a sequence of class-name strings, e.g. ('no', 'yes')")
+    names = tuple(labels.tolist() if hasattr(labels, "tolist") else labels)
+    bad = [v for v in names if not isinstance(v, str)]
+    if bad:
+        raise ValueError(f"labels: got {list(names)!r}; must be class-name strings ({bad[0]!r} is a "
+                         f"{type(bad[0]).__name__}), e.g. ('no', 'yes')")
+    if len(names) < 2 or len(set(names)) != len(names) or not all(v.strip() for v in names):
+        raise ValueError(f"labels: got {list(names)!r}; must be at least two distinct, non-empty class names")
+    return tuple(str(v) for v in names)
 
 
 def resolve_param_dtype(param_dtype: str) -> str:
@@ -82,9 +113,7 @@ class AgileClassifier:
         mesh: Any = None,
         remat: str = "dots",
     ):
-        self.labels = tuple(str(label) for label in labels)
-        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
-            raise ValueError(f"labels must be at least two distinct class names, got {list(labels)}")
+        self.labels = _class_names(labels)
         self.model_spec = model
         self.lora = lora if isinstance(lora, LoRAConfig) else LoRAConfig(**(lora or {}))
         self.prompt = prompt if isinstance(prompt, PromptFormat) else PromptFormat(**(prompt or {}))
@@ -126,8 +155,14 @@ class AgileClassifier:
                                 shardings=shardings)
         self.tokenizer = tok
         self.model_config = model.config
-        self.class_ids = class_token_ids(tok, self.labels, self.verbalizers)
-        self.encoder = PromptEncoder(self.prompt, self.labels, tok, self.max_length)
+        try:
+            self.class_ids = class_token_ids(tok, self.labels, self.verbalizers)
+        except ValueError as e:
+            raise PromptFitError("verbalizers", str(e)) from None
+        try:
+            self.encoder = PromptEncoder(self.prompt, self.labels, tok, self.max_length)
+        except ValueError as e:
+            raise PromptFitError("max_length" if "max_length" in str(e) else "prompt", str(e)) from None
         self._placement = place_parts(split_model(model), mesh, model.config)
         self._parts = self._placement.parts
         self._lora = self._parts.lora
@@ -140,11 +175,11 @@ class AgileClassifier:
 
         from toolkit.data.sources import DataError, check_labels, from_dataframe
 
-        texts = _as_list(texts)
+        texts = _as_list(texts, f"{what}: texts")
         if labels is None:
             df = from_dataframe(pd.DataFrame({"text": texts, "label": [self.labels[0]] * len(texts)}), source=what)
             return df["text"].tolist(), None
-        labels = _as_list(labels)
+        labels = _as_list(labels, f"{what}: labels")
         if len(labels) != len(texts):
             raise DataError(f"{what}: {len(texts)} texts but {len(labels)} labels")
         names = [self.labels[v] if isinstance(v, (int, np.integer)) and not isinstance(v, bool)
@@ -279,12 +314,22 @@ class AgileClassifier:
         return m
 
     # -------------------------------------------------------------- save/load
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
         """Write adapters + metadata (+ the base and tokenizer when the model was given
-        in memory) into `directory`, atomically: a crash leaves the old directory or none."""
+        in memory) into `directory`, atomically: a crash leaves the old directory or none.
+
+        An earlier saved classifier there is replaced. An existing file is never replaced
+        by a directory, and a non-empty folder that is not a saved classifier (someone's
+        other files) is refused unless `overwrite=True`: both raise FileExistsError."""
         import jax
 
         target = Path(directory)
+        if target.exists() and not target.is_dir():
+            raise FileExistsError(f"save({str(target)!r}): that is an existing file, not a directory; "
+                                  "choose a directory path (the classifier is a folder of files)")
+        if (target.is_dir() and any(target.iterdir()) and not (target / _META).is_file() and not overwrite):
+            raise FileExistsError(f"save({str(target)!r}): the folder holds files and is not a saved classifier "
+                                  f"(no {_META}); choose an empty or new folder, or pass overwrite=True to replace it")
         files = self.host_files()  # a collective: every process gathers, only process 0 writes
         if jax.process_index() == 0:
             with atomic_dir(target) as tmp:
@@ -351,41 +396,48 @@ class AgileClassifier:
         from toolkit.models.gemma import from_params
         from toolkit.models.tokenizer import Tokenizer
 
+        from toolkit.saved_files import SavedFileError, read_json, read_npz
+
         root = Path(directory)
         meta_path = root / _META
         if not meta_path.is_file():
             raise FileNotFoundError(f"{root} is not a saved AgileClassifier: {_META} is missing")
-        meta = json.loads(meta_path.read_text())
+        meta = read_json(meta_path)
         if meta.get("format") != SAVE_FORMAT:
-            raise ValueError(f"{meta_path}: format {meta.get('format')!r} is not {SAVE_FORMAT!r}")
-        lora_cfg = LoRAConfig(**{**meta["lora"], "targets": tuple(meta["lora"]["targets"])})
+            raise SavedFileError(f"{meta_path}: format {meta.get('format')!r} is not {SAVE_FORMAT!r}")
+        try:  # the same range checks as a config's, said of this file
+            lora_cfg = LoRAConfig(**{**meta["lora"], "targets": tuple(meta["lora"]["targets"])})
+            kwargs = dict(lora=lora_cfg, prompt=PromptFormat(**meta["prompt"]), verbalizers=meta["verbalizers"],
+                          train=TrainConfig(**meta["train"]), max_length=meta["max_length"],
+                          param_dtype=meta["param_dtype"], dtype=meta["dtype"], progress=progress,
+                          mesh=mesh if mesh is not None else meta.get("mesh"), remat=meta.get("remat", "none"))
+            labels = _class_names(meta["labels"])
+        except KeyError as e:
+            raise SavedFileError(f"{meta_path}: key {e} is missing; the file is damaged or from another "
+                                 "program: save the classifier again") from None
+        except (TypeError, ValueError) as e:
+            raise SavedFileError(f"{meta_path}: {e}") from None
         if meta["model"] == MODEL_HERE:  # an export: the base is the keras-hub preset beside classifier.json
             spec: Any = str(root)
         elif meta["model"] is not None:
             spec = meta["model"]
         else:
             config = ModelConfig.from_dict(meta["model_config"])
-            with np.load(root / _BASE) as z:
-                base = from_params(config, {k: z[k] for k in z.files}, source=str(root / _BASE))
+            base = from_params(config, read_npz(root / _BASE), source=str(root / _BASE))
             spec = (base, Tokenizer.from_spm(root / _TOKENIZER))
-        kwargs = dict(model=spec, lora=lora_cfg, prompt=PromptFormat(**meta["prompt"]),
-                      verbalizers=meta["verbalizers"], train=TrainConfig(**meta["train"]),
-                      max_length=meta["max_length"], param_dtype=meta["param_dtype"], dtype=meta["dtype"],
-                      progress=progress, mesh=mesh if mesh is not None else meta.get("mesh"),
-                      remat=meta.get("remat", "none"))
+        kwargs["model"] = spec
         if meta.get("kind") == "multilabel":
             from toolkit.multilabel import MultiLabelClassifier
 
             clf: AgileClassifier = MultiLabelClassifier(meta["categories"], question=meta["question"],
                                                         labels=meta["labels"], **kwargs)
         else:
-            clf = cls(meta["labels"], **kwargs)
+            clf = cls(labels, **kwargs)
         clf.history = meta.get("history", [])
         clf._ensure_model()
         if meta.get("lora_merged"):  # adapters already in the base: fresh ones (B = 0) change nothing
             return clf
-        with np.load(root / _LORA) as z:
-            clf._set_lora({k: z[k] for k in z.files}, source=str(root / _LORA))
+        clf._set_lora(read_npz(root / _LORA), source=str(root / _LORA))
         return clf
 
     def _model(self):

@@ -80,6 +80,13 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     _fsync_dir(target.parent)
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: PathLike) -> Iterator[Path]:
     """Yield an empty temp directory beside `path`; on clean exit it replaces `path`
@@ -94,10 +101,10 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
         yield tmp
         if target.exists():
             old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
             os.replace(target, old)
             os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)  # a file as well as a directory: no `.NAME.old` is ever left behind
         else:
             os.replace(tmp, target)
     except BaseException:

@@ -120,12 +120,21 @@ def _frame_rows(frame: pd.DataFrame) -> Locate:
 
 
 def _validate(table: _Table, text_column: str, label_column: str) -> pd.DataFrame:
-    """The shared gate: columns exist, rows exist, every text and label is usable."""
+    """The shared gate: columns exist once, rows exist, every text and label is usable."""
+    _refuse_duplicates(table, [str(c) for c in table.frame.columns])
     _require_columns(table, [text_column, label_column])
     _require_rows(table)
     text = _checked_text(table, text_column)
     label = _checked_labels(table, label_column)
     return pd.DataFrame({"text": pd.Series(text, index=table.frame.index, dtype="str"), "label": label})
+
+
+def _refuse_duplicates(table: _Table, names: Sequence[str]) -> None:
+    """Two columns of one name: which one is "the" text column is a guess, so it is an error."""
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataError(f"{table.source}: duplicate column name(s) {dup} in the header {list(names)}; "
+                        "rename or drop the extra column(s) so that each name appears once.")
 
 
 def _require_columns(table: _Table, columns: Sequence[str]) -> None:
@@ -386,7 +395,10 @@ def _read_delimited(path: Path, text: str, sep: str, str_columns: Sequence[str],
         reason = str(e).strip()
         raise DataError(f"{path}: could not parse as delimited text with delimiter {sep!r}: {reason}.{hint}") from None
     locate = _line_locator(lambda: _csv_row_starts(text, sep))
-    return _Table(frame, str(path), locate, hint)
+    table = _Table(frame, str(path), locate, hint)
+    # pandas renames a repeated header name ("text", "text.1"): read the header itself.
+    _refuse_duplicates(table, [n.strip() for n in next(csv.reader(io.StringIO(text), delimiter=sep), [])])
+    return table
 
 
 def _delimiter_hint(header: str, used: str, expected: Sequence[str]) -> str:
