@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from toolkit.export import FORMATS, ExportError, export  # noqa: E402
+from toolkit import cli  # noqa: E402
+from toolkit.export import FORMATS, export  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,11 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32", help="keras preset weight dtype: float32, bfloat16, float16")
     ap.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     args = ap.parse_args(argv)
-    try:
-        out = export(args.checkpoint, args.out, format=args.format, overwrite=args.overwrite, dtype=args.dtype)
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    out = export(args.checkpoint, args.out, format=args.format, overwrite=args.overwrite, dtype=args.dtype)
     print(f"exported {args.format} to {out}")
     for p in sorted(out.rglob("*")):
         if p.is_file() and p.parent == out:
@@ -42,4 +39,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from toolkit import cli  # noqa: E402
 from toolkit.models.sampling import greedy_tokens  # noqa: E402
 from toolkit.weights.loader import load_pretrained  # noqa: E402
 
@@ -48,4 +49,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run(main))

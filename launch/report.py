@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from toolkit.report import ReportError, make_report  # noqa: E402
+from toolkit import cli  # noqa: E402
+from toolkit.report import make_report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,11 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--price", type=float, default=None, help="price per device-hour, adds a cost column")
     ap.add_argument("--wandb", action="store_true", help="also save a W&B Report for a local sweep")
     args = ap.parse_args(argv)
-    try:
-        out = make_report(args.sweep, args.out, price_per_device_hour=args.price, wandb_report=args.wandb or None)
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    out = make_report(args.sweep, args.out, price_per_device_hour=args.price, wandb_report=args.wandb or None)
     print(f"report of {out['trials']} trials: {out['html']}")
     if out["wandb_url"]:
         print(f"W&B report: {out['wandb_url']}")
@@ -41,4 +38,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toolkit.config import ConfigError  # noqa: E402
+from toolkit import cli  # noqa: E402
 from toolkit.sweep.config import load_sweep  # noqa: E402
 
 
@@ -33,14 +33,10 @@ def main(argv: list[str] | None = None) -> int:
                                                  "resume=true continues an interrupted sweep")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
     args = p.parse_intermixed_args(argv)  # overrides may come before or after options
-    try:
-        cfg = load_sweep(args.config, args.overrides)
-        from toolkit.sweep.tuner import run_sweep
+    cfg = load_sweep(args.config, args.overrides)
+    from toolkit.sweep.tuner import run_sweep
 
-        summary = run_sweep(cfg, resume=cfg.run.resume, num_cpus=args.num_cpus)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    summary = run_sweep(cfg, resume=cfg.run.resume, num_cpus=args.num_cpus)
     out = cfg.sweep_dir
     print()
     print((out / "results.md").read_text())
@@ -57,4 +53,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run(main))

@@ -8,6 +8,12 @@ matrix and ROC curve PNGs, misclassified.csv/.md, Orbax checkpoints
 the trained classifier into `<output_dir>/<name>/`.
 
     python launch/train.py --config ... name=myrun resume=true   # continue a killed run
+    python launch/train.py --config ... name=myrun overwrite=true   # replace a finished run
+
+A run dir is written by one command at a time (a lock beside it, `.<name>.lock`), and
+only once the config, data, labels, model and prompt have been checked; a run that
+fails before its first checkpoint leaves the disk as it found it. Mistakes print one
+line, `error: ...`, and exit with code 2.
 
 On a multi-host job (TPU pod, several GPU hosts) run the same command on
 every host; see BUILD.md.
@@ -22,13 +28,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from toolkit import cli  # noqa: E402
 from toolkit.config import load_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML run config (see sweeps/)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2 data.train_size=800")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2 data.train_size=800; "
+                                                 "resume=true continues a run, overwrite=true replaces one")
     p.add_argument("--no-save", action="store_true", help="do not save the trained classifier")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
@@ -37,18 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     from toolkit.compile_cache import enable_compilation_cache
     from toolkit.experiment import main_table, run_experiment
 
-    from toolkit.config import ConfigError
-    from toolkit.data.sources import DataError
-    from toolkit.train.checkpoint import CheckpointError
-    from toolkit.train.loop import OutOfMemory, TrainingDiverged
-    from toolkit.weights.errors import WeightImportError
-
     enable_compilation_cache()  # a rerun of the same shapes reads its programs back
-    try:
-        result = run_experiment(cfg, progress=not args.quiet, save_model=not args.no_save)
-    except (ConfigError, DataError, CheckpointError, OutOfMemory, TrainingDiverged, WeightImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = run_experiment(cfg, progress=not args.quiet, save_model=not args.no_save)
     import jax
 
     if jax.process_index() != 0:
@@ -60,4 +58,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run(main))

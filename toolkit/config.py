@@ -420,7 +420,10 @@ def blame_override(e: ConfigError, overrides: Sequence[str]) -> ConfigError:
         return e
     for item in reversed(overrides):
         k = item.split("=", 1)[0].strip()
-        if e.key == k or e.key.startswith(k + "."):
+        # A section-level message (e.g. LoRAConfig's own) names the section: blame the
+        # override inside it whose leaf key the message mentions.
+        inside = k.startswith(e.key + ".") and k.rsplit(".", 1)[-1] in e.detail
+        if e.key == k or e.key.startswith(k + ".") or inside:
             return ConfigError(f"command-line override {item!r}: {e.detail}", key=e.key, detail=e.detail)
     return e
 

@@ -6,7 +6,7 @@ the same function, so a trial and a single run can never disagree.
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +29,12 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, save_model: bool = 
     """Train and evaluate; writes config.yaml, metrics.json, plots, the misclassified
     table, Orbax checkpoints, a W&B run and (optionally) the classifier into
     `cfg.run_dir`. Every process of a multi-host job runs this; only process 0
-    writes files and logs. Returns the test metrics.
+    writes files and logs (and holds the run dir's lock). Returns the test metrics.
+
+    Nothing is written before everything that can be checked has been: the lock, the
+    run dir (an existing run needs `resume` or `overwrite`), the data and its labels,
+    the model, the mesh, the prompt's fit and a resumed run's config. A run that then
+    fails before its first checkpoint leaves the disk as it found it (`toolkit.run_dir`).
 
     Each epoch is evaluated on the validation rows (`data.validation_size`; none
     when it is 0, never the test rows); the final metrics are always on the test
@@ -40,33 +45,151 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, save_model: bool = 
     initialize(cfg.distributed)  # before anything touches a device
     import jax
 
+    from toolkit.run_dir import RunDirTransaction, check_target
+    from toolkit.run_lock import DirLock
+
+    main = jax.process_index() == 0
+    with contextlib.ExitStack() as stack:
+        if main:
+            stack.enter_context(DirLock(cfg.run_dir, what="run dir", instead=(
+                "Wait for that run to finish, or choose another name= (two runs must never share a run dir)")))
+            check_target(cfg.run_dir, resume=cfg.resume, overwrite=cfg.overwrite)
+        clf, splits = _prepare(cfg, progress=progress)
+        txn = RunDirTransaction(cfg.run_dir, resume=cfg.resume, overwrite=cfg.overwrite) if main else None
+        try:
+            if txn is not None:
+                txn.begin(dump_config(cfg))
+            result = _train_and_evaluate(cfg, clf, splits, txn, progress=progress, save_model=save_model,
+                                         after_epoch=after_epoch, inspect_batch=inspect_batch)
+        except BaseException:
+            if txn is not None:
+                txn.rollback()
+            raise
+        if txn is not None:
+            txn.finish()
+    return result
+
+
+def _prepare(cfg: RunConfig, *, progress: bool):
+    """Everything checked before the run touches the disk: (classifier with its model
+    loaded, splits). Raises ConfigError / DataError / CheckpointError naming the key,
+    file and row."""
+    import jax
+
+    from toolkit.config import ConfigError
     from toolkit.data.datasets import load_splits
-    from toolkit.io_utils import write_json, write_text
+
+    ckpt_dir = cfg.run_dir / "checkpoints"
+    if cfg.resume and progress and jax.process_index() == 0:
+        print(f"resuming from {ckpt_dir}" if ckpt_dir.exists() else f"resume=true but {ckpt_dir} has no "
+              "checkpoint yet: starting from step 0")
+    try:
+        cfg.mesh.sizes(jax.device_count())
+    except ValueError as e:
+        raise ConfigError(f"mesh: {e}") from None
+    splits = load_splits(cfg.data)
+    check_split_labels(cfg, splits)
+    clf = build_classifier(cfg, progress=progress)
+    from toolkit.classifier import PromptFitError
+
+    try:
+        clf._ensure_model()
+    except PromptFitError as e:
+        raise ConfigError(f"classifier.{e.key}: {e}") from None
+    if cfg.resume and cfg.checkpoint.enabled:
+        check_resume(cfg, ckpt_dir)
+    return clf, splits
+
+
+def check_split_labels(cfg: RunConfig, splits: Any) -> None:
+    """Every label is a class of `classifier.labels`, reported at its row of the data FILE
+    (1-based, the line too when a quoted CSV field spans lines) rather than at its place
+    after the shuffle; and every class has training rows."""
+    import numpy as np
+
+    from toolkit.data.sources import DataError
+
+    labels = list(cfg.classifier.labels)
+    parts = [(splits.train, cfg.data.source), (splits.test, cfg.data.test_path or cfg.data.source)]
+    if splits.validation is not None:
+        parts.append((splits.validation, cfg.data.source))
+    bad: list[tuple[str, int, Any]] = []
+    for frame, file in parts:
+        wrong = frame[~frame["label"].isin(labels)]
+        bad += [(file, int(i), v) for i, v in zip(wrong.index, wrong["label"]) if isinstance(i, (int, np.integer))]
+    if bad:
+        file, pos, value = min(bad, key=lambda b: (b[0] != cfg.data.source, b[1]))
+        raise DataError(f"{file}: {_row_of(file, pos, cfg)}, column {cfg.data.label_column!r}: label {value!r} is not "
+                        f"one of classifier.labels {labels}. Fix the value, add it to classifier.labels, or map raw "
+                        "values to class names with data.label_names")
+    counts = splits.train["label"].value_counts().to_dict()
+    empty = [c for c in labels if not counts.get(c)]
+    if empty:
+        raise DataError(f"{cfg.data.source}: class {empty[0]!r} of classifier.labels has no training rows (rows per "
+                        f"class: { {c: int(counts.get(c, 0)) for c in labels} }); add examples or remove the class")
+
+
+def _row_of(file: str, pos: int, cfg: RunConfig) -> str:
+    """"row N" of a data file (0-based position `pos`), with the file line when it differs."""
+    from toolkit.data import sources
+
+    path = Path(file)
+    if path.suffix.lower() in (".csv", ".tsv", ".tab") and path.is_file():
+        sep = cfg.data.delimiter or ("," if path.suffix.lower() == ".csv" else "\t")
+        try:
+            lines = sources._csv_row_starts(path.read_text(encoding="utf-8-sig"), sep)
+        except (OSError, UnicodeDecodeError):
+            lines = []
+        if pos < len(lines) and lines[pos] != pos + 2:
+            return f"row {pos + 1} (line {lines[pos]} of the file)"
+    return f"row {pos + 1}"
+
+
+def check_resume(cfg: RunConfig, ckpt_dir: Path) -> None:
+    """Refuse a resume whose config differs from the checkpoint's, before anything is written
+    (the training loop checks again when it restores)."""
+    from toolkit.train.checkpoint import Checkpointer
+    from toolkit.train.loop import _check_same_run
+
+    if not ckpt_dir.is_dir() or not any(p.name.isdigit() for p in ckpt_dir.iterdir()):
+        return
+    ck = Checkpointer(ckpt_dir, cfg.checkpoint)
+    try:
+        meta = ck.read_meta() if ck.latest_step() is not None else {}
+    finally:
+        ck.close()
+    _check_same_run(meta.get("config") or {}, cfg.to_dict(), ckpt_dir)
+
+
+def _train_and_evaluate(cfg: RunConfig, clf: Any, splits: Any, txn: Any, *, progress: bool, save_model: bool,
+                        after_epoch: Callable[..., None] | None,
+                        inspect_batch: Callable[..., None] | None) -> dict[str, Any]:
+    import jax
+
+    from toolkit.io_utils import write_json
     from toolkit.tracking import Tracker
     from toolkit.train.memory import peak_memory_gb
 
     main = jax.process_index() == 0
     out = cfg.run_dir
     ckpt_dir = out / "checkpoints"
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "config.yaml", dump_config(cfg))
-        if not cfg.resume and ckpt_dir.exists():
-            shutil.rmtree(ckpt_dir)  # a fresh run must not continue an old run's checkpoints
-    if cfg.resume and progress and main:
-        print(f"resuming from {ckpt_dir}" if ckpt_dir.exists() else f"resume=true but {ckpt_dir} has no "
-              "checkpoint yet: starting from step 0")
-    train, test, validation = load_splits(cfg.data)
+    train, test, validation = splits
     # Epochs are scored on validation rows only: they rank the best checkpoint and drive
     # ASHA, so test rows there would choose the model on test. No validation split
     # (data.validation_size: 0): no per-epoch eval and no ranking; the last step is kept.
     watch = validation if validation is not None else {"text": None, "label": None}
-    clf = build_classifier(cfg, progress=progress)
+
+    def epoch_done(record: dict[str, Any], step_dir: Path | None) -> None:
+        if txn is not None and step_dir is not None and Path(step_dir).is_dir():
+            txn.progress_saved()  # a replaced run may go now; a failure keeps this one
+        if after_epoch is not None:
+            after_epoch(record, step_dir)
+
     with Tracker(cfg.tracking, name=cfg.name, directory=out, config=cfg.to_dict(), main_process=main) as tracker:
         t0 = time.perf_counter()
         clf.fit(train["text"], train["label"], eval_texts=watch["text"], eval_labels=watch["label"],
                 checkpoint_dir=ckpt_dir if cfg.checkpoint.enabled else None, checkpoint=cfg.checkpoint,
-                resume=cfg.resume, tracker=tracker, run_config=cfg.to_dict(), after_epoch=after_epoch,
+                resume=cfg.resume, tracker=tracker, run_config=cfg.to_dict(), after_epoch=epoch_done,
                 inspect_batch=inspect_batch)
         fit_s = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -88,7 +211,7 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, save_model: bool = 
     if main:
         write_json(out / "metrics.json", result)
     if save_model:
-        clf.save(out / "classifier")
+        clf.save(out / "classifier", overwrite=True)  # a resumed run replaces its own classifier
     return result
 
 
