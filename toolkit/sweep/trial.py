@@ -217,6 +217,10 @@ def worker_loop(payload: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         run = _restore(run, checkpoint, rank)
+    elif run.run_dir.is_dir() and any(run.run_dir.iterdir()):
+        # Tune restarted this trial before it reported a checkpoint: the dir is this same
+        # trial's earlier attempt (the sweep owns it), so continue it rather than be refused.
+        run = dataclasses.replace(run, resume=True)
     reporter = _Reporter(rank, run.train.epochs, payload.get("metric"), payload.get("mode", "max"))
     inputs = _InputLog(run.run_dir / "inputs" / f"rank-{rank}-pid-{os.getpid()}.json", rank)
     result = run_experiment(run, progress=False, after_epoch=reporter.epoch, inspect_batch=inputs)

@@ -127,7 +127,18 @@ def build_tuner(cfg: SweepConfig, *, resume: bool) -> tuple[Any, bool]:
 
 
 def run_sweep(cfg: SweepConfig, *, resume: bool = False, num_cpus: int | None = None) -> dict[str, Any]:
-    """Run (or continue) the sweep; returns the results summary (also written to disk)."""
+    """Run (or continue) the sweep; returns the results summary (also written to disk).
+
+    One driver per sweep dir: a second one stops at once with the holder's pid and host
+    (`toolkit.run_lock`), instead of two Tune runs rewriting one experiment."""
+    from toolkit.run_lock import DirLock
+
+    with DirLock(cfg.sweep_dir, what="sweep dir", instead="Wait for that sweep to finish (or continue it later "
+                 "with resume=true), or choose another name="):
+        return _run_sweep(cfg, resume=resume, num_cpus=num_cpus)
+
+
+def _run_sweep(cfg: SweepConfig, *, resume: bool, num_cpus: int | None) -> dict[str, Any]:
     import sys
 
     from toolkit.io_utils import write_text
