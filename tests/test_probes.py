@@ -35,14 +35,15 @@ from toolkit.run_lock import DirLock, LockError, lock_path
 from toolkit.saved_files import SavedFileError
 
 
-def _train_main():
-    spec = importlib.util.spec_from_file_location("launch_train", ROOT / "launch/train.py")
+def _launch_main(name: str):
+    spec = importlib.util.spec_from_file_location(f"launch_{name}", ROOT / f"launch/{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main
 
 
-TRAIN_MAIN = _train_main()
+TRAIN_MAIN = _launch_main("train")
+EXPORT_MAIN = _launch_main("export")
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -216,6 +217,22 @@ def test_a_held_lock_names_its_holder_and_a_stale_one_is_taken_over(tmp_path):
     lock_path(target).write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
     with pytest.raises(LockError, match=r"pid 1 on host 'elsewhere'.*taken on another host"):
         DirLock(target).acquire()
+
+
+def test_export_refuses_a_held_target_and_cleans_a_killed_exports_temp_dir(setup, capsys):
+    out = setup / "exports" / "x"
+    with DirLock(out):
+        assert cli.run(EXPORT_MAIN, ["--checkpoint", str(setup / "runs" / "done"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: export target {out} is in use by pid {os.getpid()}" in err and "Traceback" not in err
+    assert not (setup / "exports").exists()  # the refused export made nothing
+    stale = setup / "exports" / ".x.tmp-k1ll3d"
+    stale.mkdir(parents=True)
+    (stale / "half.bin").write_bytes(b"\0" * 10)
+    assert cli.run(EXPORT_MAIN, ["--checkpoint", str(setup / "nowhere"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"note: removed {stale}" in err and "error: --checkpoint" in err
+    assert not stale.exists() and not lock_path(out).exists() and list((setup / "exports").iterdir()) == []
 
 
 def test_an_unexpected_exception_is_a_traceback_that_says_bug(capsys):

@@ -95,7 +95,7 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
     the new one, or none, never a half-written one."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         os.chmod(tmp, _DIR_MODE)  # mkdtemp's 0700 would make the finished directory private
         yield tmp
@@ -111,6 +111,20 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(target.parent)
+
+
+def remove_stale_temps(path: PathLike) -> list[Path]:
+    """Remove what killed `atomic_dir` writes of `path` left beside it (`.NAME.tmp-*`,
+    `.NAME.old`); returns them. Only safe while holding `path`'s lock
+    (`toolkit.run_lock`): otherwise they may be another writer's work in progress."""
+    target = Path(path)
+    if not target.parent.is_dir():
+        return []
+    stale = [*target.parent.glob(f".{target.name}.tmp-*"), target.with_name(f".{target.name}.old")]
+    stale = [p for p in stale if p.exists() or p.is_symlink()]
+    for p in stale:
+        _remove(p)
+    return stale
 
 
 def atomic_write(path: PathLike, write_fn: Callable[[Path], Any]) -> Path:

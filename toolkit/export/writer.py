@@ -17,6 +17,7 @@ saved classifier (`AgileClassifier.load(out)`, base from its recorded spec).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from toolkit.export.errors import ExportError
 from toolkit.export.keras_files import KERAS_LAYER_NAMES, backbone_spec, causal_lm, write_lora_h5
-from toolkit.io_utils import atomic_dir
+from toolkit.io_utils import atomic_dir, remove_stale_temps
 
 FORMATS = ("keras-preset", "lora")
 LORA_H5 = "adapters.lora.h5"
@@ -55,14 +56,24 @@ def export(checkpoint: str | Path, out: str | Path, *, format: str = "keras-pres
 
     `dtype` is the keras preset's weight dtype ("float32", or "bfloat16" for half the size).
     """
-    from toolkit.export.source import load_classifier
-
     if format not in FORMATS:
         raise ExportError(f"--format {format!r} is not one of {', '.join(FORMATS)}")
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ExportError(f"--dtype {dtype!r}: choose float32, bfloat16 or float16")
     out, source = Path(out), Path(checkpoint)
     check_target(out, source, overwrite)
+    from toolkit.run_lock import DirLock
+
+    with DirLock(out, what="export target", instead="Wait for that export to finish, or choose another --out"):
+        check_target(out, source, overwrite)  # again, now that no other export can change it
+        for p in remove_stale_temps(out):  # a killed export's half-written temp dir
+            print(f"note: removed {p}, left by an export that was killed", file=sys.stderr)
+        return _export_locked(source, out, format=format, dtype=dtype, progress=progress)
+
+
+def _export_locked(source: Path, out: Path, *, format: str, dtype: str, progress: bool) -> Path:
+    from toolkit.export.source import load_classifier
+
     clf, origin = load_classifier(source, progress=progress)
     if format == "keras-preset":
         backbone_spec(clf.model_config)  # an architecture keras-hub cannot hold fails before any writing
