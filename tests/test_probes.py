@@ -100,7 +100,7 @@ CLI_PROBES = [
     ("test_fraction negative", ["data.test_fraction=-0.5"], r"data.test_fraction: got -0.5; must be between 0 and 1"),
     ("unknown best metric", ["checkpoint.best_metric=eval_bogus"],
      r"checkpoint.best_metric: got 'eval_bogus'; must be a metric the run scores each epoch"),
-    ("lora rank 0", ["lora.rank=0"], r"override 'lora.rank=0': lora: LoRA rank must be >= 1, got 0"),
+    ("lora rank 0", ["lora.rank=0"], r"override 'lora.rank=0': lora.rank: got 0; must be >= 1"),
     ("epochs not a number", ["train.epochs=abc"], r"override 'train.epochs=abc': train.epochs: got 'abc'; must be an int"),
     ("unknown key", ["lora.rnak=3"], r"override 'lora.rnak=3': lora: unknown key\(s\) \['rnak'\]"),
     ("not key=value", ["epochs"], r"command line: 'epochs' is not key=value"),

@@ -82,3 +82,12 @@ def test_an_undefined_metric_is_reported_as_the_worst_value():
     assert _Reporter(0, 2, "eval_roc_auc", "max")._metrics(record)["eval_roc_auc_placeholder"] == 1
     assert _Reporter(0, 2, "eval_f1", "max")._metrics(record)["eval_f1"] == 0.0
     assert np.isclose(_Reporter(0, 2, "eval_loss", "min")._metrics(record)["eval_loss"], 1e30)
+
+
+def test_a_label_without_a_name_is_reported_at_its_1_based_file_row(tmp_path):
+    from toolkit.data.sources import DataError
+
+    pd.DataFrame({"text": ["a", "b", "c", "d"], "label": [0, 1, 1, 2]}).to_csv(tmp_path / "d.csv", index=False)
+    with pytest.raises(DataError, match=r"d\.csv: row 4, column 'label': data.label_names .* value 2"):
+        load_splits(DataSection(source=str(tmp_path / "d.csv"), test_fraction=0.25,
+                                label_names={"0": "no", "1": "yes"}))

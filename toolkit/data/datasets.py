@@ -15,15 +15,21 @@ from toolkit.data import sources
 log = logging.getLogger(__name__)
 
 
-def _named(df: pd.DataFrame, label_names: dict[str, str] | None) -> pd.DataFrame:
+def _named(df: pd.DataFrame, label_names: dict[str, str] | None, source: str = "data") -> pd.DataFrame:
     if not label_names:
         return df.assign(label=df["label"].astype(str))
     mapped = df["label"].map(lambda v: label_names.get(str(v), label_names.get(str(int(v)) if _is_intlike(v) else "")))
     missing = df["label"][mapped.isna()]
     if len(missing):
-        raise sources.DataError(f"data.label_names {label_names} has no entry for label value "
-                                f"{missing.iloc[0]!r} (row {missing.index[0]}); add it to data.label_names")
+        # Frames keep their source's 0-based row index through shuffles and splits.
+        raise sources.DataError(f"{source}: row {int(missing.index[0]) + 1}, column 'label': data.label_names "
+                                f"{label_names} has no entry for label value {_plain(missing.iloc[0])!r}; add it to "
+                                "data.label_names")
     return df.assign(label=mapped)
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def _is_intlike(v: Any) -> bool:
@@ -92,10 +98,11 @@ def load_splits(cfg: DataSection) -> Splits:
             raise sources.DataError(f"data.validation_size={cfg.validation_size} must be between 1 and "
                                     f"{len(train) - 1} (the train part has {len(train)} rows)")
         train, validation = train.iloc[:-cfg.validation_size], _named(train.iloc[-cfg.validation_size:],
-                                                                      cfg.label_names)
+                                                                      cfg.label_names, cfg.source)
     if cfg.train_size is not None:
         train = sources.take_subset(train, cfg.train_size)
-    train, test = _named(train, cfg.label_names), _named(test, cfg.label_names)
+    test_source = cfg.test_path or cfg.source
+    train, test = _named(train, cfg.label_names, cfg.source), _named(test, cfg.label_names, test_source)
     _warn_missing_classes(test, train, "test")
     if validation is not None:
         _warn_missing_classes(validation, train, "validation")

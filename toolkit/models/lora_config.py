@@ -33,13 +33,13 @@ class LoRAConfig:
 
     def __post_init__(self) -> None:
         if self.rank < 1:
-            raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
+            raise ValueError(f"lora.rank: got {self.rank}; must be >= 1, e.g. 8")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+            raise ValueError(f"lora.dropout: got {self.dropout}; must be in [0, 1), e.g. 0.05")
         targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
         bad = [t for t in targets if t not in TARGETS]
         if bad or not targets:
-            raise ValueError(f"LoRA targets {bad or targets!r} invalid; choose from {TARGETS}")
+            raise ValueError(f"lora.targets: got {list(bad or targets)}; must be a non-empty list from {list(TARGETS)}")
         object.__setattr__(self, "targets", targets)
 
     @property
