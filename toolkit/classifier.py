@@ -251,11 +251,15 @@ class AgileClassifier:
             from toolkit.train.checkpoint import Checkpointer
 
             checkpointer = Checkpointer(checkpoint_dir, checkpoint or CheckpointSection())
-        self._lora, history = fit(self._placement, ids, y, self.class_ids, self.train_config,
-                                  max_length=self.max_length, pad_id=self.tokenizer.pad_id, on_epoch_end=on_epoch_end,
-                                  progress=self.progress, head=self._head(), checkpointer=checkpointer, resume=resume,
-                                  tracker=tracker, run_config=run_config, after_epoch=after_epoch,
-                                  inspect_batch=inspect_batch)
+        try:
+            self._lora, history = fit(self._placement, ids, y, self.class_ids, self.train_config,
+                                      max_length=self.max_length, pad_id=self.tokenizer.pad_id,
+                                      on_epoch_end=on_epoch_end, progress=self.progress, head=self._head(),
+                                      checkpointer=checkpointer, resume=resume, tracker=tracker,
+                                      run_config=run_config, after_epoch=after_epoch, inspect_batch=inspect_batch)
+        finally:
+            if checkpointer is not None:  # Orbax's threads end here, not at interpreter exit
+                checkpointer.close()
         self.history = history
         self.fit_seconds = time.perf_counter() - t0
         return self
