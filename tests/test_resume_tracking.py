@@ -151,9 +151,11 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny_tokenizer, tmp
     clf(1e-3).fit(texts + HAM, labels + ["in"] * 3, checkpoint_dir=ckpt, checkpoint=CheckpointSection(every_steps=1))
     good = Checkpointer(ckpt).latest_step()
     with pytest.raises(TrainingDiverged, match=rf"last good checkpoint: .*ckpt/{good}.*learning_rate"):
-        # Same data and config, a NaN learning rate: resuming from the end, one more epoch diverges.
-        c = clf(float("nan"))
+        # Same data and config, a NaN learning rate (set past the config's own range check, which
+        # refuses it): resuming from the end, one more epoch diverges.
+        c = clf(1e-3)
         c.train_config = c.train_config.__class__(**{**c.train_config.__dict__, "epochs": 3})
+        object.__setattr__(c.train_config, "learning_rate", float("nan"))
         c.fit(texts + HAM, labels + ["in"] * 3, checkpoint_dir=ckpt, checkpoint=CheckpointSection(every_steps=1),
               resume=True)
     assert Checkpointer(ckpt).latest_step() == good
