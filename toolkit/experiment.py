@@ -107,7 +107,7 @@ def check_split_labels(cfg: RunConfig, splits: Any) -> None:
     after the shuffle; and every class has training rows."""
     import numpy as np
 
-    from toolkit.data.sources import DataError
+    from toolkit.data.sources import DataError, file_row
 
     labels = list(cfg.classifier.labels)
     parts = [(splits.train, cfg.data.source), (splits.test, cfg.data.test_path or cfg.data.source)]
@@ -119,7 +119,7 @@ def check_split_labels(cfg: RunConfig, splits: Any) -> None:
         bad += [(file, int(i), v) for i, v in zip(wrong.index, wrong["label"]) if isinstance(i, (int, np.integer))]
     if bad:
         file, pos, value = min(bad, key=lambda b: (b[0] != cfg.data.source, b[1]))
-        raise DataError(f"{file}: {_row_of(file, pos, cfg)}, column {cfg.data.label_column!r}: label {value!r} is not "
+        raise DataError(f"{file}: {file_row(file, pos, cfg.data.delimiter)}, column {cfg.data.label_column!r}: label {value!r} is not "
                         f"one of classifier.labels {labels}. Fix the value, add it to classifier.labels, or map raw "
                         "values to class names with data.label_names")
     counts = splits.train["label"].value_counts().to_dict()
@@ -127,22 +127,6 @@ def check_split_labels(cfg: RunConfig, splits: Any) -> None:
     if empty:
         raise DataError(f"{cfg.data.source}: class {empty[0]!r} of classifier.labels has no training rows (rows per "
                         f"class: { {c: int(counts.get(c, 0)) for c in labels} }); add examples or remove the class")
-
-
-def _row_of(file: str, pos: int, cfg: RunConfig) -> str:
-    """"row N" of a data file (0-based position `pos`), with the file line when it differs."""
-    from toolkit.data import sources
-
-    path = Path(file)
-    if path.suffix.lower() in (".csv", ".tsv", ".tab") and path.is_file():
-        sep = cfg.data.delimiter or ("," if path.suffix.lower() == ".csv" else "\t")
-        try:
-            lines = sources._csv_row_starts(path.read_text(encoding="utf-8-sig"), sep)
-        except (OSError, UnicodeDecodeError):
-            lines = []
-        if pos < len(lines) and lines[pos] != pos + 2:
-            return f"row {pos + 1} (line {lines[pos]} of the file)"
-    return f"row {pos + 1}"
 
 
 def check_resume(cfg: RunConfig, ckpt_dir: Path) -> None:

@@ -15,14 +15,15 @@ from toolkit.data import sources
 log = logging.getLogger(__name__)
 
 
-def _named(df: pd.DataFrame, label_names: dict[str, str] | None, source: str = "data") -> pd.DataFrame:
+def _named(df: pd.DataFrame, label_names: dict[str, str] | None, source: str = "data",
+           delimiter: str | None = None) -> pd.DataFrame:
     if not label_names:
         return df.assign(label=df["label"].astype(str))
     mapped = df["label"].map(lambda v: label_names.get(str(v), label_names.get(str(int(v)) if _is_intlike(v) else "")))
     missing = df["label"][mapped.isna()]
     if len(missing):
-        # Frames keep their source's 0-based row index through shuffles and splits.
-        raise sources.DataError(f"{source}: row {int(missing.index[0]) + 1}, column 'label': data.label_names "
+        raise sources.DataError(f"{source}: {sources.file_row(source, int(missing.index[0]), delimiter)}, "
+                                f"column 'label': data.label_names "
                                 f"{label_names} has no entry for label value {_plain(missing.iloc[0])!r}; add it to "
                                 "data.label_names")
     return df.assign(label=mapped)
@@ -98,11 +99,12 @@ def load_splits(cfg: DataSection) -> Splits:
             raise sources.DataError(f"data.validation_size={cfg.validation_size} must be between 1 and "
                                     f"{len(train) - 1} (the train part has {len(train)} rows)")
         train, validation = train.iloc[:-cfg.validation_size], _named(train.iloc[-cfg.validation_size:],
-                                                                      cfg.label_names, cfg.source)
+                                                                      cfg.label_names, cfg.source, cfg.delimiter)
     if cfg.train_size is not None:
         train = sources.take_subset(train, cfg.train_size)
     test_source = cfg.test_path or cfg.source
-    train, test = _named(train, cfg.label_names, cfg.source), _named(test, cfg.label_names, test_source)
+    train, test = (_named(train, cfg.label_names, cfg.source, cfg.delimiter),
+                   _named(test, cfg.label_names, test_source, cfg.delimiter))
     _warn_missing_classes(test, train, "test")
     if validation is not None:
         _warn_missing_classes(validation, train, "validation")

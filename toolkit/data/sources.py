@@ -352,6 +352,21 @@ def _decode_utf8(path: Path, data: bytes, row_starts: Callable[[str], list[int]]
         ) from None
 
 
+def file_row(file: str, pos: int, delimiter: str | None = None) -> str:
+    """"row N" of a data file's 0-based data row `pos` (frames keep it as their index
+    through shuffles and splits), with the file line when a quoted field spans lines."""
+    path = Path(file)
+    if path.suffix.lower() in (".csv", ".tsv", ".tab") and path.is_file():
+        sep = delimiter or ("," if path.suffix.lower() == ".csv" else "\t")
+        try:
+            lines = _csv_row_starts(path.read_text(encoding="utf-8-sig"), sep)
+        except (OSError, UnicodeDecodeError):
+            lines = []
+        if pos < len(lines) and lines[pos] != pos + 2:
+            return f"row {pos + 1} (line {lines[pos]} of the file)"
+    return f"row {pos + 1}"
+
+
 def _csv_row_starts(text: str, delimiter: str) -> list[int]:
     """1-based file line on which each data row starts (quoted fields may span lines)."""
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
