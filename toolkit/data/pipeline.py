@@ -35,6 +35,22 @@ def _tf():
     return tf
 
 
+def _options(tf):
+    """Deterministic order, and a pipeline that stays off the cores the train step uses.
+
+    tf.data's default runtime (autotuned prefetch, a thread pool per core)
+    competes with XLA's own threads: on a 2-core machine it made the 270M's
+    epochs ~1.8x slower (41 s vs 23 s for ETHOS@200). A batch here is a slice of
+    arrays already in memory, so one private thread keeps up with any step.
+    """
+    options = tf.data.Options()
+    options.deterministic = True
+    options.autotune.enabled = False
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    return options
+
+
 @dataclasses.dataclass(frozen=True)
 class Batch:
     """One host's rows: `tokens` (b, L) right-padded, `lengths` (b,), `labels` (b,),
@@ -118,9 +134,7 @@ def make_epoch(
     per_host = batch_size // process_count
     lo = process_index * per_host
     ds = ds.map(fill).skip(skip_batches).map(lambda b: {k: v[lo: lo + per_host] for k, v in b.items()})
-    options = tf.data.Options()
-    options.deterministic = True
-    ds = ds.with_options(options).prefetch(2)
+    ds = ds.with_options(_options(tf)).prefetch(2)
     for b in ds.as_numpy_iterator():
         yield Batch(**b)
 
@@ -225,7 +239,5 @@ def make_packed_epoch(
     tf = _tf()
     ds = tf.data.Dataset.from_tensor_slices(data).skip(skip_batches)
     ds = ds.map(lambda b: {k: v[lo: lo + per_host] for k, v in b.items()})
-    options = tf.data.Options()
-    options.deterministic = True
-    for b in ds.with_options(options).prefetch(2).as_numpy_iterator():
+    for b in ds.with_options(_options(tf)).prefetch(2).as_numpy_iterator():
         yield PackedBatch(**b)
