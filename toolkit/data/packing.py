@@ -63,26 +63,49 @@ def score_shape(eval_batch_size: int, width: int, row_multiple: int = 1) -> Pack
     return PackShape(max(1, eval_batch_size // 4), width, row_multiple=row_multiple)
 
 
-def plan(order: Sequence[int], lengths: Sequence[int], shape: PackShape) -> list[list[list[int]]]:
+LOOKAHEAD = 8  # examples a step may pass over to fill its rows: order is kept to within this
+
+
+def plan(order: Sequence[int], lengths: Sequence[int], shape: PackShape,
+         lookahead: int = LOOKAHEAD) -> list[list[list[int]]]:
     """Steps -> rows -> example indices, filling rows first-fit in `order`.
 
-    A step is closed when the next example fits none of its rows, so examples
-    stay in (shuffled) order across steps.
+    An example that fits no row of the open step waits (up to `lookahead` of
+    them) while later ones fill the gaps; once more than `lookahead` wait, the
+    step is closed and the waiting ones open the next. Every example thus lands
+    within `lookahead` places of its (shuffled) position, and a one-row step of
+    ETHOS-length texts is ~97% tokens instead of ~87% when the first misfit
+    closed it.
     """
+    for i in order:
+        if int(lengths[i]) > shape.width:
+            raise ValueError(f"an example has {int(lengths[i])} tokens > the packed row width {shape.width}")
     steps: list[list[list[int]]] = []
     rows: list[list[int]] = [[] for _ in range(shape.rows)]
     fill = [0] * shape.rows
-    for i in order:
+    waiting: list[int] = []
+
+    def place(i: int) -> bool:
         n = int(lengths[i])
-        if n > shape.width:
-            raise ValueError(f"an example has {n} tokens > the packed row width {shape.width}")
         r = next((r for r in range(shape.rows) if fill[r] + n <= shape.width and len(rows[r]) < shape.segments), None)
-        if r is None:
-            steps.append(rows)
-            rows, fill = [[] for _ in range(shape.rows)], [0] * shape.rows
-            r = 0
-        rows[r].append(int(i))
-        fill[r] += n
+        if r is not None:
+            rows[r].append(int(i))
+            fill[r] += n
+        return r is not None
+
+    def close() -> None:
+        nonlocal rows, fill, waiting
+        steps.append(rows)
+        rows, fill = [[] for _ in range(shape.rows)], [0] * shape.rows
+        waiting = [j for j in waiting if not place(j)]
+
+    for i in order:
+        if not place(i):
+            waiting.append(int(i))
+            if len(waiting) > lookahead:
+                close()
+    while waiting:
+        close()
     if any(rows):
         steps.append(rows)
     return steps
