@@ -150,6 +150,19 @@ def test_packing_plan_keeps_every_example_once_within_the_budget():
         packing.plan([0], [65], shape)
 
 
+def test_packing_fills_a_gap_with_a_later_example_and_closes_a_step_past_the_lookahead():
+    shape = packing.PackShape(rows=1, width=10)
+    lengths = [6, 7, 4, 3]
+    # without look-ahead the first misfit closes the step: 6 | 7 | 4+3
+    assert packing.plan(range(4), lengths, shape, lookahead=0) == [[[0]], [[1]], [[2, 3]]]
+    # with it, 4 fills the first step's gap and the waiting 7 opens the next: 6+4 | 7+3
+    assert packing.plan(range(4), lengths, shape) == [[[0, 2]], [[1, 3]]]
+    # a step closes once more than `lookahead` examples wait: with 1, the two 5s close it
+    # before the 1 that would have filled it arrives; with the default it still gets there
+    assert packing.plan(range(4), [9, 5, 5, 1], shape, lookahead=1) == [[[0]], [[1, 2]], [[3]]]
+    assert packing.plan(range(4), [9, 5, 5, 1], shape) == [[[0, 3]], [[1, 2]]]
+
+
 def test_packed_epochs_split_rows_between_hosts_and_resume_by_skipping():
     ids = [[i + 20] * (1 + i % 7) for i in range(40)]
     y = np.arange(40) % 2

@@ -40,7 +40,7 @@ def _options(tf):
 
     tf.data's default runtime (autotuned prefetch, a thread pool per core)
     competes with XLA's own threads: on a 2-core machine it made the 270M's
-    epochs ~1.8x slower (41 s vs 23 s for ETHOS@200). A batch here is a slice of
+    epochs ~1.9x slower (41 s vs 21 s for ETHOS@200). A batch here is a slice of
     arrays already in memory, so one private thread keeps up with any step.
     """
     options = tf.data.Options()
