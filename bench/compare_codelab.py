@@ -81,7 +81,7 @@ def ours(recipe: str, base: Any, texts: list[str], y: np.ndarray, test_texts: li
     clf.fit(texts, y)
     out = steady_train(clf.history, len(texts), peak_gflops)
     out |= {"fit_s": time.perf_counter() - t0, "rows": len(texts), "labels": list(labels),
-            "config": {"lora": vars(clf.lora) | {"targets": list(clf.lora.targets)},
+            "config": {"lora": vars(clf.lora_config) | {"targets": list(clf.lora_config.targets)},
                        "batch_size": clf.train_config.batch_size, "max_length": clf.max_length,
                        "loss": clf.train_config.loss, "packing": clf.train_config.packing,
                        "learning_rate": clf.train_config.learning_rate}}
@@ -103,7 +103,7 @@ def zero_shot_agreement(base: Any, keras_score: dict[str, Any], texts: list[str]
     labels, kw = classifier_kwargs("codelab", TASK, 1)
     kw.pop("train", None)
     kw.pop("lora", None)
-    clf = AgileClassifier(labels, model=base, progress=False, **kw)
+    clf = AgileClassifier(labels, model=base, progress=False, zero_shot=True, **kw)
     keep = [i for i, t in enumerate(keras_score["prompt_tokens"]) if t <= keras_score["sequence_length"] - 1]
     if not keep:
         return {"n": 0, "max_abs_diff": None, "reason": "every prompt was truncated by keras"}

@@ -66,8 +66,8 @@ def main() -> None:
     # Texts whose prompt is not truncated (the keras side tokenises the whole text).
     texts = [t for t in test["text"].tolist() if not clf.encoder.encode(t)[1]][:args.n]
     ours = clf.predict_proba(texts)
-    head, tail = clf.prompt.head_and_tail(clf.labels)
-    common = {"head": head, "tail": tail, "texts": texts, "class_words": list(clf.labels), "task": "Gemma3CausalLM"}
+    head, tail = clf.prompt_format.head_and_tail(clf.class_names)
+    common = {"head": head, "tail": tail, "texts": texts, "class_words": list(clf.class_names), "task": "Gemma3CausalLM"}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         saved = clf.save(tmp / "classifier")

@@ -162,7 +162,6 @@ def classifier_kwargs(recipe: str, task: dict[str, Any], n: int) -> tuple[tuple[
     spec = {k: (dict(v) if isinstance(v, dict) else v) for k, v in RECIPES[recipe].items()}
     phrasing = spec.pop("phrasing", "question")
     epochs_at = spec.pop("epochs_at", {})
-    spec.pop("zero_shot", None)
     if n in epochs_at:
         spec["train"] = {**spec.get("train", {}), "epochs": epochs_at[n]}
     if phrasing == "codelab":
@@ -192,14 +191,14 @@ class Runner:
         kwargs["train"] = {**kwargs.get("train", {}), "seed": seed}
         t0 = time.perf_counter()
         clf = AgileClassifier(labels, model=self.base, progress=False, **kwargs)
-        if not RECIPES[recipe].get("zero_shot"):
+        if not clf.zero_shot:
             clf.fit(train["text"].tolist(), train["label"].to_numpy())
         probs = clf.predict_proba(evaluate["text"].tolist())
         wall = time.perf_counter() - t0
         m = classification_metrics(evaluate["label"].to_numpy(), probs, labels)
         out = {k: m[k] for k in METRICS} | {"wall_s": round(wall, 1),
                                             "config": {"labels": list(labels), **kwargs,
-                                                       "lora": dataclass_dict(clf.lora),
+                                                       "lora": dataclass_dict(clf.lora_config),
                                                        "train": dataclass_dict(clf.train_config)}}
         del clf
         gc.collect()

@@ -52,9 +52,9 @@ def _keras_scores(spec: dict, tmp: Path) -> dict:
 
 
 def _spec(clf: AgileClassifier, texts: list[str], **kw) -> dict:
-    head, tail = clf.prompt.head_and_tail(clf.labels)
+    head, tail = clf.prompt_format.head_and_tail(clf.class_names)
     return {"head": head, "tail": tail, "texts": texts,
-            "class_words": [clf.verbalizers.get(c, c) for c in clf.labels], **kw}
+            "class_words": [clf.verbalizer_map.get(c, c) for c in clf.class_names], **kw}
 
 
 @pytest.mark.slow
@@ -76,7 +76,7 @@ def test_keras_preset_export_scores_like_ours_in_keras_hub(trained):
     # ... and our own loader reads the same directory, merged weights and all.
     again = AgileClassifier.load(out, progress=False)
     np.testing.assert_allclose(again.predict_proba(texts), ours, atol=1e-5, rtol=0)
-    assert again.labels == clf.labels and again.prompt == clf.prompt
+    assert again.class_names == clf.class_names and again.prompt_format == clf.prompt_format
 
 
 @pytest.mark.slow

@@ -55,7 +55,7 @@ def test_recipe_kwargs():
     assert rs.classifier_kwargs("codelab", task, 200)[1]["train"]["epochs"] == 4
     assert rs.RECIPES["codelab"]["epochs_at"] == {800: 2}  # classifier_kwargs must not pop the shared dict
     _, kw = rs.classifier_kwargs("zeroshot", task, 0)
-    assert "zero_shot" not in kw
+    assert kw["zero_shot"] is True  # the untrained model, asked for explicitly
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -153,8 +153,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny_tokenizer, tmp
     with pytest.raises(TrainingDiverged, match=rf"last good checkpoint: .*ckpt/{good}.*learning_rate"):
         # Same data and config, a NaN learning rate (set past the config's own range check, which
         # refuses it): resuming from the end, one more epoch diverges.
-        c = clf(1e-3)
-        c.train_config = c.train_config.__class__(**{**c.train_config.__dict__, "epochs": 3})
+        c = clf(1e-3).set_params(train={"epochs": 3, "batch_size": 4, "learning_rate": 1e-3})
         object.__setattr__(c.train_config, "learning_rate", float("nan"))
         c.fit(texts + HAM, labels + ["in"] * 3, checkpoint_dir=ckpt, checkpoint=CheckpointSection(every_steps=1),
               resume=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 from toolkit.config import MeshConfig, TrainConfig
 from toolkit.io_utils import atomic_dir
@@ -79,7 +80,7 @@ def resolve_param_dtype(param_dtype: str) -> str:
     return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
-class AgileClassifier:
+class AgileClassifier(ClassifierMixin, BaseEstimator):
     """A few-shot text classifier: a frozen Gemma, a prompt, and LoRA adapters.
 
     Args:
@@ -95,6 +96,13 @@ class AgileClassifier:
       mesh: device mesh (`MeshConfig` or a dict: data / fsdp / tensor sizes);
         default: data parallel over every device of every process.
       remat: activation checkpointing per layer, "none", "dots" or "full".
+      zero_shot: allow `predict` / `predict_proba` before `fit` (the untrained
+        model's answers); otherwise they raise `NotFittedError`.
+
+    A scikit-learn estimator: `get_params` / `set_params` / `clone` keep every
+    argument as given, so `cross_val_score`, `GridSearchCV` (e.g. over
+    `train=[{"learning_rate": 1e-3}, {"learning_rate": 5e-4}]`) and `Pipeline`
+    work; `classes_` is set by `fit` and `load`.
     """
 
     def __init__(
@@ -112,21 +120,89 @@ class AgileClassifier:
         progress: bool = True,
         mesh: Any = None,
         remat: str = "dots",
+        zero_shot: bool = False,
     ):
-        self.labels = _class_names(labels)
-        self.model_spec = model
-        self.lora = lora if isinstance(lora, LoRAConfig) else LoRAConfig(**(lora or {}))
-        self.prompt = prompt if isinstance(prompt, PromptFormat) else PromptFormat(**(prompt or {}))
-        self.verbalizers = dict(verbalizers or {})
-        self.train_config = train if isinstance(train, TrainConfig) else TrainConfig(**(train or {}))
+        # scikit-learn's contract: every argument is kept exactly as given (`get_params`,
+        # `clone`, `GridSearchCV` rely on it); the typed configs are derived views.
+        self.labels = labels
+        self.model = model
+        self.lora = lora
+        self.prompt = prompt
+        self.verbalizers = verbalizers
+        self.train = train
         self.max_length = max_length
         self.param_dtype = param_dtype
         self.dtype = dtype
         self.progress = progress
-        self.mesh_config = mesh if isinstance(mesh, MeshConfig) else MeshConfig(**(mesh or {}))
+        self.mesh = mesh
         self.remat = remat
+        self.zero_shot = zero_shot
         self.history: list[dict[str, Any]] = []
         self._loaded = False
+        self._derive()
+
+    def _derive(self) -> None:
+        """Validate the arguments and build the typed configs (errors at construction, not at fit)."""
+        self._class_names = _class_names(self.labels)
+        self._lora_config = self.lora if isinstance(self.lora, LoRAConfig) else LoRAConfig(**(self.lora or {}))
+        self._prompt_format = (self.prompt if isinstance(self.prompt, PromptFormat)
+                               else PromptFormat(**(self.prompt or {})))
+        self._train_config = self.train if isinstance(self.train, TrainConfig) else TrainConfig(**(self.train or {}))
+        self._mesh_config = self.mesh if isinstance(self.mesh, MeshConfig) else MeshConfig(**(self.mesh or {}))
+
+    def set_params(self, **params: Any) -> "AgileClassifier":
+        """scikit-learn's `set_params`; changing anything but `train` or `progress` reloads the
+        model at the next fit, and any change forgets the fit."""
+        super().set_params(**params)
+        self._derive()
+        if set(params) - {"train", "progress"}:
+            self._loaded = False
+        self.__dict__.pop("classes_", None)
+        return self
+
+    # The typed views of the arguments: what the rest of the toolkit reads.
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self._class_names
+
+    @property
+    def lora_config(self) -> LoRAConfig:
+        return self._lora_config
+
+    @property
+    def prompt_format(self) -> PromptFormat:
+        return self._prompt_format
+
+    @property
+    def train_config(self) -> TrainConfig:
+        return self._train_config
+
+    @property
+    def mesh_config(self) -> MeshConfig:
+        return self._mesh_config
+
+    @property
+    def verbalizer_map(self) -> dict[str, str]:
+        return dict(self.verbalizers or {})
+
+    @property
+    def model_spec(self) -> Any:
+        return self.model
+
+    def _fitted_classes(self) -> np.ndarray:
+        """`classes_`: what `predict_proba`'s columns are."""
+        return np.asarray(self.class_names)
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "classes_")
+
+    def _check_fitted(self) -> None:
+        """Scoring before `fit` is a mistake unless the untrained model is what is wanted."""
+        if not (self.zero_shot or hasattr(self, "classes_")):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError(f"this {type(self).__name__} is not fitted: call fit(texts, labels) first, "
+                                 "load() a saved one, or pass zero_shot=True to score with the untrained model")
 
     # ------------------------------------------------------------------ model
     def _ensure_model(self) -> None:
@@ -144,23 +220,23 @@ class AgileClassifier:
         def shardings(abstract: Any) -> Any:  # the base lands in its shards as it loads
             return state_shardings(abstract, mesh)
 
-        if isinstance(self.model_spec, (str, os.PathLike)):
-            model, tok = load_pretrained(self.model_spec, lora=self.lora, param_dtype=pdtype, dtype=resolve_param_dtype(self.dtype),
+        if isinstance(self.model, (str, os.PathLike)):
+            model, tok = load_pretrained(self.model, lora=self.lora_config, param_dtype=pdtype, dtype=resolve_param_dtype(self.dtype),
                                          seed=self.train_config.seed, remat=self.remat, shardings=shardings)
         else:
-            base, tok = self.model_spec
+            base, tok = self.model
             params = {k: np.asarray(v) for k, v in flat_state(base, FROZEN).items()}
             cfg = base.config.replace(param_dtype=pdtype, dtype=resolve_param_dtype(self.dtype), remat=self.remat)
-            model = from_params(cfg, params, lora=self.lora, seed=self.train_config.seed, source="model",
+            model = from_params(cfg, params, lora=self.lora_config, seed=self.train_config.seed, source="model",
                                 shardings=shardings)
         self.tokenizer = tok
         self.model_config = model.config
         try:
-            self.class_ids = class_token_ids(tok, self.labels, self.verbalizers)
+            self.class_ids = class_token_ids(tok, self.class_names, self.verbalizer_map)
         except ValueError as e:
             raise PromptFitError("verbalizers", str(e)) from None
         try:
-            self.encoder = PromptEncoder(self.prompt, self.labels, tok, self.max_length)
+            self.encoder = PromptEncoder(self.prompt_format, self.class_names, tok, self.max_length)
         except ValueError as e:
             raise PromptFitError("max_length" if "max_length" in str(e) else "prompt", str(e)) from None
         self._placement = place_parts(split_model(model), mesh, model.config)
@@ -177,17 +253,17 @@ class AgileClassifier:
 
         texts = _as_list(texts, f"{what}: texts")
         if labels is None:
-            df = from_dataframe(pd.DataFrame({"text": texts, "label": [self.labels[0]] * len(texts)}), source=what)
+            df = from_dataframe(pd.DataFrame({"text": texts, "label": [self.class_names[0]] * len(texts)}), source=what)
             return df["text"].tolist(), None
         labels = _as_list(labels, f"{what}: labels")
         if len(labels) != len(texts):
             raise DataError(f"{what}: {len(texts)} texts but {len(labels)} labels")
-        names = [self.labels[v] if isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                 and str(v) not in self.labels and 0 <= v < len(self.labels) else v for v in labels]
+        names = [self.class_names[v] if isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                 and str(v) not in self.class_names and 0 <= v < len(self.class_names) else v for v in labels]
         df = from_dataframe(pd.DataFrame({"text": texts, "label": names}), source=what)
         df["label"] = df["label"].astype(str)
-        check_labels(df, self.labels, source=what, require_all=(what == "fit(texts, labels)"))
-        index = {c: i for i, c in enumerate(self.labels)}
+        check_labels(df, self.class_names, source=what, require_all=(what == "fit(texts, labels)"))
+        index = {c: i for i, c in enumerate(self.class_names)}
         return df["text"].tolist(), np.array([index[v] for v in df["label"]], np.int32)
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
@@ -238,7 +314,7 @@ class AgileClassifier:
                 from toolkit.metrics import classification_metrics
 
                 probs = self._proba_ids(e_ids, lora)
-                m = classification_metrics(e_y, probs, self.labels)
+                m = classification_metrics(e_y, probs, self.class_names)
                 out = {f"eval_{k}": v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
                 if tracker is not None and tracker.active:
                     out.update(self._eval_images(e_y, probs, m, epoch))
@@ -262,6 +338,7 @@ class AgileClassifier:
                 checkpointer.close()
         self.history = history
         self.fit_seconds = time.perf_counter() - t0
+        self.classes_ = self._fitted_classes()
         return self
 
     def _proba_ids(self, ids: list[list[int]], lora: Any) -> np.ndarray:
@@ -275,10 +352,10 @@ class AgileClassifier:
         """confusion_matrix.png (+ roc_curve.png for two classes) in `out`; {name: path}."""
         from toolkit.plots import plot_confusion_matrix, plot_roc_curve
 
-        paths = {"confusion_matrix": plot_confusion_matrix(np.array(m["confusion_matrix"]), list(self.labels),
+        paths = {"confusion_matrix": plot_confusion_matrix(np.array(m["confusion_matrix"]), list(self.class_names),
                                                            out / "confusion_matrix.png")}
-        if len(self.labels) == 2:
-            pos = self.labels.index(m["positive"]) if isinstance(m.get("positive"), str) else 1
+        if len(self.class_names) == 2:
+            pos = self.class_names.index(m["positive"]) if isinstance(m.get("positive"), str) else 1
             paths["roc_curve"] = plot_roc_curve((y == pos).astype(int), probs[:, pos], out / "roc_curve.png")
         return {k: str(v) for k, v in paths.items()}
 
@@ -289,13 +366,14 @@ class AgileClassifier:
 
     def predict_proba(self, texts: Iterable[str]) -> np.ndarray:
         """(n, len(labels)) class probabilities: softmax over the class tokens' logits."""
+        self._check_fitted()
         texts, _ = self._checked(texts, None, "predict(texts)")
         self._ensure_model()
         return self._proba_ids(self._encode(texts), self._lora)
 
     def predict(self, texts: Iterable[str]) -> np.ndarray:
-        """The most probable class name per text."""
-        return np.array(self.labels, dtype=object)[self.predict_proba(texts).argmax(-1)]
+        """The most probable class name per text (an array of the labels' type, like `classes_`)."""
+        return np.asarray(self.class_names)[self.predict_proba(texts).argmax(-1)]
 
     def evaluate(self, texts: Iterable[str], labels: Iterable[Any], *, out_dir: str | Path | None = None,
                  positive: str | int | None = None) -> dict[str, Any]:
@@ -305,7 +383,7 @@ class AgileClassifier:
 
         texts, y = self._checked(texts, labels, "evaluate(texts, labels)")
         probs = self.predict_proba(texts)
-        m = classification_metrics(y, probs, self.labels, positive=positive)
+        m = classification_metrics(y, probs, self.class_names, positive=positive)
         if out_dir is not None:
             from toolkit.io_utils import write_json
             from toolkit.plots import write_misclassified
@@ -314,7 +392,7 @@ class AgileClassifier:
             out.mkdir(parents=True, exist_ok=True)
             write_json(out / "metrics.json", m)
             self._plots(y, probs, m, out)
-            write_misclassified(misclassified(texts, y, probs, list(self.labels)), out / "misclassified.csv")
+            write_misclassified(misclassified(texts, y, probs, list(self.class_names)), out / "misclassified.csv")
         return m
 
     # -------------------------------------------------------------- save/load
@@ -351,7 +429,7 @@ class AgileClassifier:
         self._ensure_model()
         model = self._model()
         files: dict[str, Any] = {"lora": to_host(flat_state(model, _lora_filter())), "base": None}
-        if not isinstance(self.model_spec, (str, os.PathLike)):
+        if not isinstance(self.model, (str, os.PathLike)):
             files["base"] = {k: np.asarray(v, np.float32) for k, v in to_host(flat_state(model, FROZEN)).items()}
         return files
 
@@ -368,16 +446,16 @@ class AgileClassifier:
             np.savez(directory / _BASE, **files["base"])
         (directory / _TOKENIZER).write_bytes(self.tokenizer.serialized_proto())
         spec = model if model is not None else (
-            str(self.model_spec) if isinstance(self.model_spec, (str, os.PathLike)) else None)
+            str(self.model) if isinstance(self.model, (str, os.PathLike)) else None)
         meta = {
             "format": SAVE_FORMAT,
-            "labels": list(self.labels),
+            "labels": list(self.class_names),
             "model": spec,
             "lora_merged": not lora,
             "model_config": self.model_config.to_dict(),
-            "lora": dataclasses.asdict(self.lora),
-            "prompt": dataclasses.asdict(self.prompt),
-            "verbalizers": self.verbalizers,
+            "lora": dataclasses.asdict(self.lora_config),
+            "prompt": dataclasses.asdict(self.prompt_format),
+            "verbalizers": self.verbalizer_map,
             "train": dataclasses.asdict(self.train_config),
             "max_length": self.max_length,
             "mesh": dataclasses.asdict(self.mesh_config),
@@ -438,6 +516,7 @@ class AgileClassifier:
         else:
             clf = cls(labels, **kwargs)
         clf.history = meta.get("history", [])
+        clf.classes_ = clf._fitted_classes()
         clf._ensure_model()
         if meta.get("lora_merged"):  # adapters already in the base: fresh ones (B = 0) change nothing
             return clf

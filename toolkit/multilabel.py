@@ -27,35 +27,52 @@ class MultiLabelClassifier(AgileClassifier):
 
     def __init__(self, categories: Sequence[str], *, question: str = "Is the following text about {category}",
                  labels: Sequence[str] = ("no", "yes"), **kwargs: Any):
-        super().__init__(labels, **kwargs)
-        self.categories = tuple(str(c) for c in categories)
-        if not self.categories:
-            raise ValueError("categories must not be empty")
-        if "{category}" not in question:
-            raise ValueError(f"question must contain {{category}}: {question!r}")
+        self.categories = categories
         self.question = question
+        super().__init__(labels, **kwargs)
+
+    def _derive(self) -> None:
+        super()._derive()
+        self._category_names = tuple(str(c) for c in self.categories)
+        if not self._category_names:
+            raise ValueError("categories must not be empty")
+        if "{category}" not in self.question:
+            raise ValueError(f"question must contain {{category}}: {self.question!r}")
+
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        """Its own arguments and every `AgileClassifier` one it passes on (scikit-learn reads
+        the signature, where those hide in **kwargs)."""
+        return sorted({"categories", "question", *AgileClassifier._get_param_names()})
+
+    def _fitted_classes(self) -> np.ndarray:
+        return np.asarray(self.category_names)
+
+    @property
+    def category_names(self) -> tuple[str, ...]:
+        return self._category_names
 
     def _ensure_model(self) -> None:
         if self._loaded:
             return
         super()._ensure_model()
         self.encoders = [
-            PromptEncoder(dataclasses.replace(self.prompt, instructions=self.question.format(category=c)),
-                          self.labels, self.tokenizer, self.max_length)
-            for c in self.categories
+            PromptEncoder(dataclasses.replace(self.prompt_format, instructions=self.question.format(category=c)),
+                          self.class_names, self.tokenizer, self.max_length)
+            for c in self.category_names
         ]
 
     def _matrix(self, y: Any, n: int, what: str) -> np.ndarray:
         from toolkit.data.sources import DataError
 
         arr = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
-        if arr.shape != (n, len(self.categories)):
-            raise DataError(f"{what}: labels must be an ({n}, {len(self.categories)}) matrix for categories "
-                            f"{list(self.categories)}, got shape {arr.shape}")
+        if arr.shape != (n, len(self.category_names)):
+            raise DataError(f"{what}: labels must be an ({n}, {len(self.category_names)}) matrix for categories "
+                            f"{list(self.category_names)}, got shape {arr.shape}")
         bad = np.argwhere(~np.isin(arr, (0, 1)))
         if len(bad):
             r, c = bad[0]
-            raise DataError(f"{what}: row {r + 1}, category {self.categories[c]!r}: value {arr[r, c].item()!r} is not 0/1")
+            raise DataError(f"{what}: row {r + 1}, category {self.category_names[c]!r}: value {arr[r, c].item()!r} is not 0/1")
         return arr.astype(np.int32)
 
     def _head(self) -> None:
@@ -81,21 +98,23 @@ class MultiLabelClassifier(AgileClassifier):
             def on_epoch_end(epoch: int, lora: Any) -> dict[str, Any]:
                 from toolkit.metrics import multilabel_metrics
 
-                probs = self._proba_ids(e_ids, lora)[:, 1].reshape(len(self.categories), -1).T
-                m = multilabel_metrics(e_y, probs, list(self.categories))
+                probs = self._proba_ids(e_ids, lora)[:, 1].reshape(len(self.category_names), -1).T
+                m = multilabel_metrics(e_y, probs, list(self.category_names))
                 return {f"eval_{k}": v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
 
         self._lora, self.history = fit(self._placement, self._expand(texts), y.T.reshape(-1), self.class_ids,
                                        self.train_config, max_length=self.max_length, pad_id=self.tokenizer.pad_id,
                                        on_epoch_end=on_epoch_end, progress=self.progress)
+        self.classes_ = self._fitted_classes()
         return self
 
     def predict_proba(self, texts: Iterable[str]) -> np.ndarray:
         """(n, categories): the probability of "yes" for each category."""
+        self._check_fitted()
         texts, _ = self._checked(texts, None, "predict(texts)")
         self._ensure_model()
         probs = self._proba_ids(self._expand(texts), self._lora)[:, 1]
-        return probs.reshape(len(self.categories), len(texts)).T
+        return probs.reshape(len(self.category_names), len(texts)).T
 
     def predict(self, texts: Iterable[str], threshold: float = 0.5) -> np.ndarray:
         return (self.predict_proba(texts) >= threshold).astype(np.int32)
@@ -106,7 +125,7 @@ class MultiLabelClassifier(AgileClassifier):
 
         texts = _as_list(texts)
         y = self._matrix(labels, len(texts), "evaluate(texts, labels)")
-        m = multilabel_metrics(y, self.predict_proba(texts), list(self.categories))
+        m = multilabel_metrics(y, self.predict_proba(texts), list(self.category_names))
         if out_dir is not None:
             from toolkit.io_utils import write_json
 
@@ -114,4 +133,4 @@ class MultiLabelClassifier(AgileClassifier):
         return m
 
     def _extra_meta(self) -> dict[str, Any]:
-        return {"kind": "multilabel", "categories": list(self.categories), "question": self.question}
+        return {"kind": "multilabel", "categories": list(self.category_names), "question": self.question}

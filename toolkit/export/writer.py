@@ -115,7 +115,7 @@ def write_lora(clf: Any, files: dict[str, Any], directory: Path) -> None:
     """The adapters for keras-hub (h5), for Orbax, and as a saved classifier."""
     import orbax.checkpoint as ocp
 
-    lora_cfg = clf.lora
+    lora_cfg = clf.lora_config
     write_lora_h5(directory / LORA_H5, files["lora"], clf.model_config, lora_cfg.rank, lora_cfg.targets,
                   lora_cfg.scale)
     tree: dict[str, Any] = {}
