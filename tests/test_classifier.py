@@ -79,7 +79,7 @@ def test_bad_training_data_is_named(fitted, texts, labels, message):
 def test_multi_token_label_is_rejected_with_its_pieces(tiny_tokenizer):
     base = Gemma(get_config("tiny_gemma3", param_dtype="float32"), rngs=nnx.Rngs(0))
     clf = AgileClassifier(("spam", "ham"), model=(base, tiny_tokenizer), max_length=64, progress=False,
-                          prompt={"instructions": "Classify"})
+                          prompt={"instructions": "Classify"}, zero_shot=True)
     with pytest.raises(ValueError, match=r"'spam' -> 'spam' tokenises as \["):
         clf.predict_proba(["hello"])
 
@@ -129,7 +129,7 @@ def test_multilabel_one_question_per_category_shares_one_adapter(tiny_tokenizer,
     m = clf.evaluate(texts, y)
     assert m["per_category"]["prize"]["roc_auc"] >= 0.9
     again = AgileClassifier.load(clf.save(tmp_path / "ml"), progress=False)
-    assert isinstance(again, MultiLabelClassifier) and again.categories == ("prize", "meeting")
+    assert isinstance(again, MultiLabelClassifier) and again.category_names == ("prize", "meeting")
     np.testing.assert_allclose(again.predict_proba(texts[:4]), probs[:4], atol=1e-6)
     with pytest.raises(DataError, match=r"row 1, category 'prize': value 2"):
         clf.fit(texts[:2], np.array([[2, 0], [0, 1]]))

@@ -230,3 +230,36 @@ def test_remat_changes_memory_not_results(remat):
     np.testing.assert_allclose(l_got, l_ref, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_shared_head_gets_one_lora_dropout_mask_per_batch_and_rows_their_own(monkeypatch):
+    """LoRAConfig's documented trade-off: the instruction head runs once per batch, so its
+    adapters' inputs get one dropout mask (shape (1, P, .)), the rows' tokens one each;
+    and the masks are live (a second draw changes the head's keys)."""
+    model = Gemma(CFG, lora=LoRAConfig(rank=4, alpha=None, dropout=0.5, targets=("q", "v", "up")),
+                  rngs=nnx.Rngs(0))
+    for path, leaf in nnx.iter_graph(model):  # B = 0 would hide the adapters' inputs
+        if path and path[-1] == "lora_b":
+            leaf[...] = jnp.full(leaf.shape, 0.1, leaf.dtype)
+    shapes = []
+    real_call = nnx.Dropout.__call__
+
+    def spy(self, x, *a, **kw):
+        out = real_call(self, x, *a, **kw)
+        if not self.deterministic:
+            shapes.append(x.shape[0])  # rows the mask covers (traced in the scan: shapes only)
+        return out
+
+    monkeypatch.setattr(nnx.Dropout, "__call__", spy)
+    batch = _batch(n=4)
+    head = make_head([2, 40, 41, 42, 43])
+    model.train()
+    loss_and_logits(model, batch, CLASS_IDS, head=head)
+    assert shapes and set(shapes) == {1, 4}, shapes  # the head: 1 mask; the rows: 4
+    k1 = model.prefix(jnp.asarray([2, 40, 41, 42, 43]))[0]
+    k2 = model.prefix(jnp.asarray([2, 40, 41, 42, 43]))[0]
+    assert not np.allclose(k1, k2)  # a fresh mask per draw
+    model.eval()
+    shapes.clear()
+    np.testing.assert_array_equal(model.prefix(jnp.asarray([2, 40, 41])), model.prefix(jnp.asarray([2, 40, 41])))
+    assert shapes == []  # scoring drops nothing

@@ -366,8 +366,8 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, texts: Iterable[str]) -> np.ndarray:
         """(n, len(labels)) class probabilities: softmax over the class tokens' logits."""
+        texts, _ = self._checked(texts, None, "predict(texts)")  # a bad argument first: it names what to fix
         self._check_fitted()
-        texts, _ = self._checked(texts, None, "predict(texts)")
         self._ensure_model()
         return self._proba_ids(self._encode(texts), self._lora)
 

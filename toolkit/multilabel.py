@@ -110,8 +110,8 @@ class MultiLabelClassifier(AgileClassifier):
 
     def predict_proba(self, texts: Iterable[str]) -> np.ndarray:
         """(n, categories): the probability of "yes" for each category."""
+        texts, _ = self._checked(texts, None, "predict(texts)")  # a bad argument first: it names what to fix
         self._check_fitted()
-        texts, _ = self._checked(texts, None, "predict(texts)")
         self._ensure_model()
         probs = self._proba_ids(self._expand(texts), self._lora)[:, 1]
         return probs.reshape(len(self.category_names), len(texts)).T
