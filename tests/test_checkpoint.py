@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from toolkit.config import CheckpointSection, RunConfig, from_dict
 from toolkit.train.checkpoint import Checkpointer
@@ -39,6 +40,7 @@ def test_best_mode_min_ranks_the_lowest(tmp_path):
     ck.close()
 
 
+@pytest.mark.slow
 def test_export_from_an_orbax_directory_takes_the_best_step(tmp_path):
     from toolkit.experiment import build_classifier
     from toolkit.export.source import from_orbax

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 HATE = ["you people are vermin", "they should all be thrown out", "go back where you came from"]
@@ -23,6 +25,7 @@ def synthetic_ethos(d: Path, n: int = 840) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_first_fit_on_a_tiny_model(tmp_path):
     data = synthetic_ethos(tmp_path / "ethos")
     out = tmp_path / "results" / "first_fit.json"

@@ -33,6 +33,7 @@ def test_the_loader_puts_each_frozen_tensor_straight_into_its_sharding(source, t
         assert var.get_value().sharding == asked[path], path  # placed as loaded, not moved later
 
 
+@pytest.mark.slow
 def test_sharded_load_bench_on_8_devices_gives_each_device_an_eighth():
     r = subprocess.run([sys.executable, str(ROOT / "bench/sharded_load.py"), "--model", "random:tiny_gemma3",
                         "--out", "-"], capture_output=True, text=True, timeout=600, env=subprocess_env(), cwd=ROOT)
