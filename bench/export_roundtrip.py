@@ -47,7 +47,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=int, default=64)
     ap.add_argument("--n", type=int, default=20)
-    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "ethos"))
+    ap.add_argument("--data-dir", default=None, help="ETHOS csv dir (default: $AGILE_TOOLKIT_DATA/ethos, else the cache, else a download)")
     args = ap.parse_args()
 
     from toolkit.classifier import AgileClassifier

@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     ap.add_argument("--model", default="gemma3_270m", help="what AgileClassifier loads (e.g. random:tiny_gemma3)")
     ap.add_argument("--rows", type=int, default=200, help="first N ETHOS training rows")
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--data-dir", default=None, help="ETHOS csv dir (default ../shared/data/ethos)")
+    ap.add_argument("--data-dir", default=None, help="ETHOS csv dir (default: $AGILE_TOOLKIT_DATA/ethos, else the cache, else a download)")
     ap.add_argument("--skip-aot", action="store_true")
     ap.add_argument("--skip-cold", action="store_true",
                     help="no cold/warm pair: one fit on the compilation cache you already have")

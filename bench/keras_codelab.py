@@ -99,7 +99,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run by path: make `toolkit` importable
     sys.path.insert(0, str(REPO_ROOT))
 
-ETHOS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ethos"
+ETHOS_DIR: Path | None = None  # None: $AGILE_TOOLKIT_DATA/ethos, else the cache, else a download
 SEQUENCE_LENGTH = 128
 CLASS_LABELS = ("Positive", "Negative")  # the codelab's labels; index = the `hateful` value
 
@@ -470,7 +470,7 @@ def score_speed(
 # Data and CLI
 
 
-def load_ethos(data_dir: Path = ETHOS_DIR):
+def load_ethos(data_dir: Path | None = ETHOS_DIR):
     """The codelab's ETHOS split (hateful = isHate >= median, random_state=32, 800 train), from the
     toolkit's one implementation of that recipe, under the codelab's column names."""
     from toolkit.data.sources import ethos_split

@@ -61,7 +61,7 @@ METRICS = ("f1", "roc_auc", "pr_auc", "balanced_accuracy", "share_predicted_posi
 def _ethos(data_dir: str | None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     from toolkit.data.sources import ethos_split, load_ethos
 
-    train, test = ethos_split(load_ethos("binary", local_dir=data_dir or ROOT.parent / "shared" / "data" / "ethos"))
+    train, test = ethos_split(load_ethos("binary", local_dir=data_dir))
     task = {"labels": ("no", "yes"), "question": "Is the following text hate speech? Answer yes or no",
             "codelab_labels": ("Positive", "Negative")}  # the codelab: index = the hateful value
     return train.reset_index(drop=True), test.reset_index(drop=True), task
@@ -359,7 +359,7 @@ def main() -> None:
     ap.add_argument("mode", choices=("cv", "test", "table"))
     ap.add_argument("--dataset", default="ethos", choices=sorted(DATASETS))
     ap.add_argument("--data-dir", default=None,
-                    help="where the data set's files are (ETHOS: ../shared/data/ethos; uci_imdb: "
+                    help="where the data set's files are (ETHOS: default $AGILE_TOOLKIT_DATA/ethos, else the cache; uci_imdb: "
                          "fetched with `npm pack` into ~/.cache/agile-toolkit/uci-sentences)")
     ap.add_argument("--model", default="gemma3_270m")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where the JSON logs, tables and figure go")

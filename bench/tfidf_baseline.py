@@ -1,6 +1,6 @@
 """TF-IDF + logistic regression on the ETHOS codelab split: the bar a Gemma recipe must clear.
 
-    python bench/tfidf_baseline.py [--data-dir ../shared/data/ethos] [--sizes 200 400 800] [--seeds 0 1 2]
+    python bench/tfidf_baseline.py [--data-dir DIR] [--sizes 200 400 800] [--seeds 0 1 2]
 
 Prints JSON. Data: `load_ethos("binary")` + `ethos_split` (hateful = isHate >=
 median, shuffle random_state=32, 800 train / 198 test), positive class = hateful (1).
@@ -87,8 +87,8 @@ def summarise(runs: list[dict[str, float]], seeds: list[int]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "ethos"),
-                    help="directory holding Ethos_Dataset_Binary.csv (default: ../shared/data/ethos from the repo)")
+    ap.add_argument("--data-dir", default=None,
+                    help="directory holding Ethos_Dataset_Binary.csv (default: $AGILE_TOOLKIT_DATA/ethos, else the cache, else a download)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[200, 400, 800])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = ap.parse_args()

@@ -1,42 +1,10 @@
-"""Export a trained classifier as a keras-hub preset or as LoRA adapter files.
+"""`agile-export` run by path: export a trained classifier as a keras-hub preset or as LoRA adapter files.
 
-    python launch/export.py --checkpoint runs/ethos_270m --out exports/ethos_270m
-    python launch/export.py --checkpoint runs/quickstart --out exports/adapters --format lora
-
---checkpoint takes a saved classifier, a run directory, a sweep directory (its best
-trial) or a run's Orbax checkpoints/. The export appears all at once: a failure or
-Ctrl-C leaves no directory (or the old one, with --overwrite).
+The command lives in `toolkit/commands/export.py`; this file keeps `python launch/export.py`
+(the README's, BUILD.md's and `ray job submit`'s spelling) working once the toolkit is installed.
 """
 
-from __future__ import annotations
-
-import argparse
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from toolkit import cli  # noqa: E402
-from toolkit.export import FORMATS, export  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True, help="classifier, run, sweep or Orbax checkpoints directory")
-    ap.add_argument("--out", required=True, help="the directory to write (must be new or empty)")
-    ap.add_argument("--format", default="keras-preset", choices=FORMATS)
-    ap.add_argument("--dtype", default="float32", help="keras preset weight dtype: float32, bfloat16, float16")
-    ap.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    args = ap.parse_args(argv)
-    out = export(args.checkpoint, args.out, format=args.format, overwrite=args.overwrite, dtype=args.dtype)
-    print(f"exported {args.format} to {out}")
-    for p in sorted(out.rglob("*")):
-        if p.is_file() and p.parent == out:
-            print(f"  {p.name}  ({p.stat().st_size / 1e6:.1f} MB)")
-    return 0
-
+from toolkit.commands.export import entry
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    entry()

@@ -41,6 +41,10 @@ import keras_fixtures as kf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ETHOS = (ROOT.parent / "shared" / "data" / "ethos").resolve()
+# Where the built-in sources' offline copies are found ($AGILE_TOOLKIT_DATA/<source>/):
+# this repository's test bed, unless the caller points elsewhere. Shipped configs name no path.
+if ETHOS.is_dir():
+    os.environ.setdefault("AGILE_TOOLKIT_DATA", str(ETHOS.parent))
 needs_ethos = pytest.mark.skipif(not ETHOS.is_dir(), reason="needs ../shared/data/ethos")
 
 # A toy spam / ham task; "a" and "in" are single tokens of the tiny vocabulary.
@@ -179,8 +183,7 @@ def ci_sweep(tmp_path_factory) -> SharedSweep:
     tmp = tmp_path_factory.mktemp("shared_sweep")
     name, models, sizes = "ci_sizes", ("random:tiny_gemma3", "random:tiny_gemma"), (16, 32)
     cfg = yaml.safe_load((ROOT / "sweeps" / "ci.yaml").read_text())
-    cfg.update(name=name, output_dir=str(tmp / "runs"))
-    cfg["data"]["local_dir"] = str(ETHOS)
+    cfg.update(name=name, output_dir=str(tmp / "runs"))  # the data location is not overridden: as a user would
     # The last key varies fastest: the two models alternate, so the two trials that run at
     # once compile different programs and the next two find both in the compilation cache.
     cfg["sweep"]["space"] = {"data.train_size": {"grid": list(sizes)}, "model.name": {"grid": list(models)}}
@@ -191,6 +194,10 @@ def ci_sweep(tmp_path_factory) -> SharedSweep:
     port, dash = free_port(), free_port()
     # Ray >= 2.59 protects a head with a token; the head and the job CLI share this one.
     env = subprocess_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    # The head knows nothing of the data: it reaches the trials through the job's runtime
+    # environment, as BUILD.md tells a pod user to pass it.
+    data_root = env.pop("AGILE_TOOLKIT_DATA")
+    runtime_env = json.dumps({"env_vars": {"AGILE_TOOLKIT_DATA": data_root}})
     # 3 logical CPUs: two trials of 1 worker CPU + a 0.01-CPU driver each fit at once.
     start = subprocess.run(["ray", "start", "--head", "--num-cpus", "3", "--port", str(port),
                             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
@@ -199,7 +206,7 @@ def ci_sweep(tmp_path_factory) -> SharedSweep:
     try:
         assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
         job = subprocess.run(["ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir",
-                              str(ROOT), "--", "python", str(ROOT / "launch/sweep.py"),
+                              str(ROOT), "--runtime-env-json", runtime_env, "--", "python", str(ROOT / "launch/sweep.py"),
                               "--config", str(tmp / f"{name}.yaml")],
                              capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
     finally:

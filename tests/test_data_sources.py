@@ -102,33 +102,44 @@ def test_ethos_unknown_variant_and_missing_local_copy(tmp_path):
 # --------------------------------------------------------------------------- cache and download
 
 
-def test_cached_ethos_is_used_without_network(tmp_path, no_network):
+def test_cached_ethos_is_used_without_network(tmp_path, no_network, monkeypatch):
+    monkeypatch.delenv("AGILE_TOOLKIT_DATA", raising=False)
     shutil.copy(ETHOS / BINARY, tmp_path / BINARY)
     assert len(load_ethos(cache_dir=tmp_path)) == 998
 
 
-def test_cache_dir_comes_from_the_environment(tmp_path, monkeypatch, no_network):
+def test_data_root_then_cache_come_from_the_environment(tmp_path, monkeypatch, no_network):
+    (tmp_path / "data" / "ethos").mkdir(parents=True)
+    shutil.copy(ETHOS / BINARY, tmp_path / "data" / "ethos" / BINARY)
+    monkeypatch.setenv("AGILE_TOOLKIT_DATA", str(tmp_path / "data"))  # $AGILE_TOOLKIT_DATA/<source>/
+    assert len(load_ethos(cache_dir=tmp_path / "empty")) == 998  # found before the (empty) cache
+    monkeypatch.setenv("AGILE_TOOLKIT_DATA", str(tmp_path / "elsewhere"))  # no copy there: the cache
     shutil.copy(ETHOS / BINARY, tmp_path / BINARY)
-    monkeypatch.setenv("AGILE_TOOLKIT_DATA", str(tmp_path))
-    assert len(load_ethos()) == 998
-    monkeypatch.delenv("AGILE_TOOLKIT_DATA")
+    assert len(load_ethos(cache_dir=tmp_path)) == 998
     monkeypatch.setenv("AGILE_TOOLKIT_CACHE", str(tmp_path / "root"))
     assert sources.default_cache_dir() == tmp_path / "root" / "datasets"
 
 
+def test_a_local_dir_that_is_not_a_directory_is_named(tmp_path):
+    with pytest.raises(DataError, match=r"data.local_dir '.*nowhere' is not a directory; point it at the folder"):
+        load_ethos(local_dir=tmp_path / "nowhere")
+
+
 def test_offline_empty_cache_says_how_to_point_at_a_local_copy(tmp_path, monkeypatch):
+    monkeypatch.delenv("AGILE_TOOLKIT_DATA", raising=False)
     url = DEAD_URL + BINARY
     monkeypatch.setitem(sources.ETHOS_URLS, "binary", url)
     with pytest.raises(DataError) as err:
         load_ethos(cache_dir=tmp_path)
     message = str(err.value)
-    assert url in message and "local_dir=" in message and "AGILE_TOOLKIT_DATA" in message
+    assert url in message and "local_dir=" in message and "$AGILE_TOOLKIT_DATA/ethos/" in message
     assert "data.local_dir" in message
     assert not list(tmp_path.iterdir())  # no partial download left behind
 
 
 def test_download_is_atomic_and_happens_once(tmp_path, monkeypatch):
     """A real HTTP download from a local server (no internet), then the cache alone."""
+    monkeypatch.delenv("AGILE_TOOLKIT_DATA", raising=False)
     handler = functools.partial(QuietHandler, directory=str(ETHOS))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -403,3 +414,31 @@ def test_tfds_offline_unprepared_dataset_says_how_to_prepare_it(tmp_path, monkey
     monkeypatch.setattr(downloader, "MAX_RETRIES", 0)
     with pytest.raises(DataError, match=r"preparing it failed \(.*127.0.0.1.*\).*tfds build .*data_dir=DIR"):
         load_tfds("agile_toolkit_needs_download", data_dir=tmp_path)
+
+
+def test_a_shipped_config_without_the_test_bed_fails_in_one_line_then_reads_the_data_root(tmp_path, monkeypatch):
+    """sweeps/ethos_270m.yaml names no data path: with no $AGILE_TOOLKIT_DATA, an empty cache
+    and no network (a dead proxy) the train CLI stops with one line saying where to put the
+    file, and writes no run; with $AGILE_TOOLKIT_DATA set, the same config's data loads."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, subprocess_env
+    from toolkit.config import load_config
+    from toolkit.data.datasets import load_splits
+
+    env = subprocess_env(AGILE_TOOLKIT_CACHE=str(tmp_path / "cache"), HTTPS_PROXY="http://127.0.0.1:9",
+                         https_proxy="http://127.0.0.1:9")
+    env.pop("AGILE_TOOLKIT_DATA", None)
+    config = ROOT / "sweeps/ethos_270m.yaml"
+    r = subprocess.run([sys.executable, str(ROOT / "launch/train.py"), "--config", str(config), "--quiet",
+                        f"output_dir={tmp_path / 'runs'}", "model.name=random:tiny_gemma3"],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode != 0 and len(lines) == 1, r.stderr[-3000:]
+    assert "could not download" in lines[0] and "$AGILE_TOOLKIT_DATA/ethos/" in lines[0], lines[0]
+    assert not any((tmp_path / "runs").rglob("*.json")) if (tmp_path / "runs").exists() else True
+
+    monkeypatch.setenv("AGILE_TOOLKIT_DATA", str(ETHOS.parent))
+    splits = load_splits(load_config(config).data)
+    assert len(splits.train) == 200 and len(splits.test) == 198

@@ -10,7 +10,7 @@ stub run dir, no lock or temp file, a finished run byte-identical. `launch/train
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -35,15 +35,12 @@ from toolkit.run_lock import DirLock, LockError, lock_path
 from toolkit.saved_files import SavedFileError
 
 
-def _launch_main(name: str):
-    spec = importlib.util.spec_from_file_location(f"launch_{name}", ROOT / f"launch/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+def _command_main(name: str):
+    return importlib.import_module(f"toolkit.commands.{name}").main
 
 
-TRAIN_MAIN = _launch_main("train")
-EXPORT_MAIN = _launch_main("export")
+TRAIN_MAIN = _command_main("train")
+EXPORT_MAIN = _command_main("export")
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ETHOS, ROOT, needs_ethos, subprocess_env, wandb_records, wandb_run_record, wandb_summary
+from conftest import ROOT, needs_ethos, subprocess_env, wandb_records, wandb_run_record, wandb_summary
 
 pytestmark = [needs_ethos, pytest.mark.slow]
 
 
 def _sweep(out: Path, *overrides: str) -> list[str]:
     return [sys.executable, str(ROOT / "launch/sweep.py"), "--config", str(ROOT / "sweeps/ci.yaml"),
-            f"output_dir={out}", f"data.local_dir={ETHOS}", *overrides]
+            f"output_dir={out}", *overrides]  # ETHOS from $AGILE_TOOLKIT_DATA (tests/conftest.py)
 
 
 def _results(out: Path) -> dict:

@@ -617,32 +617,52 @@ def load_ethos(
     return out
 
 
+DATA_ENV = "AGILE_TOOLKIT_DATA"
+
+
 def default_cache_dir() -> Path:
-    """Where downloads go: AGILE_TOOLKIT_DATA, else $AGILE_TOOLKIT_CACHE/datasets, else ~/.cache."""
-    if os.environ.get("AGILE_TOOLKIT_DATA"):
-        return Path(os.environ["AGILE_TOOLKIT_DATA"]).expanduser()
+    """Where downloads go: $AGILE_TOOLKIT_CACHE/datasets, else ~/.cache/agile-toolkit/datasets."""
     if os.environ.get("AGILE_TOOLKIT_CACHE"):
         return Path(os.environ["AGILE_TOOLKIT_CACHE"]).expanduser() / "datasets"
     return Path.home() / ".cache" / "agile-toolkit" / "datasets"
 
 
+def data_root_dir(source: str) -> Path | None:
+    """`$AGILE_TOOLKIT_DATA/<source>`: an offline copy of a built-in source's files, or None.
+
+    A machine-wide place for data that configs need not name: shipped configs then work
+    on any machine (a laptop's copy, a pod's shared mount, a Ray job's
+    `--runtime-env-json '{"env_vars": {"AGILE_TOOLKIT_DATA": ...}}'`)."""
+    root = os.environ.get(DATA_ENV)
+    return Path(root).expanduser() / source if root else None
+
+
 def _ethos_file(variant: str, cache_dir: str | os.PathLike[str] | None,
                 local_dir: str | os.PathLike[str] | None) -> Path:
+    """data.local_dir, else $AGILE_TOOLKIT_DATA/ethos, else the cache, else a download."""
     name, url = ETHOS_FILES[variant], ETHOS_URLS[variant]
     if local_dir is not None:
-        path = Path(local_dir).expanduser() / name
+        folder = Path(local_dir).expanduser()
+        if not folder.is_dir():
+            raise DataError(f"ETHOS {variant}: data.local_dir {os.fspath(local_dir)!r} is not a directory; point it "
+                            f"at the folder holding {name}, or leave it unset to read ${DATA_ENV}/ethos, the cache, "
+                            "or download.")
+        path = folder / name
         if not path.is_file():
             raise DataError(f"ETHOS {variant}: {path} not found (local_dir={os.fspath(local_dir)!r}); put {name} "
                             f"there (download it from {url}) or fix local_dir.")
         return path
+    offline = data_root_dir("ethos")
+    if offline is not None and (offline / name).is_file():
+        return offline / name
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = cache / name
     if not path.is_file():
-        _download(url, path, what=f"ETHOS {variant}")
+        _download(url, path, what=f"ETHOS {variant}", source="ethos")
     return path
 
 
-def _download(url: str, dest: Path, *, what: str) -> None:
+def _download(url: str, dest: Path, *, what: str, source: str) -> None:
     """Fetch once, atomically: a half-written file must never look like a cached copy."""
     tmp = None
     try:
@@ -657,9 +677,9 @@ def _download(url: str, dest: Path, *, what: str) -> None:
     except (OSError, http.client.HTTPException, ValueError) as e:  # URLError, timeouts, HTTP and disk errors
         raise DataError(
             f"{what}: could not download {url} into {dest.parent} ({type(e).__name__}: {e}). If this machine is "
-            f"offline, fetch {dest.name} elsewhere (e.g. `curl -LO {url}`) and either pass local_dir=DIR (config "
-            "key data.local_dir) for the directory holding it, or put it in the cache directory (cache_dir=, or "
-            "the AGILE_TOOLKIT_DATA environment variable)."
+            f"offline, fetch {dest.name} elsewhere (e.g. `curl -LO {url}`) and put it in ${DATA_ENV}/{source}/, "
+            "or pass local_dir=DIR (config key data.local_dir) for the directory holding it, or put it in the "
+            "cache directory (cache_dir=)."
         ) from None
     finally:
         if tmp is not None and os.path.exists(tmp):

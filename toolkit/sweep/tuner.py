@@ -64,6 +64,10 @@ def connect(num_cpus: int | None = None) -> str:
 
     if ray.is_initialized():
         return "already connected"
+    from toolkit.data.sources import DATA_ENV
+
+    if os.environ.get(DATA_ENV):  # trials run in their own folders: a relative data root would miss there
+        os.environ[DATA_ENV] = os.path.abspath(os.path.expanduser(os.environ[DATA_ENV]))
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
