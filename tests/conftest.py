@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,10 +259,14 @@ def ci_sweep(tmp_path_factory) -> SharedSweep:
                            capture_output=True, text=True, timeout=180, env=env)
     try:
         assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
-        job = subprocess.run(["ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir",
-                              str(ROOT), "--runtime-env-json", runtime_env, "--", "python",
-                              str(ROOT / "launch/sweep.py"), "--config", str(tmp / f"{name}.yaml")],
-                             capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+        submit = ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
+                  "--runtime-env-json", runtime_env, "--", "python", str(ROOT / "launch/sweep.py"),
+                  "--config", str(tmp / f"{name}.yaml")]
+        for _ in range(24):  # a busy machine brings the head's job agent up after `ray start` returns
+            job = subprocess.run(submit, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+            if "No available agent to submit job" not in job.stderr:
+                break
+            time.sleep(5)
     finally:
         _stop_cluster(ray_tmpdir)
     assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
