@@ -13,7 +13,6 @@ leaves them out.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import json
 import os
 import secrets
@@ -22,7 +21,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,14 +112,11 @@ def wandb_run_record(recs: list[dict[str, Any]]) -> dict[str, Any]:
 # The README runs the suite on three pytest-xdist workers (`-n 3 --dist loadgroup`) on two
 # cores: a third worker fills the cores while another waits on a subprocess or a Ray
 # trial's startup (measured: 98% of two cores busy with three workers, 63% with two).
-# Two Ray groups, each on one worker and each with its own cluster, run side by side: the
-# shared sweep's readers ("ray-head": the sweep is made once, on a head with its own
-# RAY_TMPDIR, stopped by its processes, never by a machine-wide `ray stop`) and the sweeps
-# that start their own embedded Ray ("ray-own"). They go to the front of the queue, the
-# longest work first (xdist then hands out work in collection order: `pytest_configure`).
+# Every test that starts or reads a Ray cluster runs on one worker, in one group: the
+# shared sweep is then made once, and no `ray stop` ends another worker's cluster.
 # The tests of a module that share a module-scoped fixture (a fitted classifier, a run
 # directory, keras-hub presets) run on one worker too, so that fixture is built once.
-OWN_RAY_FILES = {"test_sweep.py"}
+RAY_FILES = {"test_sweep.py", "test_sweep_config.py", "test_report.py"}
 
 
 def _module_fixture(item: pytest.Item) -> bool:
@@ -129,59 +124,13 @@ def _module_fixture(item: pytest.Item) -> bool:
     return any(d.scope == "module" for fixturedefs in defs.values() for d in fixturedefs)
 
 
-def _group(item: pytest.Item) -> str | None:
-    if "ci_sweep" in getattr(item, "fixturenames", ()):
-        return "ray-head"
-    if item.path.name in OWN_RAY_FILES:
-        return "ray-own"
-    return item.path.stem if _module_fixture(item) else None
-
-
-def pytest_configure(config):
-    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep our order, not biggest group first
-        config.option.loadscopereorder = False
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    groups = {}
     for item in items:
-        groups[item.nodeid] = group = _group(item)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
-    # Longest first (the order xdist hands out work with --no-loadscope-reorder): the Ray
-    # groups, then the slow tests, then the rest, each in collection order.
-    # A group's tests stay together (a module fixture is then built once, with or without xdist).
-    rank = {"ray-head": 0, "ray-own": 1}
-    for it in items:
-        own = 2 if it.get_closest_marker("slow") else 3
-        group = groups[it.nodeid]
-        rank[group or it.nodeid] = min(rank.get(group or it.nodeid, own), own)
-    items.sort(key=lambda it: rank[groups[it.nodeid] or it.nodeid])
-
-
-def _stop_cluster(ray_tmpdir: str) -> None:
-    """Stop the Ray processes of one cluster: those started with this RAY_TMPDIR and their
-    descendants (Ray's agents rename themselves). `ray stop` would end every cluster on
-    the machine, another worker's too."""
-    import psutil
-
-    procs: dict[int, psutil.Process] = {}
-    for proc in psutil.process_iter():
-        try:
-            if proc.pid != os.getpid() and proc.environ().get("RAY_TMPDIR") == ray_tmpdir:
-                procs[proc.pid] = proc
-                procs.update((c.pid, c) for c in proc.children(recursive=True))
-        except (psutil.Error, OSError):
-            continue
-    for proc in procs.values():
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-    _, alive = psutil.wait_procs(list(procs.values()), timeout=15)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    shutil.rmtree(ray_tmpdir, ignore_errors=True)
+        if item.path.name in RAY_FILES or "ci_sweep" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+        elif _module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 
 # ------------------------------------------------------------------ fixtures
@@ -244,10 +193,7 @@ def ci_sweep(tmp_path_factory) -> SharedSweep:
 
     port, dash = free_port(), free_port()
     # Ray >= 2.59 protects a head with a token; the head and the job CLI share this one.
-    # Its own RAY_TMPDIR (short: Ray's socket paths must stay under 108 bytes) keeps this
-    # head out of the embedded clusters' way: `ray.init()` looks for the latest cluster there.
-    ray_tmpdir = tempfile.mkdtemp(prefix="rh-", dir="/tmp")
-    env = subprocess_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_TMPDIR=ray_tmpdir)
+    env = subprocess_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     # The head knows nothing of the data: it reaches the trials through the job's runtime
     # environment, as BUILD.md tells a pod user to pass it.
     data_root = env.pop("AGILE_TOOLKIT_DATA")
@@ -259,16 +205,12 @@ def ci_sweep(tmp_path_factory) -> SharedSweep:
                            capture_output=True, text=True, timeout=180, env=env)
     try:
         assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
-        submit = ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
-                  "--runtime-env-json", runtime_env, "--", "python", str(ROOT / "launch/sweep.py"),
-                  "--config", str(tmp / f"{name}.yaml")]
-        for _ in range(24):  # a busy machine brings the head's job agent up after `ray start` returns
-            job = subprocess.run(submit, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
-            if "No available agent to submit job" not in job.stderr:
-                break
-            time.sleep(5)
+        job = subprocess.run(["ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir",
+                              str(ROOT), "--runtime-env-json", runtime_env, "--", "python", str(ROOT / "launch/sweep.py"),
+                              "--config", str(tmp / f"{name}.yaml")],
+                             capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
     finally:
-        _stop_cluster(ray_tmpdir)
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120, env=env)
     assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
     out = tmp / "runs" / name
     return SharedSweep(name, out, json.loads((out / "results.json").read_text()), job, models, sizes)
