@@ -206,8 +206,8 @@ def ci_sweep(tmp_path_factory) -> SharedSweep:
     try:
         assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
         job = subprocess.run(["ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir",
-                              str(ROOT), "--runtime-env-json", runtime_env, "--", "python", str(ROOT / "launch/sweep.py"),
-                              "--config", str(tmp / f"{name}.yaml")],
+                              str(ROOT), "--runtime-env-json", runtime_env, "--", "python",
+                              str(ROOT / "launch/sweep.py"), "--config", str(tmp / f"{name}.yaml")],
                              capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
     finally:
         subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120, env=env)

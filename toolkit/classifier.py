@@ -198,7 +198,7 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_fitted(self) -> None:
         """Scoring before `fit` is a mistake unless the untrained model is what is wanted."""
-        if not (self.zero_shot or hasattr(self, "classes_")):
+        if not (self.zero_shot or self.__sklearn_is_fitted__()):
             from sklearn.exceptions import NotFittedError
 
             raise NotFittedError(f"this {type(self).__name__} is not fitted: call fit(texts, labels) first, "

@@ -65,3 +65,13 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         print(f"error: unexpected {type(e).__name__}: this is a bug in agile-toolkit, not in your input; "
               "please report it with the traceback above", file=sys.stderr)
         return BUG_EXIT
+
+
+def script(main: Callable[[Sequence[str] | None], int]) -> Callable[[], None]:
+    """A console script's entry point (`[project.scripts]`): `main` on the command line's
+    arguments under `run`'s handler, its result the exit status."""
+
+    def entry() -> None:
+        raise SystemExit(run(main))
+
+    return entry

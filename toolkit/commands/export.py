@@ -32,9 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def entry() -> None:
-    """The `agile-export` console script."""
-    raise SystemExit(cli.run(main))
+entry = cli.script(main)  # the `agile-export` console script
 
 
 if __name__ == "__main__":

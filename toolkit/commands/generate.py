@@ -45,9 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def entry() -> None:
-    """The `agile-generate` console script."""
-    raise SystemExit(cli.run(main))
+entry = cli.script(main)  # the `agile-generate` console script
 
 
 if __name__ == "__main__":

@@ -31,9 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def entry() -> None:
-    """The `agile-report` console script."""
-    raise SystemExit(cli.run(main))
+entry = cli.script(main)  # the `agile-report` console script
 
 
 if __name__ == "__main__":

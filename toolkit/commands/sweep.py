@@ -48,9 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def entry() -> None:
-    """The `agile-sweep` console script."""
-    raise SystemExit(cli.run(main))
+entry = cli.script(main)  # the `agile-sweep` console script
 
 
 if __name__ == "__main__":

@@ -53,9 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def entry() -> None:
-    """The `agile-train` console script."""
-    raise SystemExit(cli.run(main))
+entry = cli.script(main)  # the `agile-train` console script
 
 
 if __name__ == "__main__":
