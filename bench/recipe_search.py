@@ -103,9 +103,9 @@ def fetch_uci_sentences(dest: Path) -> Path:
 
 
 def _uci_imdb(data_dir: str | None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    from toolkit.weights.gguf import default_cache_dir
+    from toolkit.paths import cache_root
 
-    root = Path(data_dir) if data_dir else fetch_uci_sentences(default_cache_dir() / "uci-sentences")
+    root = Path(data_dir) if data_dir else fetch_uci_sentences(cache_root() / "uci-sentences")
     path = root / "imdb.json"
     if not path.exists():
         raise SystemExit(f"{path} not found: --data-dir must hold the fixtures of {UCI_NPM_PACKAGE}")

@@ -40,7 +40,7 @@ def worker(args: argparse.Namespace) -> dict:
     import optax
     from flax import nnx
 
-    from toolkit.config import MeshConfig, TrainConfig
+    from toolkit.config import MeshConfig
     from toolkit.models.configs import get_config
     from toolkit.models.gemma import Gemma
     from toolkit.models.lora import LoRAConfig

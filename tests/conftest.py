@@ -13,6 +13,7 @@ leaves them out.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import secrets
@@ -21,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,18 @@ def spam_ham(n: int = 24) -> tuple[list[str], list[str]]:
     """n texts alternating spam and ham, and their labels."""
     texts = [(SPAM if i % 2 == 0 else HAM)[i % 3] for i in range(n)]
     return texts, ["spam" if i % 2 == 0 else "ham" for i in range(n)]
+
+
+def loss_and_logits(model, batch, class_ids, loss: str = "class", head=None):
+    """The weighted mean cross-entropy (empty slots weigh 0) and the (examples, classes)
+    logits of a batch: the train step's objective, outside the compiled step."""
+    import jax.numpy as jnp
+
+    from toolkit.train.step import as_segments, row_losses
+
+    ce, logits = row_losses(model, batch, class_ids, loss, head)
+    w = as_segments(batch)["weights"].astype(jnp.float32)
+    return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0), logits.reshape(-1, logits.shape[-1])
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
@@ -112,11 +126,14 @@ def wandb_run_record(recs: list[dict[str, Any]]) -> dict[str, Any]:
 # The README runs the suite on three pytest-xdist workers (`-n 3 --dist loadgroup`) on two
 # cores: a third worker fills the cores while another waits on a subprocess or a Ray
 # trial's startup (measured: 98% of two cores busy with three workers, 63% with two).
-# Every test that starts or reads a Ray cluster runs on one worker, in one group: the
-# shared sweep is then made once, and no `ray stop` ends another worker's cluster.
+# Two Ray groups, each on one worker and each with its own cluster, run side by side: the
+# shared sweep's readers ("ray-head": the sweep is made once, on a head with its own
+# RAY_TMPDIR, stopped by its processes, never by a machine-wide `ray stop`) and the sweeps
+# that start their own embedded Ray ("ray-own"). They go to the front of the queue, the
+# longest work first (xdist then hands out work in collection order: `pytest_configure`).
 # The tests of a module that share a module-scoped fixture (a fitted classifier, a run
 # directory, keras-hub presets) run on one worker too, so that fixture is built once.
-RAY_FILES = {"test_sweep.py", "test_sweep_config.py", "test_report.py"}
+OWN_RAY_FILES = {"test_sweep.py"}
 
 
 def _module_fixture(item: pytest.Item) -> bool:
@@ -124,13 +141,59 @@ def _module_fixture(item: pytest.Item) -> bool:
     return any(d.scope == "module" for fixturedefs in defs.values() for d in fixturedefs)
 
 
+def _group(item: pytest.Item) -> str | None:
+    if "ci_sweep" in getattr(item, "fixturenames", ()):
+        return "ray-head"
+    if item.path.name in OWN_RAY_FILES:
+        return "ray-own"
+    return item.path.stem if _module_fixture(item) else None
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep our order, not biggest group first
+        config.option.loadscopereorder = False
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
+    groups = {}
     for item in items:
-        if item.path.name in RAY_FILES or "ci_sweep" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("ray"))
-        elif _module_fixture(item):
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+        groups[item.nodeid] = group = _group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+    # Longest first (the order xdist hands out work with --no-loadscope-reorder): the Ray
+    # groups, then the slow tests, then the rest, each in collection order.
+    # A group's tests stay together (a module fixture is then built once, with or without xdist).
+    rank = {"ray-head": 0, "ray-own": 1}
+    for it in items:
+        own = 2 if it.get_closest_marker("slow") else 3
+        group = groups[it.nodeid]
+        rank[group or it.nodeid] = min(rank.get(group or it.nodeid, own), own)
+    items.sort(key=lambda it: rank[groups[it.nodeid] or it.nodeid])
+
+
+def _stop_cluster(ray_tmpdir: str) -> None:
+    """Stop the Ray processes of one cluster: those started with this RAY_TMPDIR and their
+    descendants (Ray's agents rename themselves). `ray stop` would end every cluster on
+    the machine, another worker's too."""
+    import psutil
+
+    procs: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and proc.environ().get("RAY_TMPDIR") == ray_tmpdir:
+                procs[proc.pid] = proc
+                procs.update((c.pid, c) for c in proc.children(recursive=True))
+        except (psutil.Error, OSError):
+            continue
+    for proc in procs.values():
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=15)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    shutil.rmtree(ray_tmpdir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ fixtures
@@ -193,24 +256,35 @@ def ci_sweep(tmp_path_factory) -> SharedSweep:
 
     port, dash = free_port(), free_port()
     # Ray >= 2.59 protects a head with a token; the head and the job CLI share this one.
-    env = subprocess_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    # Its own RAY_TMPDIR (short: Ray's socket paths must stay under 108 bytes) keeps this
+    # head out of the embedded clusters' way: `ray.init()` looks for the latest cluster there.
+    ray_tmpdir = tempfile.mkdtemp(prefix="rh-", dir="/tmp")
+    env = subprocess_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_TMPDIR=ray_tmpdir)
     # The head knows nothing of the data: it reaches the trials through the job's runtime
     # environment, as BUILD.md tells a pod user to pass it.
     data_root = env.pop("AGILE_TOOLKIT_DATA")
     runtime_env = json.dumps({"env_vars": {"AGILE_TOOLKIT_DATA": data_root}})
     # 3 logical CPUs: two trials of 1 worker CPU + a 0.01-CPU driver each fit at once.
+    # The job agent's HTTP port is fixed (52365) unless named: an embedded cluster of another
+    # worker, started first, would hold it, and this head's agent would then serve no jobs
+    # ("No available agent to submit job"). A free port of its own avoids that.
     start = subprocess.run(["ray", "start", "--head", "--num-cpus", "3", "--port", str(port),
                             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+                            "--dashboard-agent-listen-port", str(free_port()),
                             "--include-dashboard", "true", "--disable-usage-stats"],
                            capture_output=True, text=True, timeout=180, env=env)
     try:
         assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
-        job = subprocess.run(["ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir",
-                              str(ROOT), "--runtime-env-json", runtime_env, "--", "python",
-                              str(ROOT / "launch/sweep.py"), "--config", str(tmp / f"{name}.yaml")],
-                             capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+        submit = ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
+                  "--runtime-env-json", runtime_env, "--", "python", str(ROOT / "launch/sweep.py"),
+                  "--config", str(tmp / f"{name}.yaml")]
+        for _ in range(24):  # a busy machine brings the head's job agent up after `ray start` returns
+            job = subprocess.run(submit, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+            if "No available agent to submit job" not in job.stderr:
+                break
+            time.sleep(5)
     finally:
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120, env=env)
+        _stop_cluster(ray_tmpdir)
     assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
     out = tmp / "runs" / name
     return SharedSweep(name, out, json.loads((out / "results.json").read_text()), job, models, sizes)

@@ -9,7 +9,6 @@ computes the same logits from the same weights.
 from __future__ import annotations
 
 import os
-import sys
 
 import jax.numpy as jnp
 import numpy as np

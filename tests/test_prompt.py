@@ -7,11 +7,16 @@ from toolkit.data.prompt import PromptEncoder, PromptFormat, class_token_ids
 LABELS = ("Positive", "Negative")
 
 
+def _render(fmt: PromptFormat, text: str) -> str:
+    head, tail = fmt.head_and_tail(LABELS)
+    return head + text + tail
+
+
 def test_default_format_is_the_codelabs_with_a_real_separator():
-    text = PromptFormat().render("you look nice", LABELS)
+    text = _render(PromptFormat(), "you look nice")
     assert text == ("Classify the following text into one of the following classes:[Positive,Negative]\n"
                     "Text:you look nice\nPrediction:")
-    codelab = PromptFormat(separator="<separator>").render("x", LABELS)
+    codelab = _render(PromptFormat(separator="<separator>"), "x")
     assert codelab == ("Classify the following text into one of the following classes:[Positive,Negative]"
                        "<separator>Text:x<separator>Prediction:")
 

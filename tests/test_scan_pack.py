@@ -8,6 +8,8 @@ import optax
 import pytest
 from flax import nnx
 
+from conftest import loss_and_logits
+
 from toolkit.config import TrainConfig
 from toolkit.data import packing
 from toolkit.data.pipeline import make_packed_epoch, packed_steps
@@ -17,7 +19,7 @@ from toolkit.models.gemma import Gemma, flat_state, from_params
 from toolkit.models.lora import LoRAConfig
 from toolkit.train.loop import fit, place_parts, predict_proba
 from toolkit.train.mesh import make_mesh
-from toolkit.train.step import loss_and_logits, make_head, make_train_step, split_model
+from toolkit.train.step import make_head, make_train_step, split_model
 
 FP32 = dict(param_dtype="float32", dtype="float32")
 LORA = LoRAConfig(rank=3, alpha=6.0)

@@ -7,13 +7,15 @@ import optax
 import pytest
 from flax import nnx
 
+from conftest import loss_and_logits
+
 from toolkit.config import TrainConfig
 from toolkit.models.configs import get_config
 from toolkit.models.gemma import Gemma
 from toolkit.models.lora import LoRAConfig
 from toolkit.train.loop import fit, make_optimizer, place_parts, predict_proba
 from toolkit.train.mesh import make_mesh
-from toolkit.train.step import loss_and_logits, make_head, make_score_step, make_train_step, split_model
+from toolkit.train.step import make_head, make_score_step, make_train_step, split_model
 
 CFG = get_config("tiny_gemma2", param_dtype="float32")
 CLASS_IDS = jnp.array([5, 9, 11])

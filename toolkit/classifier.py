@@ -8,8 +8,6 @@ those logits separate the classes. The model loads lazily, on the first
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import tempfile
 import time
@@ -19,17 +17,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from toolkit import saved_files
 from toolkit.config import MeshConfig, TrainConfig
-from toolkit.io_utils import atomic_dir
 from toolkit.data.prompt import PromptEncoder, PromptFormat, class_token_ids
+from toolkit.io_utils import atomic_dir
 from toolkit.models.lora import LoRAConfig
-
-SAVE_FORMAT = "agile-toolkit-classifier/1"
-_META = "classifier.json"
-_LORA = "lora.npz"
-_BASE = "base.npz"
-_TOKENIZER = "tokenizer.spm"
-MODEL_HERE = "."  # classifier.json's "model" when the base weights are the directory itself
 
 
 class PromptFitError(ValueError):
@@ -104,6 +96,9 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
     `train=[{"learning_rate": 1e-3}, {"learning_rate": 5e-4}]`) and `Pipeline`
     work; `classes_` is set by `fit` and `load`.
     """
+
+    saved_kind = "single_label"  # classifier.json's "kind" (toolkit.saved_files.KINDS)
+    saved_fields: tuple[str, ...] = ()  # this kind's own classifier.json keys, passed back to __init__
 
     def __init__(
         self,
@@ -409,13 +404,14 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         if target.exists() and not target.is_dir():
             raise FileExistsError(f"save({str(target)!r}): that is an existing file, not a directory; "
                                   "choose a directory path (the classifier is a folder of files)")
-        if (target.is_dir() and any(target.iterdir()) and not (target / _META).is_file() and not overwrite):
+        if (target.is_dir() and any(target.iterdir()) and not saved_files.is_saved(target) and not overwrite):
             raise FileExistsError(f"save({str(target)!r}): the folder holds files and is not a saved classifier "
-                                  f"(no {_META}); choose an empty or new folder, or pass overwrite=True to replace it")
+                                  f"(no {saved_files.META}); choose an empty or new folder, or pass overwrite=True "
+                                  "to replace it")
         files = self.host_files()  # a collective: every process gathers, only process 0 writes
         if jax.process_index() == 0:
             with atomic_dir(target) as tmp:
-                self.write_files(tmp, files)
+                saved_files.write(self, tmp, files)
         return target
 
     def host_files(self) -> dict[str, Any]:
@@ -433,95 +429,16 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
             files["base"] = {k: np.asarray(v, np.float32) for k, v in to_host(flat_state(model, FROZEN)).items()}
         return files
 
-    def write_files(self, directory: Path, files: dict[str, Any], *, model: str | None = None,
-                    lora: bool = True) -> None:
-        """Write `host_files()` and the metadata into an existing (temporary) directory.
-
-        `model` overrides the recorded base spec ("." means the directory itself, for an
-        export that holds a keras-hub preset with the adapters merged in); `lora=False`
-        leaves the adapters out (they are merged into that preset)."""
-        if lora:
-            np.savez(directory / _LORA, **files["lora"])
-        if files["base"] is not None and model is None:
-            np.savez(directory / _BASE, **files["base"])
-        (directory / _TOKENIZER).write_bytes(self.tokenizer.serialized_proto())
-        spec = model if model is not None else (
-            str(self.model) if isinstance(self.model, (str, os.PathLike)) else None)
-        meta = {
-            "format": SAVE_FORMAT,
-            "labels": list(self.class_names),
-            "model": spec,
-            "lora_merged": not lora,
-            "model_config": self.model_config.to_dict(),
-            "lora": dataclasses.asdict(self.lora_config),
-            "prompt": dataclasses.asdict(self.prompt_format),
-            "verbalizers": self.verbalizer_map,
-            "train": dataclasses.asdict(self.train_config),
-            "max_length": self.max_length,
-            "mesh": dataclasses.asdict(self.mesh_config),
-            "remat": self.remat,
-            "param_dtype": self.param_dtype,
-            "dtype": self.dtype,
-            "history": self.history,
-            **self._extra_meta(),
-        }
-        (directory / _META).write_text(json.dumps(meta, indent=2, default=str))
-
-    def _extra_meta(self) -> dict[str, Any]:
-        return {"kind": "single_label"}
+    def _kind_meta(self) -> dict[str, Any]:
+        """This kind's own classifier.json fields (`saved_fields`)."""
+        return {}
 
     @classmethod
     def load(cls, directory: str | Path, *, progress: bool = True, mesh: Any = None) -> "AgileClassifier":
-        """Rebuild a saved classifier (base weights from its spec or from the directory);
-        `mesh` overrides the saved mesh (a model trained on a pod can score on one CPU)."""
-        from toolkit.models.configs import ModelConfig
-        from toolkit.models.gemma import from_params
-        from toolkit.models.tokenizer import Tokenizer
-
-        from toolkit.saved_files import SavedFileError, read_json, read_npz
-
-        root = Path(directory)
-        meta_path = root / _META
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{root} is not a saved AgileClassifier: {_META} is missing")
-        meta = read_json(meta_path)
-        if meta.get("format") != SAVE_FORMAT:
-            raise SavedFileError(f"{meta_path}: format {meta.get('format')!r} is not {SAVE_FORMAT!r}")
-        try:  # the same range checks as a config's, said of this file
-            lora_cfg = LoRAConfig(**{**meta["lora"], "targets": tuple(meta["lora"]["targets"])})
-            kwargs = dict(lora=lora_cfg, prompt=PromptFormat(**meta["prompt"]), verbalizers=meta["verbalizers"],
-                          train=TrainConfig(**meta["train"]), max_length=meta["max_length"],
-                          param_dtype=meta["param_dtype"], dtype=meta["dtype"], progress=progress,
-                          mesh=mesh if mesh is not None else meta.get("mesh"), remat=meta.get("remat", "none"))
-            labels = _class_names(meta["labels"])
-        except KeyError as e:
-            raise SavedFileError(f"{meta_path}: key {e} is missing; the file is damaged or from another "
-                                 "program: save the classifier again") from None
-        except (TypeError, ValueError) as e:
-            raise SavedFileError(f"{meta_path}: {e}") from None
-        if meta["model"] == MODEL_HERE:  # an export: the base is the keras-hub preset beside classifier.json
-            spec: Any = str(root)
-        elif meta["model"] is not None:
-            spec = meta["model"]
-        else:
-            config = ModelConfig.from_dict(meta["model_config"])
-            base = from_params(config, read_npz(root / _BASE), source=str(root / _BASE))
-            spec = (base, Tokenizer.from_spm(root / _TOKENIZER))
-        kwargs["model"] = spec
-        if meta.get("kind") == "multilabel":
-            from toolkit.multilabel import MultiLabelClassifier
-
-            clf: AgileClassifier = MultiLabelClassifier(meta["categories"], question=meta["question"],
-                                                        labels=meta["labels"], **kwargs)
-        else:
-            clf = cls(labels, **kwargs)
-        clf.history = meta.get("history", [])
-        clf.classes_ = clf._fitted_classes()
-        clf._ensure_model()
-        if meta.get("lora_merged"):  # adapters already in the base: fresh ones (B = 0) change nothing
-            return clf
-        clf._set_lora(read_npz(root / _LORA), source=str(root / _LORA))
-        return clf
+        """Rebuild a saved classifier, of whichever kind it was saved as (base weights from
+        its spec or from the directory); `mesh` overrides the saved mesh (a model trained
+        on a pod can score on one CPU)."""
+        return saved_files.load(directory, progress=progress, mesh=mesh)
 
     def _model(self):
         from flax import nnx

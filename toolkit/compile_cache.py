@@ -20,9 +20,9 @@ def enable_compilation_cache(path: str | Path | None = None, min_compile_seconds
     already configured (e.g. `JAX_COMPILATION_CACHE_DIR`); returns the directory in use."""
     import jax
 
-    from toolkit.weights.gguf import default_cache_dir
+    from toolkit.paths import cache_root
 
     if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(path or default_cache_dir() / "jax-compilation"))
+        jax.config.update("jax_compilation_cache_dir", str(path or cache_root() / "jax-compilation"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
     return jax.config.jax_compilation_cache_dir

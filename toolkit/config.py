@@ -28,6 +28,8 @@ from toolkit.models.lora_config import LoRAConfig
 # uses less memory; "full": recompute each decoder layer in the backward pass (least memory).
 REMAT_POLICIES = ("none", "dots", "full")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# "class": softmax over the class tokens; "lm": the codelab's full-vocabulary loss.
+LOSSES = ("class", "lm")
 # What a run's epochs are scored by (`AgileClassifier.fit` prefixes the validation
 # metrics with "eval_"): the names `checkpoint.best_metric` may take.
 EVAL_METRICS = ("eval_roc_auc", "eval_pr_auc", "eval_f1", "eval_f1_macro", "eval_f1_micro", "eval_accuracy",
@@ -157,7 +159,7 @@ class TrainConfig:
     packing: bool = True
 
     def __post_init__(self) -> None:
-        must(self.loss in ("class", "lm"), "train.loss", self.loss, "class or lm")
+        must(self.loss in LOSSES, "train.loss", self.loss, " or ".join(LOSSES))
         must(self.schedule in ("cosine", "linear", "constant"), "train.schedule", self.schedule,
              "cosine, linear or constant")
         for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "log_every_steps"):

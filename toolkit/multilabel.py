@@ -25,6 +25,9 @@ from toolkit.data.prompt import PromptEncoder
 class MultiLabelClassifier(AgileClassifier):
     """`fit(texts, Y)` with Y an (n, categories) 0/1 matrix; `predict_proba` -> (n, categories)."""
 
+    saved_kind = "multilabel"
+    saved_fields = ("categories", "question")
+
     def __init__(self, categories: Sequence[str], *, question: str = "Is the following text about {category}",
                  labels: Sequence[str] = ("no", "yes"), **kwargs: Any):
         self.categories = categories
@@ -132,5 +135,5 @@ class MultiLabelClassifier(AgileClassifier):
             write_json(Path(out_dir) / "metrics.json", m)
         return m
 
-    def _extra_meta(self) -> dict[str, Any]:
-        return {"kind": "multilabel", "categories": list(self.category_names), "question": self.question}
+    def _kind_meta(self) -> dict[str, Any]:
+        return {"categories": list(self.category_names), "question": self.question}

@@ -60,11 +60,6 @@ class Tracker:
     def active(self) -> bool:
         return self.run is not None
 
-    @property
-    def run_dir(self) -> Path | None:
-        """The run's local directory (holds the `.wandb` log)."""
-        return None if self.run is None else Path(self.run.dir).parent
-
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         if self.run is not None:
             self.run.log({k: v for k, v in metrics.items() if v is not None}, step=step)

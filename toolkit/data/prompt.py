@@ -15,9 +15,10 @@ position (the codelab at length 128 lost 21 of 800 training labels).
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from toolkit.models.tokenizer import Tokenizer
+if TYPE_CHECKING:  # the format itself needs no tokenizer: configs import it without sentencepiece
+    from toolkit.models.tokenizer import Tokenizer
 
 TEXT_SLOT = "{text}"
 
@@ -35,11 +36,6 @@ class PromptFormat:
     def __post_init__(self) -> None:
         if self.template.count(TEXT_SLOT) != 1:
             raise ValueError(f"prompt template must contain {TEXT_SLOT} exactly once: {self.template!r}")
-
-    def render(self, text: str, class_names: Sequence[str]) -> str:
-        """The full prompt as a string (for display and for peers like keras-hub)."""
-        head, tail = self.head_and_tail(class_names)
-        return head + text + tail
 
     def head_and_tail(self, class_names: Sequence[str]) -> tuple[str, str]:
         filled = self.template.replace(TEXT_SLOT, "\0").format(

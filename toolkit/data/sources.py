@@ -621,10 +621,10 @@ DATA_ENV = "AGILE_TOOLKIT_DATA"
 
 
 def default_cache_dir() -> Path:
-    """Where downloads go: $AGILE_TOOLKIT_CACHE/datasets, else ~/.cache/agile-toolkit/datasets."""
-    if os.environ.get("AGILE_TOOLKIT_CACHE"):
-        return Path(os.environ["AGILE_TOOLKIT_CACHE"]).expanduser() / "datasets"
-    return Path.home() / ".cache" / "agile-toolkit" / "datasets"
+    """Where downloads go: the cache root's datasets/."""
+    from toolkit.paths import cache_root
+
+    return cache_root() / "datasets"
 
 
 def data_root_dir(source: str) -> Path | None:

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.export.errors import ExportError
-
-CLASSIFIER_META = "classifier.json"
+from toolkit.saved_files import META as CLASSIFIER_META, is_saved
 
 
 def describe_kinds() -> str:
@@ -23,7 +22,7 @@ def describe_kinds() -> str:
 def classifier_dir(path: Path) -> Path | None:
     """The saved-classifier directory `path` stands for, if any."""
     for candidate in (path, path / "classifier", path / "best"):
-        if (candidate / CLASSIFIER_META).is_file():
+        if is_saved(candidate):
             return candidate
     return None
 

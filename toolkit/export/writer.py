@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit import saved_files
 from toolkit.export.errors import ExportError
 from toolkit.export.keras_files import KERAS_LAYER_NAMES, backbone_spec, causal_lm, write_lora_h5
 from toolkit.io_utils import atomic_dir, remove_stale_temps
@@ -91,7 +92,6 @@ def write_keras_preset(clf: Any, files: dict[str, Any], directory: Path, *, merg
                        dtype: str = "float32") -> None:
     """keras-hub's preset files plus classifier.json; `merge=False` writes the frozen
     base alone (the preset the `lora` format's adapters apply to)."""
-    from toolkit.classifier import MODEL_HERE
     from toolkit.models.gemma import merged_params
 
     model = clf._model()
@@ -100,7 +100,7 @@ def write_keras_preset(clf: Any, files: dict[str, Any], directory: Path, *, merg
                    sequence_length=clf.max_length, dtype=dtype)
     lm.save_to_preset(str(directory))
     del lm
-    clf.write_files(directory, files, model=MODEL_HERE, lora=not merge)
+    saved_files.write(clf, directory, files, model=saved_files.MODEL_HERE, lora=not merge)
 
 
 def _frozen(model: Any) -> dict[str, np.ndarray]:
@@ -129,7 +129,7 @@ def write_lora(clf: Any, files: dict[str, Any], directory: Path) -> None:
     checkpointer.save((directory / ORBAX_DIR).absolute(), tree)
     checkpointer.wait_until_finished()
     checkpointer.close()
-    clf.write_files(directory, files)
+    saved_files.write(clf, directory, files)
     names = [KERAS_LAYER_NAMES[t] for t in lora_cfg.targets]
     base = clf.model_spec if isinstance(clf.model_spec, str) else "base.npz (in this directory)"
     (directory / LORA_JSON).write_text(json.dumps({

@@ -4,7 +4,6 @@ without initialising an accelerator backend."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -45,7 +44,3 @@ class LoRAConfig:
     @property
     def scale(self) -> float:
         return (self.alpha if self.alpha is not None else self.rank) / self.rank
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LoRAConfig":
-        return cls(**d)

@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from toolkit.report import figures
+from toolkit.report.figures import best_per_size_bars, cost_panels, metric_vs_size
 from toolkit.report.collect import best_per_size
 
 _CSS = """
@@ -71,11 +71,11 @@ def write_report(rows: list[dict[str, Any]], facts: dict[str, Any], out: Path, *
     if price_per_device_hour is not None:
         for m in models:
             m["cost"] = m["device_hours"] * price_per_device_hour if m["device_hours"] is not None else None
-    pngs = [figures.metric_vs_size(rows, best, "test_f1", out / "f1_vs_train_size.png"),
-            figures.metric_vs_size(rows, best, "test_roc_auc", out / "roc_auc_vs_train_size.png"),
-            figures.best_per_size_bars(best, "test_f1", out / "best_f1_per_size.png"),
-            figures.best_per_size_bars(best, "test_roc_auc", out / "best_roc_auc_per_size.png"),
-            figures.cost_panels(models, out / "speed_memory_cost.png")]
+    pngs = [metric_vs_size(rows, best, "test_f1", out / "f1_vs_train_size.png"),
+            metric_vs_size(rows, best, "test_roc_auc", out / "roc_auc_vs_train_size.png"),
+            best_per_size_bars(best, "test_f1", out / "best_f1_per_size.png"),
+            best_per_size_bars(best, "test_roc_auc", out / "best_roc_auc_per_size.png"),
+            cost_panels(models, out / "speed_memory_cost.png")]
     img = {p.name: base64.b64encode(p.read_bytes()).decode() for p in pngs}
 
     def image(name: str, alt: str) -> str:

@@ -90,9 +90,6 @@ class Checkpointer:
     def best_step(self) -> int | None:
         return self.manager.best_step()
 
-    def all_steps(self) -> list[int]:
-        return list(self.manager.all_steps())
-
     def read_meta(self, step: int | None = None) -> dict[str, Any]:
         """The JSON side of `step` (default: the latest): step, epoch, history, run config."""
         step = self.latest_step() if step is None else step

@@ -49,8 +49,3 @@ def initialize(cfg: DistributedSection = DistributedSection()) -> bool:
         return True
     return False
 
-
-def is_main_process() -> bool:
-    import jax
-
-    return jax.process_index() == 0

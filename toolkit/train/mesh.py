@@ -82,15 +82,18 @@ def _map_variables(fn: Any, state: nnx.State) -> nnx.State:
                         state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def _spec(v: Any, mesh: Any) -> P:
+    return logical_to_spec(_names(v), v.shape, mesh) if isinstance(v, nnx.Variable) else P()
+
+
 def state_specs(state: nnx.State, mesh: Any) -> nnx.State:
-    """PartitionSpecs for every variable of `state` (abstract or concrete) by the rule table."""
-    return _map_variables(lambda v: logical_to_spec(_names(v), v.shape, mesh)
-                          if isinstance(v, nnx.Variable) else P(), state)
+    """PartitionSpecs for every variable of `state` (abstract or concrete) by the rule table;
+    `mesh` may be abstract (sizes only)."""
+    return _map_variables(lambda v: _spec(v, mesh), state)
 
 
 def state_shardings(state: nnx.State, mesh: Mesh) -> nnx.State:
-    return _map_variables(lambda v: NamedSharding(mesh, logical_to_spec(_names(v), v.shape, mesh)
-                                                  if isinstance(v, nnx.Variable) else P()), state)
+    return _map_variables(lambda v: NamedSharding(mesh, _spec(v, mesh)), state)
 
 
 def place(tree: Any, shardings: Any) -> Any:

@@ -22,10 +22,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from toolkit.models.gemma import Gemma
+from toolkit.config import LOSSES
+from toolkit.models.gemma import FROZEN_FILTER as FROZEN, Gemma
 
-FROZEN = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
-LOSSES = ("class", "lm")
 # The prompt's shared instruction head: {"tokens": (P,) padded, "length": () real length}.
 Head = dict[str, jax.Array]
 
@@ -108,17 +107,6 @@ def row_losses(
         vocab = model.project(last).astype(jnp.float32)
         return optax.softmax_cross_entropy_with_integer_labels(vocab, class_ids[labels]), vocab[..., class_ids]
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-
-
-def loss_and_logits(
-    model: Gemma, batch: dict[str, jax.Array], class_ids: jax.Array, loss: str = "class",
-    head: Head | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """Weighted mean cross-entropy (empty slots weigh 0) and the (examples, classes) logits
-    (flattened over rows and segments)."""
-    ce, logits = row_losses(model, batch, class_ids, loss, head)
-    w = as_segments(batch)["weights"].astype(jnp.float32)
-    return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0), logits.reshape(-1, logits.shape[-1])
 
 
 def make_head(tokens: Sequence[int] | None, multiple: int = 32) -> Head | None:

@@ -27,6 +27,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from gguf.quants import dequantize
 
 from toolkit.models.configs import ModelConfig, get_config, named_configs
+from toolkit.paths import cache_root
 from toolkit.weights.errors import WeightImportError
 
 SUPPORTED_ARCHITECTURES = ("gemma", "gemma2", "gemma3")
@@ -352,10 +353,6 @@ def load_gguf(path: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str, np.n
     return cfg, params
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("AGILE_TOOLKIT_CACHE") or Path.home() / ".cache" / "agile-toolkit")
-
-
 def resolve_gguf(name_or_path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """A local GGUF for a path or a PyPI-packaged model name, assembling it once into the cache.
 
@@ -373,7 +370,7 @@ def resolve_gguf(name_or_path: str | os.PathLike[str], cache_dir: str | os.PathL
             f"{name!r} is neither a GGUF file nor a packaged model; packaged: {', '.join(sorted(PYPI_GGUF_MODELS))}"
         )
     module_name, pip_name, file_name = PYPI_GGUF_MODELS[name]
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     target = cache / file_name
     if target.is_file():
         return target
