@@ -42,9 +42,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 import keras_fixtures as kf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ETHOS = (ROOT.parent / "shared" / "data" / "ethos").resolve()
 # Where the built-in sources' offline copies are found ($AGILE_TOOLKIT_DATA/<source>/):
-# this repository's test bed, unless the caller points elsewhere. Shipped configs name no path.
+# what the caller set, else this repository's test bed. Shipped configs name no path.
+ETHOS = (Path(os.environ.get("AGILE_TOOLKIT_DATA") or ROOT.parent / "shared" / "data") / "ethos").resolve()
 if ETHOS.is_dir():
     os.environ.setdefault("AGILE_TOOLKIT_DATA", str(ETHOS.parent))
 needs_ethos = pytest.mark.skipif(not ETHOS.is_dir(), reason="needs ../shared/data/ethos")
@@ -75,11 +75,14 @@ def loss_and_logits(model, batch, class_ids, loss: str = "class", head=None):
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """The environment for a CLI subprocess: this checkout first on PYTHONPATH, no Ray
-    cluster address and no forced device count inherited from the caller."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    """The environment for a CLI subprocess: this checkout and tests/ first on PYTHONPATH, no
+    Ray cluster address and no forced device count inherited from the caller."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     env.pop("RAY_ADDRESS", None)
     env.pop("XLA_FLAGS", None)
+    # Ray runs its workers at nice 15, so beside two busy pytest workers a trial got ~3% of
+    # a core and the sweeps, the suite's longest path, crawled: here they compete evenly.
+    env["RAY_worker_niceness"] = "0"
     return {**env, **extra}
 
 
@@ -161,6 +164,8 @@ def pytest_collection_modifyitems(config, items):
         groups[item.nodeid] = group = _group(item)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
+        if group in ("ray-head", "ray-own"):
+            item.add_marker(pytest.mark.ray)
     # Longest first (the order xdist hands out work with --no-loadscope-reorder): the Ray
     # groups, then the slow tests, then the rest, each in collection order.
     # A group's tests stay together (a module fixture is then built once, with or without xdist).

@@ -46,6 +46,7 @@ def main() -> int:
     from toolkit.models import layout
     from toolkit.models.lora import LoRAConfig
     from toolkit.train import loop
+    from toolkit.train.callbacks import Callback
     from toolkit.train.mesh import make_mesh, to_host
     from toolkit.train.step import split_model
 
@@ -58,18 +59,12 @@ def main() -> int:
     train = TrainConfig(epochs=2, batch_size=8, learning_rate=1e-3, warmup_ratio=0.0, schedule="constant",
                         log_every_steps=1)
 
-    class Curve:  # a tracker that only keeps the per-step loss
-        active = False
-
+    class Curve(Callback):  # keeps every step's loss
         def __init__(self):
             self.loss = []
 
-        def log(self, metrics, step):
-            if "train/loss" in metrics:
-                self.loss.append(metrics["train/loss"])
-
-        def log_images(self, images, step):
-            pass
+        def on_metrics(self, fit, steps):
+            self.loss.extend(s.metrics["loss"] for s in steps)
 
     results = {}
     for spec in args.meshes.split(","):
@@ -82,7 +77,7 @@ def main() -> int:
         placement = loop.place_parts(split_model(model), mesh, cfg)
         curve = Curve()
         lora, _ = loop.fit(placement, ids, labels, [5, 9], train, max_length=16, progress=False, head=head,
-                           tracker=curve)
+                           callbacks=[curve])
         results[f"{spec}/loss"] = np.array(curve.loss)
         # Adapters by their exchange names (layers.{i}.attn.q_proj.lora_a): one entry per layer.
         flat = {".".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(to_host(lora))}

@@ -47,13 +47,13 @@ def test_best_mode_min_ranks_the_lowest(tmp_path):
 
 @pytest.mark.slow
 def test_export_from_an_orbax_directory_takes_the_best_step(tmp_path):
-    from toolkit.experiment import build_classifier
+    from toolkit.classifier import AgileClassifier
     from toolkit.export.source import from_orbax
     from toolkit.train.loop import make_optimizer
 
     cfg = from_dict(RunConfig, {"model": {"name": "random:tiny_gemma3"}, "classifier": {"labels": ["no", "yes"]},
                                 "checkpoint": {"keep": 1}})
-    clf = build_classifier(cfg, progress=False)
+    clf = AgileClassifier.from_config(cfg, progress=False)
     clf._ensure_model()
     tx, _ = make_optimizer(cfg.train, 100)
     ck = Checkpointer(tmp_path / "ck", cfg.checkpoint)

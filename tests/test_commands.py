@@ -17,7 +17,8 @@ SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scrip
 
 
 def test_every_command_is_a_console_script_and_a_launch_file():
-    assert set(SCRIPTS) == {"agile-train", "agile-sweep", "agile-export", "agile-report", "agile-generate"}
+    assert set(SCRIPTS) == {"agile-train", "agile-sweep", "agile-export", "agile-report", "agile-generate",
+                            "agile-predict"}
     for script, target in SCRIPTS.items():
         module, func = target.split(":")
         assert func == "entry" and module == f"toolkit.commands.{script.removeprefix('agile-')}"
@@ -39,3 +40,11 @@ def test_the_installed_script_runs_and_a_mistake_is_one_line(tmp_path):
                        timeout=120, env=subprocess_env())
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "missing.yaml" in lines[0], r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("module, name", __import__("toolkit.cli").cli.USER_ERRORS)
+def test_every_user_error_the_handler_knows_exists_where_it_looks(module, name):
+    """The handler matches errors by (module, class name): a class that moved would turn a
+    user's one-line mistake back into a 'this is a bug' traceback."""
+    cls = getattr(importlib.import_module(module), name, None)
+    assert isinstance(cls, type) and issubclass(cls, Exception), f"{module}.{name} is gone"

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from test_first_fit_bench import synthetic_ethos
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 
 
 @pytest.mark.slow  # ~100 s of CPU: two of our fits and the keras-hub codelab, each compiling

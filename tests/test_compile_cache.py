@@ -8,13 +8,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 
 PROBE = """
 import json, sys
 import jax
+
 from toolkit.compile_cache import enable_compilation_cache
 used = enable_compilation_cache(min_compile_seconds=float(sys.argv[1]))
 jax.jit(lambda x: x * 2 + 1)(jax.numpy.arange(3.0)).block_until_ready()

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
+
 from toolkit.config import ConfigError, RunConfig, dump_config, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_shipped_ethos_config_loads_with_overrides():

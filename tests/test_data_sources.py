@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 import tensorflow_datasets as tfds
 
+from conftest import ETHOS
+
 from toolkit.data import sources
 from toolkit.data.sources import (
     ETHOS_CATEGORIES,
@@ -27,8 +29,6 @@ from toolkit.data.sources import (
     take_subset,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-ETHOS = SHARED / "data" / "ethos"
 BINARY = "Ethos_Dataset_Binary.csv"
 DEAD_URL = "http://127.0.0.1:9/"  # the discard port: connection refused at once
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 
 HATE = ["you people are vermin", "they should all be thrown out", "go back where you came from"]
 FINE = ["the weather is nice today", "i enjoyed the concert", "our team won the match"]

@@ -137,7 +137,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny_tokenizer, tmp
     from toolkit.models.configs import get_config
     from toolkit.models.gemma import Gemma
     from toolkit.train.checkpoint import Checkpointer
-    from toolkit.train.loop import TrainingDiverged
+    from toolkit.train.callbacks import Checkpointing, TrainingDiverged
 
     base = Gemma(get_config("tiny_gemma3", param_dtype="float32"), rngs=nnx.Rngs(0))
     texts, labels = SPAM * 4, ["a"] * 12
@@ -148,15 +148,17 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny_tokenizer, tmp
                                train={"epochs": 2, "batch_size": 4, "learning_rate": lr})
 
     ckpt = tmp_path / "ckpt"
-    clf(1e-3).fit(texts + HAM, labels + ["in"] * 3, checkpoint_dir=ckpt, checkpoint=CheckpointSection(every_steps=1))
+    def checkpoints(resume=False):
+        return [Checkpointing(Checkpointer(ckpt, CheckpointSection(every_steps=1)), resume=resume)]
+
+    clf(1e-3).fit(texts + HAM, labels + ["in"] * 3, callbacks=checkpoints())
     good = Checkpointer(ckpt).latest_step()
     with pytest.raises(TrainingDiverged, match=rf"last good checkpoint: .*ckpt/{good}.*learning_rate"):
         # Same data and config, a NaN learning rate (set past the config's own range check, which
         # refuses it): resuming from the end, one more epoch diverges.
         c = clf(1e-3).set_params(train={"epochs": 3, "batch_size": 4, "learning_rate": 1e-3})
         object.__setattr__(c.train_config, "learning_rate", float("nan"))
-        c.fit(texts + HAM, labels + ["in"] * 3, checkpoint_dir=ckpt, checkpoint=CheckpointSection(every_steps=1),
-              resume=True)
+        c.fit(texts + HAM, labels + ["in"] * 3, callbacks=checkpoints(resume=True))
     assert Checkpointer(ckpt).latest_step() == good
 
 
@@ -177,13 +179,13 @@ def test_out_of_memory_names_the_knobs():
 
 def test_resume_allows_only_the_listed_changes():
     from toolkit.train.checkpoint import CheckpointError
-    from toolkit.train.loop import _check_same_run
+    from toolkit.experiment import check_same_run
 
     saved = {"train": {"learning_rate": 0.01, "epochs": 3, "eval_batch_size": 16}, "data": {"local_dir": "/a"},
              "lora": {"rank": 2}}
     lower = {**saved, "train": {**saved["train"], "learning_rate": 0.001}, "data": {"local_dir": "/b"}}
-    assert set(_check_same_run(saved, lower, "ckpt")) == {"train.learning_rate: 0.01 -> 0.001",
+    assert set(check_same_run(saved, lower, "ckpt")) == {"train.learning_rate: 0.01 -> 0.001",
                                                           "data.local_dir: '/a' -> '/b'"}
     for changed in ({**saved, "train": {**saved["train"], "epochs": 4}}, {**saved, "lora": {"rank": 4}}):
         with pytest.raises(CheckpointError, match="different config"):
-            _check_same_run(saved, changed, "ckpt")
+            check_same_run(saved, changed, "ckpt")

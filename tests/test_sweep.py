@@ -21,8 +21,10 @@ pytestmark = [needs_ethos, pytest.mark.slow]
 
 
 def _sweep(out: Path, *overrides: str) -> list[str]:
+    # ETHOS from $AGILE_TOOLKIT_DATA (tests/conftest.py); every worker logs its first rows
+    # (tests/agile_test_callbacks.py, on the subprocesses' PYTHONPATH).
     return [sys.executable, str(ROOT / "launch/sweep.py"), "--config", str(ROOT / "sweeps/ci.yaml"),
-            f"output_dir={out}", *overrides]  # ETHOS from $AGILE_TOOLKIT_DATA (tests/conftest.py)
+            f"output_dir={out}", 'callbacks=["agile_test_callbacks:InputLog"]', *overrides]
 
 
 def _results(out: Path) -> dict:

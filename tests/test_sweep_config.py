@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import ETHOS, ROOT, needs_ethos
+
 from toolkit.config import ConfigError
 from toolkit.sweep.config import load_sweep
 
-ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
 
 
@@ -109,10 +110,7 @@ def test_the_driver_side_never_imports_jax():
     assert r.stdout.strip().splitlines()[-1] == "False"
 
 
-ETHOS = ROOT.parent / "shared" / "data" / "ethos"
-
-
-@pytest.mark.skipif(not ETHOS.is_dir(), reason="needs ../shared/data/ethos")
+@needs_ethos
 def test_validation_rows_come_from_the_end_of_the_train_part_and_never_overlap():
     from toolkit.config import DataSection
     from toolkit.data.datasets import load_splits

@@ -10,6 +10,7 @@ from flax import nnx
 from conftest import loss_and_logits
 
 from toolkit.config import TrainConfig
+from toolkit.train.callbacks import Callback
 from toolkit.models.configs import get_config
 from toolkit.models.gemma import Gemma
 from toolkit.models.lora import LoRAConfig
@@ -147,18 +148,19 @@ def test_steps_between_log_points_never_read_from_the_device():
     ids = [[2] + list(rng.integers(20, 400, size=int(rng.integers(4, 12)))) + [7] for _ in range(96)]
     guarded = []
 
-    def guard(step, batch):  # called before step `step + 1` is dispatched
-        if step == 4:  # right after the read at step 4
-            jax.config.update("jax_transfer_guard_device_to_host", "disallow")
-        if step == 7:  # before the 8th step, whose read follows it
-            jax.config.update("jax_transfer_guard_device_to_host", "allow")
-        if 4 < step < 7:
-            guarded.append(step)
+    class Guard(Callback):
+        def on_batch(self, fit, batch):  # called before step `fit.step + 1` is dispatched
+            if fit.step == 4:  # right after the read at step 4
+                jax.config.update("jax_transfer_guard_device_to_host", "disallow")
+            if fit.step == 7:  # before the 8th step, whose read follows it
+                jax.config.update("jax_transfer_guard_device_to_host", "allow")
+            if 4 < fit.step < 7:
+                guarded.append(fit.step)
 
     try:
         _, hist = fit(parts, ids, np.array([i % 2 for i in range(96)]), [5, 9],
                       TrainConfig(epochs=1, batch_size=8, log_every_steps=4), max_length=16, progress=False,
-                      inspect_batch=guard)
+                      callbacks=[Guard()])
     finally:
         jax.config.update("jax_transfer_guard_device_to_host", "allow")
     steps = hist[0]["step"]

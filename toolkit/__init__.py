@@ -24,6 +24,7 @@ _EXPORTS = {
     "LoRAConfig": "toolkit.models.lora",
     "Tokenizer": "toolkit.models.tokenizer",
     "load_pretrained": "toolkit.weights.loader",
+    "predict_file": "toolkit.predict",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -145,6 +145,15 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         self._train_config = self.train if isinstance(self.train, TrainConfig) else TrainConfig(**(self.train or {}))
         self._mesh_config = self.mesh if isinstance(self.mesh, MeshConfig) else MeshConfig(**(self.mesh or {}))
 
+    @classmethod
+    def from_config(cls, cfg: Any, *, progress: bool = True) -> "AgileClassifier":
+        """The classifier a run config (`toolkit.config.RunConfig`) describes: its model,
+        lora, classifier, train and mesh sections; the one place they become arguments."""
+        c = cfg.classifier
+        return cls(c.labels, model=cfg.model.name, lora=cfg.lora, prompt=c.prompt, verbalizers=c.verbalizers,
+                   train=cfg.train, max_length=c.max_length, param_dtype=cfg.model.param_dtype,
+                   dtype=cfg.model.dtype, progress=progress, mesh=cfg.mesh, remat=cfg.model.remat)
+
     def set_params(self, **params: Any) -> "AgileClassifier":
         """scikit-learn's `set_params`; changing anything but `train` or `progress` reloads the
         model at the next fit, and any change forgets the fit."""
@@ -279,62 +288,56 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         eval_texts: Iterable[str] | None = None,
         eval_labels: Iterable[Any] | None = None,
         checkpoint_dir: str | Path | None = None,
-        checkpoint: Any = None,
         resume: bool = False,
-        tracker: Any = None,
-        run_config: dict[str, Any] | None = None,
-        after_epoch: Any = None,
-        inspect_batch: Any = None,
+        callbacks: Sequence[Any] = (),
     ) -> "AgileClassifier":
-        """Train the adapters on (texts, labels); optionally evaluate each epoch.
+        """Train the adapters on (texts, labels); with `eval_texts`, score them after each epoch.
 
-        With `checkpoint_dir`, Orbax checkpoints are written there (policy from
-        `checkpoint`, a `CheckpointSection`) and `resume=True` continues from
-        the latest. A `toolkit.tracking.Tracker` receives losses, learning
-        rate, gradient norm, tokens/s, MFU and each epoch's eval metrics and plots.
-        `after_epoch` / `inspect_batch`: hooks of `toolkit.train.loop.fit` (a sweep
-        trial reports each epoch and its checkpoint to Ray through the first).
-        """
+        With `checkpoint_dir`, Orbax checkpoints are written there each epoch and
+        `resume=True` continues from the latest. `callbacks` (`toolkit.train.callbacks`)
+        add anything else around the steps: W&B tracking (`Tracking`), checkpoints with
+        a policy of their own (`Checkpointing`), a sweep's reports, your own."""
+        from toolkit.train.callbacks import Checkpointing, EpochEval, Tracking
         from toolkit.train.loop import fit
 
-        texts, y = self._checked(texts, labels, "fit(texts, labels)")
-        self._ensure_model()
-        ids = self._encode(texts)
-        on_epoch_end = None
+        ids, y = self._training_rows(texts, labels, "fit(texts, labels)")
+        extra: list[Any] = []
         if eval_texts is not None and self.train_config.eval_every_epoch:
-            e_texts, e_y = self._checked(eval_texts, eval_labels, "fit(eval_texts, eval_labels)")
-            e_ids = self._encode(e_texts)
-
-            def on_epoch_end(epoch: int, lora: Any) -> dict[str, Any]:
-                from toolkit.metrics import classification_metrics
-
-                probs = self._proba_ids(e_ids, lora)
-                m = classification_metrics(e_y, probs, self.class_names)
-                out = {f"eval_{k}": v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
-                if tracker is not None and tracker.active:
-                    out.update(self._eval_images(e_y, probs, m, epoch))
-                return out
-
-        t0 = time.perf_counter()
-        checkpointer = None
+            e_ids, e_y = self._training_rows(eval_texts, eval_labels, "fit(eval_texts, eval_labels)")
+            tracker = next((cb.tracker for cb in callbacks if isinstance(cb, Tracking)), None)
+            extra.append(EpochEval(self._epoch_eval(e_ids, e_y, tracker)))
         if checkpoint_dir is not None:
-            from toolkit.config import CheckpointSection
             from toolkit.train.checkpoint import Checkpointer
 
-            checkpointer = Checkpointer(checkpoint_dir, checkpoint or CheckpointSection())
-        try:
-            self._lora, history = fit(self._placement, ids, y, self.class_ids, self.train_config,
-                                      max_length=self.max_length, pad_id=self.tokenizer.pad_id,
-                                      on_epoch_end=on_epoch_end, progress=self.progress, head=self._head(),
-                                      checkpointer=checkpointer, resume=resume, tracker=tracker,
-                                      run_config=run_config, after_epoch=after_epoch, inspect_batch=inspect_batch)
-        finally:
-            if checkpointer is not None:  # Orbax's threads end here, not at interpreter exit
-                checkpointer.close()
-        self.history = history
+            extra.append(Checkpointing(Checkpointer(checkpoint_dir), resume=resume))
+        t0 = time.perf_counter()
+        self._lora, self.history = fit(self._placement, ids, y, self.class_ids, self.train_config,
+                                       max_length=self.max_length, pad_id=self.tokenizer.pad_id, head=self._head(),
+                                       callbacks=[*extra, *callbacks], progress=self.progress)
         self.fit_seconds = time.perf_counter() - t0
         self.classes_ = self._fitted_classes()
         return self
+
+    def _training_rows(self, texts: Iterable[str], labels: Iterable[Any], what: str) -> tuple[list[list[int]], np.ndarray]:
+        """(token ids after the shared head, class index) per training row; the model is loaded."""
+        texts, y = self._checked(texts, labels, what)
+        self._ensure_model()
+        return self._encode(texts), y
+
+    def _epoch_eval(self, ids: list[list[int]], y: np.ndarray, tracker: Any) -> Any:
+        """`EpochEval`'s function: metrics on held-out rows; their plots go to an active tracker."""
+
+        def evaluate(fit: Any) -> dict[str, Any]:
+            from toolkit.metrics import classification_metrics
+
+            probs = self._proba_ids(ids, fit.lora)
+            m = classification_metrics(y, probs, self.class_names)
+            if tracker is not None and tracker.active:
+                out = Path(tempfile.mkdtemp(prefix=f"agile-eval-{fit.epoch + 1}-"))
+                tracker.log_images({f"eval/{k}": v for k, v in self._plots(y, probs, m, out).items()}, step=fit.step)
+            return {f"eval_{k}": v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
+
+        return evaluate
 
     def _proba_ids(self, ids: list[list[int]], lora: Any) -> np.ndarray:
         from toolkit.train.loop import predict_proba
@@ -353,11 +356,6 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
             pos = self.class_names.index(m["positive"]) if isinstance(m.get("positive"), str) else 1
             paths["roc_curve"] = plot_roc_curve((y == pos).astype(int), probs[:, pos], out / "roc_curve.png")
         return {k: str(v) for k, v in paths.items()}
-
-    def _eval_images(self, y: np.ndarray, probs: np.ndarray, m: dict[str, Any], epoch: int) -> dict[str, str]:
-        """One epoch's eval plots, as the "image/..." entries `fit` hands to the tracker."""
-        out = Path(tempfile.mkdtemp(prefix=f"agile-eval-{epoch + 1}-"))
-        return {f"image/{k}": v for k, v in self._plots(y, probs, m, out).items()}
 
     def predict_proba(self, texts: Iterable[str]) -> np.ndarray:
         """(n, len(labels)) class probabilities: softmax over the class tokens' logits."""
@@ -439,6 +437,21 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         its spec or from the directory); `mesh` overrides the saved mesh (a model trained
         on a pod can score on one CPU)."""
         return saved_files.load(directory, progress=progress, mesh=mesh)
+
+    @property
+    def placement(self) -> Any:
+        """The model's parts on its mesh (`toolkit.train.loop.Placement`); loads the model."""
+        self._ensure_model()
+        return self._placement
+
+    def use_adapters(self, lora: Any, *, history: Sequence[dict[str, Any]] = ()) -> "AgileClassifier":
+        """Score with these trained adapters (a LoRA state of this model, e.g. restored from a
+        run's Orbax checkpoint); the classifier then counts as fitted."""
+        self._ensure_model()
+        self._lora = lora
+        self.history = list(history)
+        self.classes_ = self._fitted_classes()
+        return self
 
     def _model(self):
         from flax import nnx

@@ -26,10 +26,11 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("toolkit.saved_files", "SavedFileError"),
     ("toolkit.train.checkpoint", "CheckpointError"),
     ("toolkit.train.loop", "OutOfMemory"),
-    ("toolkit.train.loop", "TrainingDiverged"),
+    ("toolkit.train.callbacks", "TrainingDiverged"),
     ("toolkit.weights.errors", "WeightImportError"),
     ("toolkit.export.errors", "ExportError"),
     ("toolkit.report.collect", "ReportError"),
+    ("toolkit.predict", "PredictError"),
 )
 
 USER_ERROR_EXIT = 2

@@ -283,6 +283,9 @@ class RunConfig:
     # Replace an existing run dir: the old one is moved aside and deleted once the new
     # run has saved its first checkpoint (a failure before that puts it back).
     overwrite: bool = False
+    # Extra training callbacks, as `module:Name` import paths; each is called with this
+    # config and returns a `toolkit.train.callbacks.Callback` (custom logging, debugging).
+    callbacks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         name = self.name
@@ -291,6 +294,8 @@ class RunConfig:
         must(bool(self.output_dir.strip()), "output_dir", self.output_dir, "a directory path, e.g. runs")
         must(not (self.resume and self.overwrite), "overwrite", self.overwrite,
              "false when resume=true (resume continues the run dir, overwrite replaces it: choose one)")
+        bad = [c for c in self.callbacks if not re.fullmatch(r"[\w.]+:[\w.]+", c)]
+        must(not bad, "callbacks", list(self.callbacks), "import paths module:Name, e.g. my_package.hooks:LogInputs")
         must(self.checkpoint.best_metric in EVAL_METRICS, "checkpoint.best_metric", self.checkpoint.best_metric,
              f"a metric the run scores each epoch: one of {', '.join(EVAL_METRICS)}")
 

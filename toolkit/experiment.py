@@ -7,25 +7,18 @@ the same function, so a trial and a single run can never disagree.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Sequence
 
 from toolkit.config import RunConfig, dump_config
 
-
-def build_classifier(cfg: RunConfig, *, progress: bool = True):
-    from toolkit.classifier import AgileClassifier
-
-    c = cfg.classifier
-    return AgileClassifier(c.labels, model=cfg.model.name, lora=cfg.lora, prompt=c.prompt, verbalizers=c.verbalizers,
-                           train=cfg.train, max_length=c.max_length, param_dtype=cfg.model.param_dtype,
-                           dtype=cfg.model.dtype, progress=progress, mesh=cfg.mesh, remat=cfg.model.remat)
+log = logging.getLogger(__name__)
 
 
 def run_experiment(cfg: RunConfig, *, progress: bool = True, save_model: bool = True,
-                   after_epoch: Callable[..., None] | None = None,
-                   inspect_batch: Callable[..., None] | None = None) -> dict[str, Any]:
+                   callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train and evaluate; writes config.yaml, metrics.json, plots, the misclassified
     table, Orbax checkpoints, a W&B run and (optionally) the classifier into
     `cfg.run_dir`. Every process of a multi-host job runs this; only process 0
@@ -38,8 +31,8 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, save_model: bool = 
 
     Each epoch is evaluated on the validation rows (`data.validation_size`; none
     when it is 0, never the test rows); the final metrics are always on the test
-    rows. `after_epoch` / `inspect_batch` are the training
-    loop's hooks (see `toolkit.train.loop.fit`)."""
+    rows. `callbacks` (`toolkit.train.callbacks`) join the run's own (tracking,
+    checkpoints) and those its config names (`callbacks:`), in that order."""
     from toolkit.train.distributed import initialize
 
     initialize(cfg.distributed)  # before anything touches a device
@@ -59,8 +52,7 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, save_model: bool = 
         try:
             if txn is not None:
                 txn.begin(dump_config(cfg))
-            result = _train_and_evaluate(cfg, clf, splits, txn, progress=progress, save_model=save_model,
-                                         after_epoch=after_epoch, inspect_batch=inspect_batch)
+            result = _train_and_evaluate(cfg, clf, splits, txn, save_model=save_model, callbacks=callbacks)
         except BaseException:
             if txn is not None:
                 txn.rollback()
@@ -89,9 +81,9 @@ def _prepare(cfg: RunConfig, *, progress: bool):
         raise ConfigError(f"mesh: {e}") from None
     splits = load_splits(cfg.data)
     check_split_labels(cfg, splits)
-    clf = build_classifier(cfg, progress=progress)
-    from toolkit.classifier import PromptFitError
+    from toolkit.classifier import AgileClassifier, PromptFitError
 
+    clf = AgileClassifier.from_config(cfg, progress=progress)
     try:
         clf._ensure_model()
     except PromptFitError as e:
@@ -99,6 +91,36 @@ def _prepare(cfg: RunConfig, *, progress: bool):
     if cfg.resume and cfg.checkpoint.enabled:
         check_resume(cfg, ckpt_dir)
     return clf, splits
+
+
+# What must match to continue a run (a new mesh, name or tracker is fine: Orbax reshards).
+_RESUME_KEYS = ("model", "lora", "data", "classifier", "train")
+# ... except these, which change how a run continues or reports, not what it trains on or
+# in what order: a lower learning rate after a divergence, a bigger eval batch, another
+# logging interval, the data's new location. Each change is logged.
+RESUME_MAY_CHANGE = frozenset({"train.learning_rate", "train.eval_batch_size", "train.log_every_steps",
+                               "train.peak_tflops", "data.local_dir", "data.cache_dir"})
+
+
+def check_same_run(saved: dict[str, Any], current: dict[str, Any], where: Any) -> list[str]:
+    """The allowed changes between a checkpoint's run config and this one ("key: old -> new");
+    raises CheckpointError on any other."""
+    if not saved or not current:
+        return []
+    diff = [(f"{section}.{k}", f"{section}.{k}: {saved.get(section, {}).get(k)!r} -> {v!r}")
+            for section in _RESUME_KEYS for k, v in (current.get(section) or {}).items()
+            if saved.get(section, {}).get(k) != v]
+    refused = [text for key, text in diff if key not in RESUME_MAY_CHANGE]
+    if refused:
+        from toolkit.train.checkpoint import CheckpointError
+
+        raise CheckpointError(f"{where} was written by a different config; resuming would not continue the same run "
+                              f"({'; '.join(refused[:5])}). Restore those values or start fresh with resume=false "
+                              f"(only {', '.join(sorted(RESUME_MAY_CHANGE))} may change on resume)")
+    allowed = [text for _, text in diff]
+    if allowed:
+        log.warning("resuming %s with changed settings: %s", where, "; ".join(allowed))
+    return allowed
 
 
 def check_split_labels(cfg: RunConfig, splits: Any) -> None:
@@ -133,7 +155,6 @@ def check_resume(cfg: RunConfig, ckpt_dir: Path) -> None:
     """Refuse a resume whose config differs from the checkpoint's, before anything is written
     (the training loop checks again when it restores)."""
     from toolkit.train.checkpoint import Checkpointer
-    from toolkit.train.loop import _check_same_run
 
     if not ckpt_dir.is_dir() or not any(p.name.isdigit() for p in ckpt_dir.iterdir()):
         return
@@ -142,13 +163,14 @@ def check_resume(cfg: RunConfig, ckpt_dir: Path) -> None:
         meta = ck.read_meta() if ck.latest_step() is not None else {}
     finally:
         ck.close()
-    _check_same_run(meta.get("config") or {}, cfg.to_dict(), ckpt_dir)
+    check_same_run(meta.get("config") or {}, cfg.to_dict(), ckpt_dir)
 
 
-def _train_and_evaluate(cfg: RunConfig, clf: Any, splits: Any, txn: Any, *, progress: bool, save_model: bool,
-                        after_epoch: Callable[..., None] | None,
-                        inspect_batch: Callable[..., None] | None) -> dict[str, Any]:
+def _train_and_evaluate(cfg: RunConfig, clf: Any, splits: Any, txn: Any, *, save_model: bool,
+                        callbacks: Sequence[Any]) -> dict[str, Any]:
     import jax
+
+    from toolkit.train.callbacks import AfterEpoch, Checkpointing, Tracking, from_import_path
 
     from toolkit.io_utils import write_json
     from toolkit.tracking import Tracker
@@ -163,18 +185,22 @@ def _train_and_evaluate(cfg: RunConfig, clf: Any, splits: Any, txn: Any, *, prog
     # (data.validation_size: 0): no per-epoch eval and no ranking; the last step is kept.
     watch = validation if validation is not None else {"text": None, "label": None}
 
-    def epoch_done(record: dict[str, Any], step_dir: Path | None) -> None:
+    def epoch_saved(record: dict[str, Any], step_dir: Path | None) -> None:
         if txn is not None and step_dir is not None and Path(step_dir).is_dir():
             txn.progress_saved()  # a replaced run may go now; a failure keeps this one
-        if after_epoch is not None:
-            after_epoch(record, step_dir)
 
     with Tracker(cfg.tracking, name=cfg.name, directory=out, config=cfg.to_dict(), main_process=main) as tracker:
+        own: list[Any] = [Tracking(tracker, cfg.train.log_every_steps, cfg.train.peak_tflops)]
+        if cfg.checkpoint.enabled:
+            from toolkit.train.checkpoint import Checkpointer
+
+            own.append(Checkpointing(Checkpointer(ckpt_dir, cfg.checkpoint), resume=cfg.resume,
+                                     run_config=cfg.to_dict(), check_same_run=check_same_run))
+        own.append(AfterEpoch(epoch_saved))
+        named = [from_import_path(path)(cfg) for path in cfg.callbacks]
         t0 = time.perf_counter()
         clf.fit(train["text"], train["label"], eval_texts=watch["text"], eval_labels=watch["label"],
-                checkpoint_dir=ckpt_dir if cfg.checkpoint.enabled else None, checkpoint=cfg.checkpoint,
-                resume=cfg.resume, tracker=tracker, run_config=cfg.to_dict(), after_epoch=epoch_done,
-                inspect_batch=inspect_batch)
+                callbacks=[*own, *callbacks, *named])
         fit_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         metrics = clf.evaluate(test["text"], test["label"], out_dir=out if main else None)

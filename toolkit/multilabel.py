@@ -85,31 +85,23 @@ class MultiLabelClassifier(AgileClassifier):
         """ids for every (category, text) pair, category-major."""
         return [ids for enc in self.encoders for ids in enc.encode_all(texts)[0]]
 
-    def fit(self, texts: Iterable[str], labels: Any, *, eval_texts: Iterable[str] | None = None,
-            eval_labels: Any = None) -> "MultiLabelClassifier":
-        from toolkit.train.loop import fit
-
-        texts, _ = self._checked(texts, None, "fit(texts, labels)")
-        y = self._matrix(labels, len(texts), "fit(texts, labels)")
+    def _training_rows(self, texts: Iterable[str], labels: Any, what: str) -> tuple[list[list[int]], np.ndarray]:
+        """One row per (category, text), category-major, labelled 0/1."""
+        texts, _ = self._checked(texts, None, what)
+        y = self._matrix(labels, len(texts), what)
         self._ensure_model()
-        on_epoch_end = None
-        if eval_texts is not None:
-            e_texts, _ = self._checked(eval_texts, None, "fit(eval_texts, eval_labels)")
-            e_y = self._matrix(eval_labels, len(e_texts), "fit(eval_texts, eval_labels)")
-            e_ids = self._expand(e_texts)
+        return self._expand(texts), y.T.reshape(-1)
 
-            def on_epoch_end(epoch: int, lora: Any) -> dict[str, Any]:
-                from toolkit.metrics import multilabel_metrics
+    def _epoch_eval(self, ids: list[list[int]], y: np.ndarray, tracker: Any) -> Any:
+        def evaluate(fit: Any) -> dict[str, Any]:
+            from toolkit.metrics import multilabel_metrics
 
-                probs = self._proba_ids(e_ids, lora)[:, 1].reshape(len(self.category_names), -1).T
-                m = multilabel_metrics(e_y, probs, list(self.category_names))
-                return {f"eval_{k}": v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
+            k = len(self.category_names)
+            probs = self._proba_ids(ids, fit.lora)[:, 1].reshape(k, -1).T
+            m = multilabel_metrics(y.reshape(k, -1).T, probs, list(self.category_names))
+            return {f"eval_{name}": v for name, v in m.items() if isinstance(v, (int, float)) or v is None}
 
-        self._lora, self.history = fit(self._placement, self._expand(texts), y.T.reshape(-1), self.class_ids,
-                                       self.train_config, max_length=self.max_length, pad_id=self.tokenizer.pad_id,
-                                       on_epoch_end=on_epoch_end, progress=self.progress)
-        self.classes_ = self._fitted_classes()
-        return self
+        return evaluate
 
     def predict_proba(self, texts: Iterable[str]) -> np.ndarray:
         """(n, categories): the probability of "yes" for each category."""
@@ -126,6 +118,9 @@ class MultiLabelClassifier(AgileClassifier):
                  positive: Any = None) -> dict[str, Any]:
         from toolkit.metrics import multilabel_metrics
 
+        if positive is not None:
+            raise ValueError(f"evaluate(positive={positive!r}): a multi-label classifier scores each category's "
+                             f"{self.class_names[-1]!r} answer; there is no positive class to choose")
         texts = _as_list(texts)
         y = self._matrix(labels, len(texts), "evaluate(texts, labels)")
         m = multilabel_metrics(y, self.predict_proba(texts), list(self.category_names))

@@ -61,8 +61,8 @@ def from_orbax(directory: Path, *, progress: bool = True) -> tuple[Any, str]:
     """The classifier of a run's best (else latest) Orbax checkpoint, rebuilt from the run
     config the checkpoint carries."""
     from toolkit.config import ConfigError, RunConfig, from_dict
-    from toolkit.experiment import build_classifier
-    from toolkit.train.loop import make_optimizer
+    from toolkit.classifier import AgileClassifier
+    from toolkit.train.loop import new_state
 
     checkpointer = _checkpointer_as_written(directory)
     try:
@@ -76,15 +76,12 @@ def from_orbax(directory: Path, *, progress: bool = True) -> tuple[Any, str]:
         if not meta.get("config"):
             raise ExportError(f"{directory}/{step}: the checkpoint carries no run config, so the model it "
                               "adapts is unknown; export the run's classifier/ directory instead")
-        clf = build_classifier(cfg, progress=progress)
-        clf._ensure_model()
-        tx, _ = make_optimizer(cfg.train, 100)  # the state's structure, whatever the step count
-        like = {"lora": clf._lora, "opt_state": tx.init(clf._lora), "rest": clf._parts.rest}
-        state, _ = checkpointer.restore(like, step)
+        clf = AgileClassifier.from_config(cfg, progress=progress)
+        like, _ = new_state(clf.placement, cfg.train, [1])  # the tree's structure, whatever the step count
+        state, _ = checkpointer.restore(like.tree(), step)
     finally:
         checkpointer.close()
-    clf._lora = state["lora"]
-    clf.history = list(meta.get("history", []))
+    clf.use_adapters(state["lora"], history=meta.get("history", []))
     return clf, f"{directory}/{step}"
 
 

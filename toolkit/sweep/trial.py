@@ -13,8 +13,6 @@ Tune retry, `Tuner.restore`) finds it in Ray's storage.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import shutil
 import socket
 import tempfile
@@ -178,33 +176,13 @@ class _Reporter:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-class _InputLog:
-    """Which rows this process fed at the first step of this session: the evidence
-    that the workers of one trial fed different shards of one global batch."""
-
-    def __init__(self, path: Path, rank: int):
-        self.path, self.rank, self.done = path, rank, False
-
-    def __call__(self, step: int, batch: Any) -> None:
-        if self.done:
-            return
-        import jax
-        import numpy as np
-
-        self.done = True
-        rows = [int(i) for i in np.asarray(batch.index)[np.asarray(batch.weights) > 0]]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps({"rank": self.rank, "process_index": jax.process_index(),
-                                         "process_count": jax.process_count(), "step": step,
-                                         "device_count": jax.device_count(), "rows": rows}))
-
-
 def worker_loop(payload: dict[str, Any]) -> None:
     """Runs on every worker of a trial (one per host)."""
     import ray.train
 
     from toolkit.compile_cache import enable_compilation_cache
     from toolkit.experiment import run_experiment
+    from toolkit.train.callbacks import AfterEpoch
 
     # Trials are fresh processes with the same shapes: later trials and restarted
     # workers read back what an earlier one compiled (the learning rate is optimizer
@@ -222,6 +200,5 @@ def worker_loop(payload: dict[str, Any]) -> None:
         # trial's earlier attempt (the sweep owns it), so continue it rather than be refused.
         run = dataclasses.replace(run, resume=True)
     reporter = _Reporter(rank, run.train.epochs, payload.get("metric"), payload.get("mode", "max"))
-    inputs = _InputLog(run.run_dir / "inputs" / f"rank-{rank}-pid-{os.getpid()}.json", rank)
-    result = run_experiment(run, progress=False, after_epoch=reporter.epoch, inspect_batch=inputs)
+    result = run_experiment(run, progress=False, callbacks=[AfterEpoch(reporter.epoch)])
     reporter.final(result)

@@ -3,13 +3,14 @@
 One loop for every scale. The model arrives already placed on a mesh (one
 CPU device, a GPU host or a pod); each process builds only its own rows of
 every global batch, and `jax.make_array_from_process_local_data` joins them.
-Per step the Python side moves the next numpy batch in and reads back four
-replicated scalars (the NaN guard needs them); everything else is inside the
-jitted step of `step.py`.
+Per step the Python side moves the next numpy batch in; metrics stay on device
+until a callback's read point. Everything else is inside the jitted step of
+`step.py`, and everything around the steps (evaluation, tracking, checkpoints
+and resume, reports) is a callback of `toolkit.train.callbacks`.
 
-Checkpoints (when a `Checkpointer` is given) hold everything needed to
-continue bit-exactly: LoRA params, optimizer state, RNG streams, the step and
-the data position, whose epoch is rebuilt with the same seed and fast-forwarded.
+A resumed fit continues bit-exactly: the `Checkpointing` callback restores LoRA
+params, optimizer state, RNG streams, the step and the data position, whose
+epoch is rebuilt here with the same seed and fast-forwarded.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
@@ -30,14 +30,11 @@ from toolkit.config import TrainConfig
 from toolkit.data import packing as packing_lib
 from toolkit.data.pipeline import make_epoch, make_packed_epoch, num_batches, packed_steps, sorted_batches
 from toolkit.train import mesh as mesh_lib
+from toolkit.train.callbacks import Callback, DivergenceGuard, FitState, Progress, StepMetrics
 from toolkit.train.flops import mfu, train_flops_per_token
 from toolkit.train.step import ModelParts, StepShardings, make_head, make_score_step, make_train_step
 
 log = logging.getLogger(__name__)
-
-
-class TrainingDiverged(FloatingPointError):
-    """The loss became NaN/Inf; the message names the step and the last good checkpoint."""
 
 
 class OutOfMemory(MemoryError):
@@ -153,35 +150,6 @@ def _check_batch(cfg: TrainConfig, dp: int) -> None:
                          f"use a batch_size that is a multiple of {dp * cfg.grad_accum_steps}")
 
 
-# What must match to continue a run (a new mesh, name or tracker is fine: Orbax reshards).
-_RESUME_KEYS = ("model", "lora", "data", "classifier", "train")
-# ... except these, which change how a run continues or reports, not what it trains on or
-# in what order: a lower learning rate after a divergence, a bigger eval batch, another
-# logging interval, the data's new location. Each change is logged.
-RESUME_MAY_CHANGE = frozenset({"train.learning_rate", "train.eval_batch_size", "train.log_every_steps",
-                               "train.peak_tflops", "data.local_dir", "data.cache_dir"})
-
-
-def _check_same_run(saved: dict[str, Any], current: dict[str, Any], where: Any) -> list[str]:
-    """The allowed changes ("key: old -> new"); raises on any other."""
-    if not saved or not current:
-        return []
-    diff = [(f"{section}.{k}", f"{section}.{k}: {saved.get(section, {}).get(k)!r} -> {v!r}")
-            for section in _RESUME_KEYS for k, v in (current.get(section) or {}).items()
-            if saved.get(section, {}).get(k) != v]
-    refused = [text for key, text in diff if key not in RESUME_MAY_CHANGE]
-    if refused:
-        from toolkit.train.checkpoint import CheckpointError
-
-        raise CheckpointError(f"{where} was written by a different config; resuming would not continue the same run "
-                              f"({'; '.join(refused[:5])}). Restore those values or start fresh with resume=false "
-                              f"(only {', '.join(sorted(RESUME_MAY_CHANGE))} may change on resume)")
-    allowed = [text for _, text in diff]
-    if allowed:
-        log.warning("resuming %s with changed settings: %s", where, "; ".join(allowed))
-    return allowed
-
-
 def _device_batch(b, placement: Placement, global_rows: int) -> dict[str, jax.Array]:
     if hasattr(b, "segment_ids"):
         local = b.device_dict()
@@ -194,6 +162,25 @@ def _real_tokens(b) -> int:
     return b.real_tokens if hasattr(b, "segment_ids") else int(b.lengths.sum())
 
 
+def new_state(placement: Placement, cfg: TrainConfig, steps_per_epoch: Sequence[int]
+              ) -> tuple[FitState, optax.GradientTransformation]:
+    """A fresh fit's state (copies of the adapters and RNG streams, a new optimizer state,
+    every step's learning rate) and its optimizer: also the structure a checkpoint of
+    this model restores into."""
+    total = sum(steps_per_epoch)
+    tx, schedule = make_optimizer(cfg, total)
+    lora = jax.tree.map(jnp.copy, placement.parts.lora)  # the step donates its inputs
+    opt_shardings = mesh_lib.like_shardings(jax.eval_shape(tx.init, lora), lora, placement.shardings.lora,
+                                            placement.mesh)
+    state = FitState(lora=lora, opt_state=jax.jit(tx.init, out_shardings=opt_shardings)(lora),
+                     rest=jax.tree.map(jnp.copy, placement.parts.rest), total_steps=total,
+                     steps_per_epoch=list(steps_per_epoch),
+                     # The learning rate of every step, computed once: no eager device op per step.
+                     learning_rates=np.asarray(jax.device_get(jax.vmap(schedule)(jnp.arange(total + 1))), np.float64),
+                     device_kind=jax.devices()[0].device_kind, num_devices=jax.device_count())
+    return state, tx
+
+
 def fit(
     placement: Placement,
     ids: Sequence[Sequence[int]],
@@ -203,26 +190,16 @@ def fit(
     *,
     max_length: int,
     pad_id: int = 0,
-    on_epoch_end: Callable[[int, Any], dict[str, Any]] | None = None,
-    progress: bool = True,
     head: Sequence[int] | None = None,
-    checkpointer: Any = None,
-    resume: bool = False,
-    tracker: Any = None,
-    run_config: dict[str, Any] | None = None,
-    after_epoch: Callable[[dict[str, Any], Path | None], None] | None = None,
-    inspect_batch: Callable[[int, Any], None] | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = True,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Train the adapters; returns (final LoRA state, per-epoch history).
 
-    `on_epoch_end(epoch, lora)` may evaluate and return metrics to record;
-    keys starting with "image/" are PNG paths for the tracker. With `head`,
-    `ids` are each example's tokens after that shared prefix. With `resume`,
-    training continues from `checkpointer`'s latest checkpoint.
-    `after_epoch(record, step_dir)` runs on every process once the epoch's
-    checkpoint is on disk (a sweep reports both to Ray); `inspect_batch(step, batch)`
-    sees each of this process's batches before its step (input debugging).
-    """
+    With `head`, `ids` are each example's tokens after that shared prefix. Everything
+    around the steps (evaluation, tracking, checkpoints and resume, reports) is a
+    callback (`toolkit.train.callbacks`), run in the given order after the divergence
+    guard and the progress bar."""
     parts, mesh = placement.parts, placement.mesh
     lengths = [len(x) for x in ids]
     if cfg.packing:
@@ -235,141 +212,105 @@ def fit(
         _check_batch(cfg, placement.dp)
         epoch_steps = [num_batches(lengths, cfg.batch_size, max_length)] * cfg.epochs
         global_rows = cfg.batch_size
-    total = sum(epoch_steps)
-    tx, schedule = make_optimizer(cfg, total)
-    lora = jax.tree.map(jnp.copy, parts.lora)  # the step donates its inputs
-    rest = jax.tree.map(jnp.copy, parts.rest)
-    opt_shardings = mesh_lib.like_shardings(jax.eval_shape(tx.init, lora), lora, placement.shardings.lora, mesh)
-    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(lora)
-    shardings = placement.shardings._replace(opt_state=opt_shardings)
+    state, tx = new_state(placement, cfg, epoch_steps)
+    shardings = placement.shardings._replace(opt_state=jax.tree.map(lambda x: x.sharding, state.opt_state))
     step_fn = _oom_guard(make_train_step(parts.train_graph, tx, cfg.loss, accum_steps=cfg.grad_accum_steps,
                                          shardings=shardings), cfg, mesh)
     class_arr, head_arg = jnp.asarray(class_ids, jnp.int32), make_head(head)
     slice_index, slice_count = mesh_lib.process_rows(mesh, global_rows)
-    main = jax.process_index() == 0
-    history: list[dict[str, Any]] = []
-    step, start_epoch, skip = 0, 0, 0
-    if resume and checkpointer is not None and checkpointer.latest_step() is not None:
-        state, meta = checkpointer.restore({"lora": lora, "opt_state": opt_state, "rest": rest})
-        _check_same_run(meta.get("config") or {}, run_config or {}, checkpointer.directory)
-        lora, opt_state, rest = state["lora"], _config_hyperparams(state["opt_state"], cfg), state["rest"]
-        step, start_epoch, skip = int(meta["step"]), int(meta["epoch"]), int(meta["batch_in_epoch"])
-        history = list(meta.get("history", []))
-    device_kind, n_dev = jax.devices()[0].device_kind, jax.device_count()
+    callbacks = [DivergenceGuard(), Progress(cfg.log_every_steps, progress and jax.process_index() == 0),
+                 *callbacks]
+    try:
+        for cb in callbacks:
+            cb.on_fit_start(state)
+        # The config, not a restored checkpoint, says how to continue (a lower rate after a divergence).
+        state.opt_state = _config_hyperparams(state.opt_state, cfg)
+        start_epoch, skip = state.epoch, state.batch_in_epoch
+        for epoch in range(start_epoch, cfg.epochs):
+            state.epoch = epoch
+            _run_epoch(state, step_fn, placement, ids, labels, class_arr, head_arg, cfg, callbacks,
+                       shape=shape if cfg.packing else None, max_length=max_length, pad_id=pad_id,
+                       global_rows=global_rows, slice_index=slice_index, slice_count=slice_count,
+                       skip=skip if epoch == start_epoch else 0, head_length=len(head or ()))
+        state.epoch = cfg.epochs
+    finally:
+        for cb in callbacks:
+            cb.close()
+    return state.lora, state.history
 
-    def save(epoch: int, batch_in_epoch: int, metrics: dict[str, Any] | None = None) -> None:
-        if checkpointer is None:
+
+def _run_epoch(state: FitState, step_fn: Callable, placement: Placement, ids: Sequence[Sequence[int]],
+               labels: np.ndarray, class_arr: jax.Array, head_arg: Any, cfg: TrainConfig,
+               callbacks: Sequence[Callback], *, shape: Any, max_length: int, pad_id: int, global_rows: int,
+               slice_index: int, slice_count: int, skip: int, head_length: int) -> None:
+    """One epoch's steps, its reads and its record (appended to `state.history`)."""
+    epoch = state.epoch
+    state.batch_in_epoch = skip
+    if shape is not None:
+        batches = make_packed_epoch(ids, labels, shape, epoch=epoch, seed=cfg.seed, pad_id=pad_id,
+                                    process_index=slice_index, process_count=slice_count, skip_batches=skip)
+    else:
+        batches = make_epoch(ids, labels, batch_size=cfg.batch_size, max_length=max_length, epoch=epoch,
+                             seed=cfg.seed, shuffle=True, pad_id=pad_id, process_index=slice_index,
+                             process_count=slice_count, skip_batches=skip)
+    t0, tokens0, flops0 = time.perf_counter(), state.tokens, state.flops
+    sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    # Steps dispatched but not yet read: (step, this process's real tokens, device metrics).
+    # Metrics stay on device until a callback's read point (or the epoch's end), so the
+    # host never waits on step n before dispatching n+1 and builds the next batch while
+    # the step runs. The divergence guard sees each step at the next read, before any
+    # checkpoint could keep a diverged state.
+    pending: list[tuple[int, int, dict[str, jax.Array]]] = []
+    reads = 0
+
+    def read() -> None:
+        nonlocal reads
+        if not pending:
             return
-        meta = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "history": history,
-                "config": run_config or {}}
-        checkpointer.save(step, {"lora": lora, "opt_state": opt_state, "rest": rest}, meta, metrics)
+        reads += 1
+        host = mesh_lib.to_host([m for *_, m in pending])
+        steps = []
+        for (at, local_tokens, _), hm in zip(pending, host):
+            m = {k: float(v) for k, v in hm.items()}
+            steps.append(StepMetrics(at, m))
+            sums["loss"] += m["loss"] * m["count"]
+            sums["correct"] += m["correct"]
+            sums["count"] += m["count"]
+            # Tokens of every process's rows (one global batch) and the FLOPs they cost.
+            real = local_tokens * slice_count + head_length * int(m["count"])
+            ctx = real / max(m["count"], 1)
+            state.tokens += real
+            state.flops += train_flops_per_token(placement.model_config, ctx) * real if placement.model_config else 0.0
+        pending.clear()
+        for cb in callbacks:
+            cb.on_metrics(state, steps)
 
-    def last_good() -> str:
-        if checkpointer is None or checkpointer.latest_step() is None:
-            return "no checkpoint was written"
-        return f"last good checkpoint: {checkpointer.directory}/{checkpointer.latest_step()}"
-
-    bar = tqdm(total=total, initial=step, unit="step", disable=not (progress and main), dynamic_ncols=True,
-               desc="train")
-    # The learning rate of every step, computed once: no eager device op per step.
-    lrs = np.asarray(jax.device_get(jax.vmap(schedule)(jnp.arange(total + 1))), np.float64)
-    for epoch in range(start_epoch, cfg.epochs):
-        t0, tokens_seen, flops_seen = time.perf_counter(), 0, 0.0
-        window_t, window_tokens, window_flops = time.perf_counter(), 0, 0.0
-        sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-        batch_in_epoch = skip if epoch == start_epoch else 0
-        if cfg.packing:
-            batches = make_packed_epoch(ids, labels, shape, epoch=epoch, seed=cfg.seed, pad_id=pad_id,
-                                        process_index=slice_index, process_count=slice_count,
-                                        skip_batches=batch_in_epoch)
-        else:
-            batches = make_epoch(ids, labels, batch_size=cfg.batch_size, max_length=max_length, epoch=epoch,
-                                 seed=cfg.seed, shuffle=True, pad_id=pad_id, process_index=slice_index,
-                                 process_count=slice_count, skip_batches=batch_in_epoch)
-        steps_per_epoch = epoch_steps[epoch]
-        # Steps dispatched but not yet read: (step, this process's real tokens, device metrics).
-        # Metrics stay on device until a read point (every `log_every_steps`, a checkpoint,
-        # the epoch's end), so the host never waits on step n before dispatching n+1 and
-        # builds the next batch while the step runs. The NaN guard sees each step at the
-        # next read, before any checkpoint could keep a diverged state.
-        pending: list[tuple[int, int, dict[str, jax.Array]]] = []
-        reads = 0
-
-        def read() -> dict[str, float]:
-            nonlocal tokens_seen, flops_seen, window_tokens, window_flops, reads
-            last: dict[str, float] = {}
-            reads += bool(pending)
-            host = mesh_lib.to_host([m for *_, m in pending])
-            for (at, local_tokens, _), hm in zip(pending, host):
-                m = {k: float(v) for k, v in hm.items()}
-                if not np.isfinite(m["loss"]) or not m["params_finite"]:
-                    bar.close()
-                    what = (f"loss became {m['loss']}" if not np.isfinite(m["loss"])
-                            else "the LoRA update became NaN/Inf")
-                    raise TrainingDiverged(f"{what} at epoch {epoch + 1}, step {at}; {last_good()}. "
-                                           "Lower train.learning_rate or train.grad_clip, or check the data.")
-                sums["loss"] += m["loss"] * m["count"]
-                sums["correct"] += m["correct"]
-                sums["count"] += m["count"]
-                # Tokens of every process's rows (one global batch) and the FLOPs they cost.
-                real = local_tokens * slice_count + (len(head or ()) * int(m["count"]))
-                ctx = real / max(m["count"], 1)
-                flops = train_flops_per_token(placement.model_config, ctx) * real if placement.model_config else 0.0
-                tokens_seen += real
-                flops_seen += flops
-                window_tokens += real
-                window_flops += flops
-                last = m
-            if pending:
-                bar.update(len(pending))
-                bar.set_postfix(epoch=epoch + 1, loss=f"{last['loss']:.4f}", lr=f"{lrs[pending[-1][0]]:.2e}")
-            pending.clear()
-            return last
-
-        for b in batches:
-            if inspect_batch is not None:
-                inspect_batch(step, b)
-            lora, opt_state, rest, m = step_fn(lora, opt_state, parts.frozen, rest,
-                                               _device_batch(b, placement, global_rows), class_arr, head_arg)
-            step += 1
-            batch_in_epoch += 1
-            pending.append((step, _real_tokens(b), m))
-            log_now = step % cfg.log_every_steps == 0 or step == total
-            save_now = bool(checkpointer is not None and checkpointer.cfg.every_steps
-                            and step % checkpointer.cfg.every_steps == 0 and batch_in_epoch < steps_per_epoch)
-            if not (log_now or save_now or batch_in_epoch == steps_per_epoch):
-                continue
-            m = read()
-            if tracker is not None and log_now:
-                dt = max(time.perf_counter() - window_t, 1e-9)
-                tracker.log({"train/loss": m["loss"], "train/learning_rate": float(lrs[step]),
-                             "train/grad_norm": m["grad_norm"], "train/tokens_per_s": window_tokens / dt,
-                             "train/mfu": mfu(window_flops / dt, device_kind, n_dev, cfg.peak_tflops),
-                             "train/epoch": epoch + batch_in_epoch / max(steps_per_epoch, 1)}, step=step)
-                window_t, window_tokens, window_flops = time.perf_counter(), 0, 0.0
-            if save_now:
-                save(epoch, batch_in_epoch)
-        read()
-        dt = time.perf_counter() - t0
-        record = {"epoch": epoch + 1, "step": step, "train_loss": sums["loss"] / max(sums["count"], 1),
-                  "train_accuracy": sums["correct"] / max(sums["count"], 1), "epoch_seconds": dt,
-                  "tokens_per_s": tokens_seen / max(dt, 1e-9),
-                  "mfu": mfu(flops_seen / max(dt, 1e-9), device_kind, n_dev, cfg.peak_tflops),
-                  "host_reads": reads}
-        images: dict[str, Any] = {}
-        if on_epoch_end is not None:
-            extra = on_epoch_end(epoch, lora) or {}
-            images = {k[len("image/"):]: v for k, v in extra.items() if k.startswith("image/")}
-            record.update({k: v for k, v in extra.items() if not k.startswith("image/")})
-        history.append(record)
-        if tracker is not None:
-            tracker.log({f"epoch/{k}": v for k, v in record.items() if k not in ("epoch", "step")}, step=step)
-            tracker.log_images({f"eval/{k}": v for k, v in images.items()}, step=step)
-        save(epoch + 1, 0, record)
-        if after_epoch is not None:
-            after_epoch(record, checkpointer.directory / str(step) if checkpointer is not None else None)
-    bar.close()
-    return lora, history
+    steps_here = state.steps_per_epoch[epoch]
+    for b in batches:
+        for cb in callbacks:
+            cb.on_batch(state, b)
+        state.lora, state.opt_state, state.rest, m = step_fn(
+            state.lora, state.opt_state, placement.parts.frozen, state.rest,
+            _device_batch(b, placement, global_rows), class_arr, head_arg)
+        state.step += 1
+        state.batch_in_epoch += 1
+        pending.append((state.step, _real_tokens(b), m))
+        due = [cb for cb in callbacks if cb.every and (state.step % cb.every == 0 or state.step == state.total_steps)]
+        if due or state.batch_in_epoch == steps_here:
+            read()
+        for cb in due:
+            cb.on_step(state)
+    read()
+    dt = time.perf_counter() - t0
+    record = {"epoch": epoch + 1, "step": state.step, "train_loss": sums["loss"] / max(sums["count"], 1),
+              "train_accuracy": sums["correct"] / max(sums["count"], 1), "epoch_seconds": dt,
+              "tokens_per_s": (state.tokens - tokens0) / max(dt, 1e-9),
+              "mfu": mfu((state.flops - flops0) / max(dt, 1e-9), state.device_kind, state.num_devices,
+                         cfg.peak_tflops),
+              "host_reads": reads}
+    state.history.append(record)
+    for cb in callbacks:
+        cb.on_epoch_end(state, record)
 
 
 def predict_proba(
