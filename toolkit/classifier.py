@@ -133,6 +133,9 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         self.remat = remat
         self.zero_shot = zero_shot
         self.history: list[dict[str, Any]] = []
+        # The operating point chosen by `tune_threshold` ({"threshold", "positive", the target,
+        # precision / recall / f1 on the tuning rows}); None: the most probable class wins.
+        self.threshold_: dict[str, Any] | None = None
         self._loaded = False
         self._derive()
 
@@ -162,6 +165,7 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         if set(params) - {"train", "progress"}:
             self._loaded = False
         self.__dict__.pop("classes_", None)
+        self.threshold_ = None
         return self
 
     # The typed views of the arguments: what the rest of the toolkit reads.
@@ -316,6 +320,7 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
                                        callbacks=[*extra, *callbacks], progress=self.progress)
         self.fit_seconds = time.perf_counter() - t0
         self.classes_ = self._fitted_classes()
+        self.threshold_ = None  # chosen for the adapters it was tuned with
         return self
 
     def _training_rows(self, texts: Iterable[str], labels: Iterable[Any], what: str) -> tuple[list[list[int]], np.ndarray]:
@@ -347,14 +352,21 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
                              head=self._head(), packing=self.train_config.packing)
 
     def _plots(self, y: np.ndarray, probs: np.ndarray, m: dict[str, Any], out: Path) -> dict[str, str]:
-        """confusion_matrix.png (+ roc_curve.png for two classes) in `out`; {name: path}."""
-        from toolkit.plots import plot_confusion_matrix, plot_roc_curve
+        """confusion_matrix.png (+ roc_curve.png and pr_curve.png, the threshold's point marked,
+        for two classes) in `out`; {name: path}."""
+        from toolkit.plots import plot_confusion_matrix, plot_pr_curve, plot_roc_curve
 
         paths = {"confusion_matrix": plot_confusion_matrix(np.array(m["confusion_matrix"]), list(self.class_names),
                                                            out / "confusion_matrix.png")}
         if len(self.class_names) == 2:
             pos = self.class_names.index(m["positive"]) if isinstance(m.get("positive"), str) else 1
-            paths["roc_curve"] = plot_roc_curve((y == pos).astype(int), probs[:, pos], out / "roc_curve.png")
+            is_pos = (y == pos).astype(int)
+            paths["roc_curve"] = plot_roc_curve(is_pos, probs[:, pos], out / "roc_curve.png")
+            point = None
+            if m.get("threshold") is not None:
+                pc = m["per_class"][self.class_names[pos]]
+                point = (pc["recall"] or 0.0, pc["precision"] or 0.0, f"threshold {m['threshold']:.3f}")
+            paths["pr_curve"] = plot_pr_curve(is_pos, probs[:, pos], out / "pr_curve.png", point=point)
         return {k: str(v) for k, v in paths.items()}
 
     def predict_proba(self, texts: Iterable[str]) -> np.ndarray:
@@ -365,8 +377,37 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         return self._proba_ids(self._encode(texts), self._lora)
 
     def predict(self, texts: Iterable[str]) -> np.ndarray:
-        """The most probable class name per text (an array of the labels' type, like `classes_`)."""
-        return np.asarray(self.class_names)[self.predict_proba(texts).argmax(-1)]
+        """The class name per text (an array of the labels' type, like `classes_`): the most
+        probable one, or, once `tune_threshold` has chosen one, the positive class wherever
+        its probability reaches the threshold."""
+        return np.asarray(self.class_names)[self._decide(self.predict_proba(texts))]
+
+    def _decide(self, probs: np.ndarray) -> np.ndarray:
+        if self.threshold_ is None:
+            return probs.argmax(-1)
+        pos = self.class_names.index(self.threshold_["positive"])
+        return np.where(probs[:, pos] >= self.threshold_["threshold"], pos, 1 - pos)
+
+    def tune_threshold(self, texts: Iterable[str], labels: Iterable[Any], *, target_precision: float | None = None,
+                       target_recall: float | None = None, metric: str | None = None,
+                       positive: str | int | None = None) -> dict[str, Any]:
+        """Choose the operating point on labelled rows the adapters did not train on (a
+        validation split): exactly one of `target_precision`, `target_recall` or
+        `metric="f1"` (binary classifiers; `positive` defaults to the second label).
+        `predict`, `evaluate`, `save` and `agile-predict` then use it. Returns the
+        threshold with its precision / recall / F1 on these rows."""
+        from toolkit.metrics import _resolve_positive
+        from toolkit.threshold import choose_threshold
+
+        if len(self.class_names) != 2:
+            raise ValueError(f"tune_threshold: a threshold needs two classes, not {len(self.class_names)}")
+        texts, y = self._checked(texts, labels, "tune_threshold(texts, labels)")
+        pos = _resolve_positive(positive, list(self.class_names))
+        probs = self.predict_proba(texts)
+        info = choose_threshold(y == pos, probs[:, pos], target_precision=target_precision,
+                                target_recall=target_recall, metric=metric)
+        self.threshold_ = {**info, "positive": self.class_names[pos]}
+        return dict(self.threshold_)
 
     def evaluate(self, texts: Iterable[str], labels: Iterable[Any], *, out_dir: str | Path | None = None,
                  positive: str | int | None = None) -> dict[str, Any]:
@@ -376,7 +417,9 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
 
         texts, y = self._checked(texts, labels, "evaluate(texts, labels)")
         probs = self.predict_proba(texts)
-        m = classification_metrics(y, probs, self.class_names, positive=positive)
+        t = self.threshold_
+        m = classification_metrics(y, probs, self.class_names, positive=t["positive"] if t else positive,
+                                   threshold=t["threshold"] if t else None)
         if out_dir is not None:
             from toolkit.io_utils import write_json
             from toolkit.plots import write_misclassified

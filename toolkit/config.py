@@ -116,13 +116,36 @@ class DataSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class ThresholdSection:
+    """The operating point a run chooses on its validation rows (exactly one target):
+    `target_precision` (the most recall at that precision), `target_recall` (the most
+    precision at that recall) or `metric: f1`. Binary classifiers only."""
+
+    target_precision: float | None = None
+    target_recall: float | None = None
+    metric: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("target_precision", "target_recall", "metric") if getattr(self, k) is not None]
+        must(len(given) == 1, "classifier.threshold", dataclasses.asdict(self),
+             "exactly one of target_precision, target_recall or metric, e.g. {target_precision: 0.9}")
+        for key in ("target_precision", "target_recall"):
+            value = getattr(self, key)
+            must(value is None or (_number(value) and 0 < value <= 1), f"classifier.threshold.{key}", value,
+                 "a number in (0, 1], e.g. 0.9")
+        must(self.metric in (None, "f1"), "classifier.threshold.metric", self.metric, "f1")
+
+
+@dataclasses.dataclass(frozen=True)
 class ClassifierSection:
-    """The classes, the single token standing for each (`verbalizers`), and the prompt."""
+    """The classes, the single token standing for each (`verbalizers`), the prompt, and
+    optionally the operating point to choose on the validation rows (`threshold`)."""
 
     labels: tuple[str, ...] = ("no", "yes")
     verbalizers: dict[str, str] | None = None
     prompt: PromptFormat = PromptFormat()
     max_length: int = 256
+    threshold: ThresholdSection | None = None
 
     def __post_init__(self) -> None:
         labels = [str(v) for v in self.labels]
@@ -296,6 +319,11 @@ class RunConfig:
              "false when resume=true (resume continues the run dir, overwrite replaces it: choose one)")
         bad = [c for c in self.callbacks if not re.fullmatch(r"[\w.]+:[\w.]+", c)]
         must(not bad, "callbacks", list(self.callbacks), "import paths module:Name, e.g. my_package.hooks:LogInputs")
+        must(self.classifier.threshold is None or len(self.classifier.labels) == 2, "classifier.threshold",
+             self.classifier.threshold, "unset for more than two classes (a threshold splits two)")
+        must(self.classifier.threshold is None or self.data.validation_size > 0, "classifier.threshold",
+             self.classifier.threshold, "set with data.validation_size > 0: it is chosen on validation rows, "
+             "never on the test rows")
         must(self.checkpoint.best_metric in EVAL_METRICS, "checkpoint.best_metric", self.checkpoint.best_metric,
              f"a metric the run scores each epoch: one of {', '.join(EVAL_METRICS)}")
 

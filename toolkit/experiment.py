@@ -7,6 +7,7 @@ the same function, so a trial and a single run can never disagree.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -202,6 +203,10 @@ def _train_and_evaluate(cfg: RunConfig, clf: Any, splits: Any, txn: Any, *, save
         clf.fit(train["text"], train["label"], eval_texts=watch["text"], eval_labels=watch["label"],
                 callbacks=[*own, *callbacks, *named])
         fit_s = time.perf_counter() - t0
+        threshold = None
+        if cfg.classifier.threshold is not None:  # chosen on validation rows; the test rows are scored at it
+            threshold = clf.tune_threshold(validation["text"], validation["label"],
+                                           **dataclasses.asdict(cfg.classifier.threshold))
         t0 = time.perf_counter()
         metrics = clf.evaluate(test["text"], test["label"], out_dir=out if main else None)
         eval_s = time.perf_counter() - t0
@@ -213,10 +218,11 @@ def _train_and_evaluate(cfg: RunConfig, clf: Any, splits: Any, txn: Any, *, save
             "fit_seconds": fit_s, "eval_seconds": eval_s, "examples_per_s_eval": len(test) / max(eval_s, 1e-9),
             "num_devices": jax.device_count(), "num_processes": jax.process_count(),
             "device_kind": jax.devices()[0].device_kind, "peak_memory_gb": peak_gb, "peak_memory_source": peak_what,
-            "history": clf.history, "confusion_matrix": metrics.get("confusion_matrix"),
+            "history": clf.history, "confusion_matrix": metrics.get("confusion_matrix"), "threshold": threshold,
         }
         tracker.summary({f"test/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
-        tracker.log_images({"test/confusion_matrix": out / "confusion_matrix.png", "test/roc_curve": out / "roc_curve.png"},
+        tracker.log_images({"test/confusion_matrix": out / "confusion_matrix.png", "test/roc_curve": out / "roc_curve.png",
+                            "test/pr_curve": out / "pr_curve.png"},
                            step=clf.history[-1]["step"] if clf.history else 0)
     if main:
         write_json(out / "metrics.json", result)

@@ -134,8 +134,12 @@ def classification_metrics(
     labels: Sequence[str],
     *,
     positive: int | str | None = None,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Single-label metrics of a C-class classifier from its class probabilities.
+
+    Predictions are the most probable class, or, with `threshold` (binary only), the
+    positive class wherever its probability is at least `threshold`.
 
     `f1`, `roc_auc` and `pr_auc` are about the positive class when C == 2
     (`positive`: a label name or index, default the second label, as in
@@ -161,11 +165,11 @@ def classification_metrics(
     p = _as_probs(probs, n_classes, "labels")
     y = _as_class_ids(y_true, p.shape[0], n_classes)
     binary = n_classes == 2
-    if not binary and positive is not None:
-        raise ValueError("positive only applies to binary classification")
+    if not binary and (positive is not None or threshold is not None):
+        raise ValueError("positive and threshold only apply to binary classification")
     pos = _resolve_positive(positive, labels) if binary else None
 
-    pred = p.argmax(axis=1)
+    pred = p.argmax(axis=1) if threshold is None else np.where(p[:, pos] >= threshold, pos, 1 - pos)
     cm = _confusion_matrix(y, pred, n_classes)
     tp = np.diag(cm)
     support, predicted = cm.sum(axis=1), cm.sum(axis=0)
@@ -188,6 +192,7 @@ def classification_metrics(
         "pr_auc": ap[pos] if binary else (_mean_defined(ap) if np.count_nonzero(support) > 1 else None),
         "share_predicted_positive": float(np.mean(pred == pos)) if binary else None,
         "positive": labels[pos] if binary else None,
+        "threshold": threshold,
         "labels": labels,
         "confusion_matrix": cm.tolist(),
         "per_class": {

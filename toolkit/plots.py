@@ -181,6 +181,7 @@ def _plot_curves(
     curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
     path: PathLike,
     title: str | None,
+    point: tuple[float, float, str] | None = None,
 ) -> Path:
     """One line per curve with its score in the legend, plus the chance line.
 
@@ -197,6 +198,8 @@ def _plot_curves(
         x, yv, score = kind.compute(y, s)
         ax.plot(x, yv, linewidth=2, label=f"{prefix}{score}", drawstyle=kind.drawstyle)
     kind.chance(ax, curves)
+    if point is not None:
+        ax.plot([point[0]], [point[1]], "o", color="black", markersize=7, label=point[2], zorder=5)
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_xlabel(kind.axis_labels[0])
@@ -231,14 +234,16 @@ def plot_pr_curve(
     *,
     title: str | None = None,
     label: str | None = None,
+    point: tuple[float, float, str] | None = None,
 ) -> Path:
     """Write a precision-recall curve, average precision in the legend.
 
     Same arguments as `plot_roc_curve`. Worth having next to ROC when
     positives are rare (hate speech, fraud): ROC stays flattering there, PR
-    does not. The dashed chance line is the positive rate.
+    does not. The dashed chance line is the positive rate. `point` = (recall,
+    precision, label) marks an operating point (a chosen threshold).
     """
-    return _plot_curves(_PR, _normalise_curves(y_true, scores, label), path, title)
+    return _plot_curves(_PR, _normalise_curves(y_true, scores, label), path, title, point)
 
 
 # ---------------------------------------------------------------------------

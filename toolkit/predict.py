@@ -148,14 +148,13 @@ def _scored(clf: Any, frame: pd.DataFrame, text_column: str) -> pd.DataFrame:
     out = frame.copy()
     for j, name in enumerate(names):
         out[f"p_{name}"] = probs[:, j]
-    threshold = getattr(clf, "threshold", None)
-    if hasattr(clf, "category_names"):  # multi-label: every category at or above the threshold
-        cut = 0.5 if threshold is None else threshold
-        out["predicted"] = [";".join(n for n, p in zip(names, row) if p >= cut) for row in probs]
+    if hasattr(clf, "category_names"):  # multi-label: every category whose "yes" is at least even
+        out["predicted"] = [";".join(n for n, p in zip(names, row) if p >= 0.5) for row in probs]
     else:
-        out["predicted"] = np.asarray(clf.class_names)[probs.argmax(-1)]
-        if threshold is not None:
-            out["above_threshold"] = probs[:, clf.positive_index] >= threshold
+        out["predicted"] = np.asarray(clf.class_names)[clf._decide(probs)]
+        t = clf.threshold_
+        if t is not None:
+            out["above_threshold"] = probs[:, clf.class_names.index(t["positive"])] >= t["threshold"]
     return out
 
 

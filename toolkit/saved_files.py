@@ -37,7 +37,7 @@ MODEL_HERE = "."  # classifier.json's "model" when the base weights are the dire
 KINDS = {"single_label": "toolkit.classifier:AgileClassifier",
          "multilabel": "toolkit.multilabel:MultiLabelClassifier"}
 _COMMON = ("format", "kind", "labels", "model", "lora_merged", "model_config", "lora", "prompt", "verbalizers",
-           "train", "max_length", "mesh", "remat", "param_dtype", "dtype", "history")
+           "train", "max_length", "mesh", "remat", "param_dtype", "dtype", "history", "threshold")
 
 _FIX = "the file is damaged or cut short: save the classifier again, or copy it anew from where it was saved"
 
@@ -105,6 +105,7 @@ def write(clf: Any, directory: Path, files: dict[str, Any], *, model: str | None
         "param_dtype": clf.param_dtype,
         "dtype": clf.dtype,
         "history": clf.history,
+        "threshold": getattr(clf, "threshold_", None),
         **clf._kind_meta(),
     }
     (directory / META).write_text(json.dumps(meta, indent=2, default=str))
@@ -180,6 +181,13 @@ def load(directory: str | Path, *, progress: bool = True, mesh: Any = None) -> A
         raise SavedFileError(f"{meta_path}: {e}") from None
     clf.history = meta.get("history", [])
     clf.classes_ = clf._fitted_classes()
+    threshold = meta.get("threshold")
+    if threshold is not None:
+        if (not isinstance(threshold, dict) or not isinstance(threshold.get("threshold"), (int, float))
+                or threshold.get("positive") not in clf.class_names):
+            raise SavedFileError(f"{meta_path}: threshold {threshold!r} is not a threshold of this classifier "
+                                 f"(needs a number and a positive class of {list(clf.class_names)}); remove it")
+        clf.threshold_ = dict(threshold)
     clf._ensure_model()
     if not meta.get("lora_merged"):  # merged adapters are in the base: fresh ones (B = 0) change nothing
         clf._set_lora(read_npz(root / LORA), source=str(root / LORA))
