@@ -103,6 +103,8 @@ def test_train_cli_writes_a_complete_run_directory(tmp_path):
     r = train_cli(tmp_path / "cfg.yaml", "train.learning_rate=0.01")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "roc_auc" in r.stdout
+    for chatter in ("cuInit", "Could not find cuda drivers", "oneDNN custom operations"):  # quiet by default
+        assert chatter not in r.stderr + r.stdout, chatter
     run = tmp_path / "runs" / "cli"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train_size"] == 24 and metrics["test_size"] == 8 and len(metrics["history"]) == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -48,3 +49,16 @@ def test_every_user_error_the_handler_knows_exists_where_it_looks(module, name):
     user's one-line mistake back into a 'this is a bug' traceback."""
     cls = getattr(importlib.import_module(module), name, None)
     assert isinstance(cls, type) and issubclass(cls, Exception), f"{module}.{name} is gone"
+
+
+def test_tensorflow_starts_quietly_unless_asked(tmp_path):
+    """TensorFlow's C++ start-up lines (CUDA probing on a CPU machine, oneDNN notices) are
+    written before its log level is read; the toolkit imports it with them dropped."""
+    code = ("import sys; from toolkit.quiet import import_quietly; tf = import_quietly('tensorflow'); "
+            "print('imported', file=sys.stderr)")
+    env = {k: v for k, v in subprocess_env().items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "AGILE_TOOLKIT_VERBOSE")}
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert quiet.returncode == 0 and quiet.stderr.strip().splitlines() == ["imported"], quiet.stderr[-2000:]
+    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**env, "AGILE_TOOLKIT_VERBOSE": "1"})
+    assert loud.returncode == 0 and loud.stderr.strip().splitlines()[-1] == "imported"

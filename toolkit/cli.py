@@ -17,6 +17,8 @@ import sys
 import traceback
 from typing import Callable, Sequence
 
+from toolkit.quiet import quiet_libraries
+
 # (module, class): the errors whose message is the whole story.
 USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("toolkit.config", "ConfigError"),
@@ -70,9 +72,10 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
 
 def script(main: Callable[[Sequence[str] | None], int]) -> Callable[[], None]:
     """A console script's entry point (`[project.scripts]`): `main` on the command line's
-    arguments under `run`'s handler, its result the exit status."""
+    arguments under `run`'s handler, its result the exit status; other libraries quiet."""
 
     def entry() -> None:
+        quiet_libraries()
         raise SystemExit(run(main))
 
     return entry

@@ -15,16 +15,14 @@ iterator state to save.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Iterator, Sequence
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
 def _tf():
-    import tensorflow as tf
+    from toolkit.quiet import import_quietly
+
+    tf = import_quietly("tensorflow")
 
     # tf.data only: keep TensorFlow off any accelerator JAX owns.
     try:

@@ -495,7 +495,9 @@ def load_tfds(
     at once on an unprepared dataset: on an offline machine TFDS would otherwise
     retry the download for minutes before giving up.
     """
-    import tensorflow_datasets as tfds
+    from toolkit.quiet import import_quietly
+
+    tfds = import_quietly("tensorflow_datasets")
 
     source = f"tfds:{name} split {split!r}"
     builder = _tfds_builder(tfds, name, data_dir)
@@ -543,7 +545,9 @@ def _tfds_prepare(builder: Any, name: str, download: bool) -> None:
 
 
 def _tfds_keys(info: Any, text_key: str | None, label_key: str | None, source: str) -> tuple[str, str]:
-    import tensorflow_datasets as tfds
+    from toolkit.quiet import import_quietly
+
+    tfds = import_quietly("tensorflow_datasets")
 
     features = info.features
     supervised = info.supervised_keys if isinstance(info.supervised_keys, tuple) else None

@@ -44,9 +44,10 @@ def backbone_spec(config: ModelConfig) -> dict[str, Any]:
 def causal_lm(config: ModelConfig, params: Mapping[str, np.ndarray], tokenizer_proto: bytes, *,
               sequence_length: int, dtype: str = "float32"):
     """A keras-hub Gemma / Gemma 3 CausalLM holding `params`, with our tokenizer and prompt length."""
-    import keras_hub
-
+    from toolkit.quiet import import_quietly
     from toolkit.weights.keras_preset import set_backbone_weights
+
+    keras_hub = import_quietly("keras_hub")
 
     spec = backbone_spec(config)
     backbone = getattr(keras_hub.models, spec["class_name"])(**spec["config"], dtype=dtype)
@@ -69,7 +70,9 @@ def lora_layer_indices(config: ModelConfig, targets: tuple[str, ...]) -> dict[st
     So a skeleton backbone (same family, flags and depth; every width tiny) is built
     to read the positions, and a 7B export never allocates a 7B keras model.
     """
-    import keras_hub
+    from toolkit.quiet import import_quietly
+
+    keras_hub = import_quietly("keras_hub")
 
     spec = backbone_spec(config)
     c = dict(spec["config"], vocabulary_size=8, hidden_dim=8, intermediate_dim=8, head_dim=2)

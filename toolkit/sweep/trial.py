@@ -181,6 +181,7 @@ def worker_loop(payload: dict[str, Any]) -> None:
     import ray.train
 
     from toolkit.compile_cache import enable_compilation_cache
+    from toolkit.quiet import quiet_libraries
     from toolkit.experiment import run_experiment
     from toolkit.train.callbacks import AfterEpoch
 
@@ -188,6 +189,7 @@ def worker_loop(payload: dict[str, Any]) -> None:
     # workers read back what an earlier one compiled (the learning rate is optimizer
     # state, not a compiled constant).
     enable_compilation_cache()
+    quiet_libraries()  # Orbax logs each checkpoint at INFO in a Ray worker
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

@@ -64,7 +64,9 @@ def resolve_handle(handle_or_name: str) -> str:
 
 def gemma_preset_names() -> dict[str, str]:
     """keras-hub's built-in Gemma preset names -> their `kaggle://` handles."""
-    import keras_hub
+    from toolkit.quiet import import_quietly
+
+    keras_hub = import_quietly("keras_hub")
 
     out: dict[str, str] = {}
     for cls_name in GEMMA_BACKBONE_CLASSES:
@@ -88,7 +90,9 @@ def _resolve_preset_name(name: str) -> str:
                 "pass the local preset directory"
             )
         return handle[len(KAGGLE_SCHEME):]
-    import keras_hub
+    from toolkit.quiet import import_quietly
+
+    keras_hub = import_quietly("keras_hub")
 
     if name in keras_hub.models.Backbone.presets:
         raise PresetDownloadError(
