@@ -164,7 +164,7 @@ def load(directory: str | Path, *, progress: bool = True, mesh: Any = None) -> A
     kwargs = _arguments(meta, meta_path, cls.saved_fields)
     if mesh is not None:
         kwargs["mesh"] = mesh
-    if meta["model"] == MODEL_HERE:  # an export: the base is the keras-hub preset beside classifier.json
+    if meta["model"] == MODEL_HERE:  # an export: the base is the keras-hub preset / transformers files beside it
         kwargs["model"] = str(root)
     elif meta["model"] is not None:
         kwargs["model"] = meta["model"]

@@ -1,7 +1,8 @@
-"""Export a trained classifier as a keras-hub preset or as LoRA adapter files.
+"""Export a trained classifier as a keras-hub preset, a transformers checkpoint, or LoRA adapter files.
 
     python launch/export.py --checkpoint runs/ethos_270m --out exports/ethos_270m
     python launch/export.py --checkpoint runs/quickstart --out exports/adapters --format lora
+    python launch/export.py --checkpoint runs/ethos_270m --out exports/hf --format hf   # transformers
 
 --checkpoint takes a saved classifier, a run directory, a sweep directory (its best
 trial) or a run's Orbax checkpoints/. The export appears all at once: a failure or
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", required=True, help="classifier, run, sweep or Orbax checkpoints directory")
     ap.add_argument("--out", required=True, help="the directory to write (must be new or empty)")
     ap.add_argument("--format", default="keras-preset", choices=FORMATS)
-    ap.add_argument("--dtype", default="float32", help="keras preset weight dtype: float32, bfloat16, float16")
+    ap.add_argument("--dtype", default="float32", help="merged weight dtype (keras-preset, hf): float32, bfloat16, float16")
     ap.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     args = ap.parse_args(argv)
     out = export(args.checkpoint, args.out, format=args.format, overwrite=args.overwrite, dtype=args.dtype)

@@ -4,7 +4,7 @@
     python launch/predict.py --classifier runs/quickstart --input big.parquet --output scored.parquet --resume
 
 --classifier takes a saved classifier, a run directory, a sweep directory (its best
-trial) or a keras-preset export. The output holds every input column, p_<class> per
+trial) or a keras-preset / hf export. The output holds every input column, p_<class> per
 class and `predicted`, in the format of its suffix (.csv .tsv .jsonl .parquet). It is
 streamed in chunks (memory stays flat), appears only when complete, and --resume
 continues a killed run from its last finished chunk.
@@ -19,7 +19,7 @@ from toolkit import cli
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--classifier", required=True, help="saved classifier, run, sweep or keras-preset export dir")
+    ap.add_argument("--classifier", required=True, help="saved classifier, run, sweep, or keras-preset / hf export dir")
     ap.add_argument("--input", required=True, help="CSV / TSV / JSONL / Parquet file of texts")
     ap.add_argument("--output", required=True, help="where to write (its suffix picks the format)")
     ap.add_argument("--text-column", default="text", help="the input column holding the texts (default: text)")

@@ -1,4 +1,5 @@
-"""Take a trained classifier out of the toolkit: a keras-hub preset or LoRA adapter files.
+"""Take a trained classifier out of the toolkit: a keras-hub preset, a transformers
+checkpoint, or LoRA adapter files.
 
     from toolkit.export import export
     export("runs/ethos_270m", "exports/ethos_270m", format="keras-preset")

@@ -1,4 +1,4 @@
-"""The two export formats, each written into a temporary directory swapped in at the end.
+"""The export formats, each written into a temporary directory swapped in at the end.
 
 keras-preset: the adapters merged into the base, saved by keras-hub's own
 `save_to_preset` (config.json, metadata.json, model.weights.h5, tokenizer and
@@ -6,6 +6,11 @@ preprocessor configs, the SentencePiece vocabulary), so
 `keras_hub.models.Gemma3CausalLM.from_preset(out)` (or `GemmaCausalLM`) loads it.
 Our classifier.json sits beside it with "model": "." so `AgileClassifier.load(out)`
 reads the same weights and knows the labels and prompt.
+
+hf: the adapters merged into the base, in transformers' layout (config.json in
+the hub's dialect, model.safetensors, tokenizer.model), so
+`transformers.AutoModelForCausalLM.from_pretrained(out)` loads it and
+`AgileClassifier.load(out)` reads the same directory (see `toolkit.weights.hf`).
 
 lora: the adapters alone, in three readers' forms: `adapters.lora.h5` for
 keras-hub's `load_lora_weights` (after `enable_lora(rank, target_layer_names)` on
@@ -28,7 +33,7 @@ from toolkit.export.errors import ExportError
 from toolkit.export.keras_files import KERAS_LAYER_NAMES, backbone_spec, causal_lm, write_lora_h5
 from toolkit.io_utils import atomic_dir, remove_stale_temps
 
-FORMATS = ("keras-preset", "lora")
+FORMATS = ("keras-preset", "hf", "lora")
 LORA_H5 = "adapters.lora.h5"
 LORA_JSON = "lora.json"
 ORBAX_DIR = "orbax"
@@ -55,7 +60,8 @@ def export(checkpoint: str | Path, out: str | Path, *, format: str = "keras-pres
            dtype: str = "float32", progress: bool = True) -> Path:
     """Export the classifier behind `checkpoint` to `out`; returns `out`.
 
-    `dtype` is the keras preset's weight dtype ("float32", or "bfloat16" for half the size).
+    `dtype` is the merged weights' dtype in the keras-preset and hf formats ("float32", or
+    "bfloat16" for half the size).
     """
     if format not in FORMATS:
         raise ExportError(f"--format {format!r} is not one of {', '.join(FORMATS)}")
@@ -82,6 +88,8 @@ def _export_locked(source: Path, out: Path, *, format: str, dtype: str, progress
     with atomic_dir(out) as tmp:
         if format == "keras-preset":
             write_keras_preset(clf, files, tmp, dtype=dtype)
+        elif format == "hf":
+            write_hf_checkpoint(clf, files, tmp, dtype=dtype)
         else:
             write_lora(clf, files, tmp)
         (tmp / "EXPORTED_FROM").write_text(f"{origin}\n")
@@ -101,6 +109,16 @@ def write_keras_preset(clf: Any, files: dict[str, Any], directory: Path, *, merg
     lm.save_to_preset(str(directory))
     del lm
     saved_files.write(clf, directory, files, model=saved_files.MODEL_HERE, lora=not merge)
+
+
+def write_hf_checkpoint(clf: Any, files: dict[str, Any], directory: Path, *, dtype: str = "float32") -> None:
+    """transformers' files for the merged model, plus classifier.json reading them back."""
+    from toolkit.models.gemma import merged_params
+    from toolkit.weights.hf import write_hf
+
+    write_hf(directory, clf.model_config, merged_params(clf._model()), clf.tokenizer.serialized_proto(),
+             dtype=dtype)
+    saved_files.write(clf, directory, files, model=saved_files.MODEL_HERE, lora=False)  # merged above
 
 
 def _frozen(model: Any) -> dict[str, np.ndarray]:

