@@ -177,3 +177,19 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path):
     assert len(summary["trials"]) == 2 and all(t["status"] == "finished" for t in summary["trials"])
     assert metrics_path.stat().st_mtime_ns == first_mtime  # the finished trial was not rerun
     assert len(list((out / "ci_sweep" / "trials" / first / "inputs").glob("rank-0-*.json"))) == 1
+
+
+def test_a_multilabel_sweep_ranks_trials_by_macro_roc_auc(tmp_path):
+    out = tmp_path / "runs"
+    r = subprocess.run(_sweep(out, "data.source=ethos_multilabel", "classifier.task=multilabel",
+                              "classifier.categories=[violence, race, religion]", "data.label_names=null",
+                              "sweep.space={}"),
+                       capture_output=True, text=True, timeout=900, env=subprocess_env(), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
+    summary = _results(out)
+    _check_finished_trials(summary, 1)
+    (trial,) = summary["trials"]
+    assert summary["best_trial"] == trial["trial"]
+    metrics = json.loads((Path(trial["run_dir"]) / "metrics.json").read_text())
+    assert list(metrics["per_category"]) == ["violence", "race", "religion"]
+    assert trial["test_roc_auc"] == pytest.approx(metrics["roc_auc_macro"])

@@ -149,11 +149,12 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         self._mesh_config = self.mesh if isinstance(self.mesh, MeshConfig) else MeshConfig(**(self.mesh or {}))
 
     @classmethod
-    def from_config(cls, cfg: Any, *, progress: bool = True) -> "AgileClassifier":
+    def from_config(cls, cfg: Any, *, progress: bool = True, **kind_args: Any) -> "AgileClassifier":
         """The classifier a run config (`toolkit.config.RunConfig`) describes: its model,
-        lora, classifier, train and mesh sections; the one place they become arguments."""
+        lora, classifier, train and mesh sections; the one place they become arguments
+        (`kind_args`: a subclass's own, such as multi-label categories)."""
         c = cfg.classifier
-        return cls(c.labels, model=cfg.model.name, lora=cfg.lora, prompt=c.prompt, verbalizers=c.verbalizers,
+        return cls(labels=c.labels, **kind_args, model=cfg.model.name, lora=cfg.lora, prompt=c.prompt, verbalizers=c.verbalizers,
                    train=cfg.train, max_length=c.max_length, param_dtype=cfg.model.param_dtype,
                    dtype=cfg.model.dtype, progress=progress, mesh=cfg.mesh, remat=cfg.model.remat)
 

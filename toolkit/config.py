@@ -33,7 +33,8 @@ LOSSES = ("class", "lm")
 # What a run's epochs are scored by (`AgileClassifier.fit` prefixes the validation
 # metrics with "eval_"): the names `checkpoint.best_metric` may take.
 EVAL_METRICS = ("eval_roc_auc", "eval_pr_auc", "eval_f1", "eval_f1_macro", "eval_f1_micro", "eval_accuracy",
-                "eval_balanced_accuracy")
+                "eval_balanced_accuracy", "eval_roc_auc_macro", "eval_pr_auc_macro")
+TASKS = ("single_label", "multilabel")
 
 
 def must(ok: bool, key: str, value: Any, rule: str) -> None:
@@ -78,6 +79,9 @@ class DataSection:
     path, or `tfds:NAME`. Built-in and TFDS sources have their own test split;
     a file source uses `test_path` or holds out `test_fraction`.
     `label_names` maps raw label values to class names (e.g. ETHOS 0/1).
+    Multi-label files (`classifier.task: multilabel`) name their labels either as
+    `label_columns` (one 0/1 column per category) or as `label_column` with
+    `label_delimiter` (a cell such as "race|gender"; empty: none).
 
     Every split is a seeded shuffle (`split_seed`), stratified by label for file and
     TFDS sources: the test part (`test_fraction`, files without `test_path`), then
@@ -100,6 +104,8 @@ class DataSection:
     validation_size: int = 0
     label_names: dict[str, str] | None = None
     split_seed: int = 0
+    label_columns: tuple[str, ...] | None = None
+    label_delimiter: str | None = None
 
     def __post_init__(self) -> None:
         must(bool(self.source and self.source.strip()), "data.source", self.source,
@@ -113,6 +119,17 @@ class DataSection:
              f"a different column from data.text_column ({self.text_column!r})")
         must(self.delimiter is None or len(self.delimiter) == 1, "data.delimiter", self.delimiter,
              "one character such as ',' ';' or a tab, or null for the file type's own")
+        must(self.label_columns is None or (len(self.label_columns) >= 1 and len(set(self.label_columns)) ==
+             len(self.label_columns) and self.text_column not in self.label_columns), "data.label_columns",
+             self.label_columns, "distinct category column names, not the text column, e.g. [violence, race]")
+        must(self.label_delimiter is None or (bool(self.label_delimiter) and self.label_columns is None),
+             "data.label_delimiter", self.label_delimiter,
+             "a separator such as '|' for data.label_column's cells, and data.label_columns unset")
+
+    @property
+    def multilabel(self) -> bool:
+        """Rows carry a set of categories rather than one class."""
+        return self.source == "ethos_multilabel" or self.label_columns is not None or self.label_delimiter is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +163,11 @@ class ClassifierSection:
     prompt: PromptFormat = PromptFormat()
     max_length: int = 256
     threshold: ThresholdSection | None = None
+    # "multilabel": one yes/no question per category (`question`, with {category}),
+    # answered with `labels` (no, yes); `categories` default to the data's own.
+    task: str = "single_label"
+    categories: tuple[str, ...] | None = None
+    question: str = "Is the following text about {category}"
 
     def __post_init__(self) -> None:
         labels = [str(v) for v in self.labels]
@@ -156,6 +178,15 @@ class ClassifierSection:
              f"keyed by class names of classifier.labels {labels} (unknown: {unknown})")
         must(self.max_length >= 8, "classifier.max_length", self.max_length,
              ">= 8 tokens (and long enough for the prompt plus some text)")
+        must(self.task in TASKS, "classifier.task", self.task, f"one of {', '.join(TASKS)}")
+        must(self.task == "multilabel" or self.categories is None, "classifier.categories", self.categories,
+             "unset unless classifier.task is multilabel")
+        must(self.categories is None or (len(self.categories) >= 1 and len(set(self.categories)) ==
+             len(self.categories)), "classifier.categories", self.categories, "distinct category names")
+        must("{category}" in self.question, "classifier.question", self.question,
+             "a question containing {category}, e.g. 'Is the following text about {category}'")
+        must(self.task != "multilabel" or self.threshold is None, "classifier.threshold", self.threshold,
+             "unset for classifier.task multilabel (each category is scored at 0.5)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,6 +355,12 @@ class RunConfig:
         must(self.classifier.threshold is None or self.data.validation_size > 0, "classifier.threshold",
              self.classifier.threshold, "set with data.validation_size > 0: it is chosen on validation rows, "
              "never on the test rows")
+        multilabel = self.classifier.task == "multilabel"
+        must(multilabel == self.data.multilabel, "classifier.task", self.classifier.task,
+             "multilabel exactly when the data has category labels (data.source ethos_multilabel, "
+             "data.label_columns or data.label_delimiter)" if multilabel else
+             f"multilabel for the data given (data.source {self.data.source!r}, label_columns "
+             f"{self.data.label_columns}, label_delimiter {self.data.label_delimiter!r})")
         must(self.checkpoint.best_metric in EVAL_METRICS, "checkpoint.best_metric", self.checkpoint.best_metric,
              f"a metric the run scores each epoch: one of {', '.join(EVAL_METRICS)}")
 

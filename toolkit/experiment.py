@@ -80,11 +80,18 @@ def _prepare(cfg: RunConfig, *, progress: bool):
         cfg.mesh.sizes(jax.device_count())
     except ValueError as e:
         raise ConfigError(f"mesh: {e}") from None
-    splits = load_splits(cfg.data)
-    check_split_labels(cfg, splits)
     from toolkit.classifier import AgileClassifier, PromptFitError
 
-    clf = AgileClassifier.from_config(cfg, progress=progress)
+    splits = load_splits(cfg.data, cfg.classifier.categories)
+    if cfg.data.multilabel:
+        from toolkit.data.datasets import category_columns
+        from toolkit.multilabel import MultiLabelClassifier
+
+        check_split_categories(cfg, splits)
+        clf = MultiLabelClassifier.from_config(cfg, progress=progress, categories=category_columns(splits.train))
+    else:
+        check_split_labels(cfg, splits)
+        clf = AgileClassifier.from_config(cfg, progress=progress)
     try:
         clf._ensure_model()
     except PromptFitError as e:
@@ -152,6 +159,29 @@ def check_split_labels(cfg: RunConfig, splits: Any) -> None:
                         f"class: { {c: int(counts.get(c, 0)) for c in labels} }); add examples or remove the class")
 
 
+def check_split_categories(cfg: RunConfig, splits: Any) -> None:
+    """Every category of a multi-label run has positive and negative training rows: one
+    without either cannot be learnt, and its question would only echo the prior."""
+    from toolkit.data.datasets import category_columns
+    from toolkit.data.sources import DataError
+
+    counts = splits.train[category_columns(splits.train)].sum()
+    n = len(splits.train)
+    flat = [c for c, k in counts.items() if k in (0, n)]
+    if flat:
+        raise DataError(f"{cfg.data.source}: category {flat[0]!r} is {'never' if counts[flat[0]] == 0 else 'always'} "
+                        f"set in the {n} training rows (positives per category: "
+                        f"{ {c: int(k) for c, k in counts.items()} }); add examples, a larger data.train_size, or "
+                        "leave it out of classifier.categories")
+
+
+def _labels(frame: Any) -> Any:
+    """What `fit` / `evaluate` take as labels: the class column, or the 0/1 category matrix."""
+    from toolkit.data.datasets import category_columns
+
+    return frame["label"] if "label" in frame.columns else frame[category_columns(frame)].to_numpy()
+
+
 def check_resume(cfg: RunConfig, ckpt_dir: Path) -> None:
     """Refuse a resume whose config differs from the checkpoint's, before anything is written
     (the training loop checks again when it restores)."""
@@ -184,7 +214,7 @@ def _train_and_evaluate(cfg: RunConfig, clf: Any, splits: Any, txn: Any, *, save
     # Epochs are scored on validation rows only: they rank the best checkpoint and drive
     # ASHA, so test rows there would choose the model on test. No validation split
     # (data.validation_size: 0): no per-epoch eval and no ranking; the last step is kept.
-    watch = validation if validation is not None else {"text": None, "label": None}
+    watch_texts, watch_labels = (validation["text"], _labels(validation)) if validation is not None else (None, None)
 
     def epoch_saved(record: dict[str, Any], step_dir: Path | None) -> None:
         if txn is not None and step_dir is not None and Path(step_dir).is_dir():
@@ -200,7 +230,7 @@ def _train_and_evaluate(cfg: RunConfig, clf: Any, splits: Any, txn: Any, *, save
         own.append(AfterEpoch(epoch_saved))
         named = [from_import_path(path)(cfg) for path in cfg.callbacks]
         t0 = time.perf_counter()
-        clf.fit(train["text"], train["label"], eval_texts=watch["text"], eval_labels=watch["label"],
+        clf.fit(train["text"], _labels(train), eval_texts=watch_texts, eval_labels=watch_labels,
                 callbacks=[*own, *callbacks, *named])
         fit_s = time.perf_counter() - t0
         threshold = None
@@ -208,7 +238,7 @@ def _train_and_evaluate(cfg: RunConfig, clf: Any, splits: Any, txn: Any, *, save
             threshold = clf.tune_threshold(validation["text"], validation["label"],
                                            **dataclasses.asdict(cfg.classifier.threshold))
         t0 = time.perf_counter()
-        metrics = clf.evaluate(test["text"], test["label"], out_dir=out if main else None)
+        metrics = clf.evaluate(test["text"], _labels(test), out_dir=out if main else None)
         eval_s = time.perf_counter() - t0
         peak_gb, peak_what = peak_memory_gb()
         result = {
@@ -219,10 +249,12 @@ def _train_and_evaluate(cfg: RunConfig, clf: Any, splits: Any, txn: Any, *, save
             "num_devices": jax.device_count(), "num_processes": jax.process_count(),
             "device_kind": jax.devices()[0].device_kind, "peak_memory_gb": peak_gb, "peak_memory_source": peak_what,
             "history": clf.history, "confusion_matrix": metrics.get("confusion_matrix"), "threshold": threshold,
+            "per_category": metrics.get("per_category"),
         }
         tracker.summary({f"test/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
-        tracker.log_images({"test/confusion_matrix": out / "confusion_matrix.png", "test/roc_curve": out / "roc_curve.png",
-                            "test/pr_curve": out / "pr_curve.png"},
+        images = {"test/confusion_matrix": out / "confusion_matrix.png", "test/roc_curve": out / "roc_curve.png",
+                  "test/pr_curve": out / "pr_curve.png"}
+        tracker.log_images({k: p for k, p in images.items() if p.is_file()},
                            step=clf.history[-1]["step"] if clf.history else 0)
     if main:
         write_json(out / "metrics.json", result)
@@ -232,8 +264,15 @@ def _train_and_evaluate(cfg: RunConfig, clf: Any, splits: Any, txn: Any, *, save
 
 
 def main_table(result: dict[str, Any]) -> str:
+    """The run's headline metrics; a multi-label run adds one row per category."""
     from toolkit.metrics import format_table
 
+    if result.get("per_category"):
+        keys = ["category", "support", "f1", "roc_auc", "pr_auc"]
+        rows = [{"category": c, **m} for c, m in result["per_category"].items()]
+        rows.append({"category": "macro", "f1": result["f1_macro"], "roc_auc": result["roc_auc_macro"],
+                     "pr_auc": result["pr_auc_macro"]})
+        return format_table([{k: r.get(k) for k in keys} for r in rows], keys=keys)
     keys = ["train_size", "test_size", "accuracy", "balanced_accuracy", "f1", "roc_auc", "pr_auc",
             "share_predicted_positive", "fit_seconds"]
     return format_table([{k: result.get(k) for k in keys}], keys=keys)

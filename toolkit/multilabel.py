@@ -22,6 +22,12 @@ from toolkit.classifier import AgileClassifier, _as_list
 from toolkit.data.prompt import PromptEncoder
 
 
+def with_averages(m: dict[str, Any]) -> dict[str, Any]:
+    """`f1`, `roc_auc`, `pr_auc` as the macro averages, so a multi-label run is ranked, swept
+    and checkpointed by the same metric names as a single-label one (each category counts once)."""
+    return {**m, "f1": m["f1_macro"], "roc_auc": m["roc_auc_macro"], "pr_auc": m["pr_auc_macro"]}
+
+
 class MultiLabelClassifier(AgileClassifier):
     """`fit(texts, Y)` with Y an (n, categories) 0/1 matrix; `predict_proba` -> (n, categories)."""
 
@@ -41,6 +47,17 @@ class MultiLabelClassifier(AgileClassifier):
             raise ValueError("categories must not be empty")
         if "{category}" not in self.question:
             raise ValueError(f"question must contain {{category}}: {self.question!r}")
+
+    @classmethod
+    def from_config(cls, cfg: Any, *, progress: bool = True, categories: Sequence[str] | None = None,
+                    **kwargs: Any) -> "MultiLabelClassifier":
+        """The classifier a `classifier.task: multilabel` run config describes; `categories`
+        default to `classifier.categories` (a run passes the data's own when that is unset)."""
+        categories = categories or cfg.classifier.categories
+        if not categories:
+            raise ValueError("classifier.categories: unset, and no categories were passed from the data")
+        return super().from_config(cfg, progress=progress, categories=tuple(categories),
+                                   question=cfg.classifier.question, **kwargs)
 
     @classmethod
     def _get_param_names(cls) -> list[str]:
@@ -98,7 +115,7 @@ class MultiLabelClassifier(AgileClassifier):
 
             k = len(self.category_names)
             probs = self._proba_ids(ids, fit.lora)[:, 1].reshape(k, -1).T
-            m = multilabel_metrics(y.reshape(k, -1).T, probs, list(self.category_names))
+            m = with_averages(multilabel_metrics(y.reshape(k, -1).T, probs, list(self.category_names)))
             return {f"eval_{name}": v for name, v in m.items() if isinstance(v, (int, float)) or v is None}
 
         return evaluate
@@ -123,11 +140,18 @@ class MultiLabelClassifier(AgileClassifier):
                              f"{self.class_names[-1]!r} answer; there is no positive class to choose")
         texts = _as_list(texts)
         y = self._matrix(labels, len(texts), "evaluate(texts, labels)")
-        m = multilabel_metrics(y, self.predict_proba(texts), list(self.category_names))
+        probs = self.predict_proba(texts)
+        m = with_averages(multilabel_metrics(y, probs, list(self.category_names)))
         if out_dir is not None:
             from toolkit.io_utils import write_json
+            from toolkit.plots import plot_pr_curve, plot_roc_curve
 
-            write_json(Path(out_dir) / "metrics.json", m)
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "metrics.json", m)
+            curves = {c: (y[:, j], probs[:, j]) for j, c in enumerate(self.category_names)}
+            plot_roc_curve(curves, None, out / "roc_curve.png", title="ROC per category")
+            plot_pr_curve(curves, None, out / "pr_curve.png", title="Precision-recall per category")
         return m
 
     def _kind_meta(self) -> dict[str, Any]:

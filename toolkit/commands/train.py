@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     if jax.process_index() != 0:
         return 0
     print(main_table(result))
-    print(f"wrote {cfg.run_dir}/ (metrics.json, confusion_matrix.png, roc_curve.png, misclassified.csv)")
+    shown = [n for n in ("metrics.json", "confusion_matrix.png", "roc_curve.png", "pr_curve.png", "misclassified.csv")
+             if (cfg.run_dir / n).is_file()]
+    print(f"wrote {cfg.run_dir}/ ({', '.join(shown)})")
     print(json.dumps({k: v for k, v in result.items() if k not in ("history", "confusion_matrix")}))
     return 0
 

@@ -71,10 +71,64 @@ def _warn_missing_classes(part: pd.DataFrame, train: pd.DataFrame, what: str) ->
                     "use more %s rows", what, len(part), missing, what)
 
 
-def load_splits(cfg: DataSection) -> Splits:
-    """(train, test, validation) with columns text, label (class names); see
-    `DataSection` for how each split is drawn."""
+def _check_validation_size(cfg: DataSection, train: pd.DataFrame) -> None:
+    if not 0 < cfg.validation_size < len(train):
+        raise sources.DataError(f"data.validation_size={cfg.validation_size} must be between 1 and "
+                                f"{len(train) - 1} (the train part has {len(train)} rows)")
+
+
+def category_columns(frame: pd.DataFrame) -> list[str]:
+    """The category columns of a multi-label split (every column but the text)."""
+    return [c for c in frame.columns if c != "text"]
+
+
+def _multilabel_splits(cfg: DataSection, categories: Sequence[str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if cfg.source == "ethos_multilabel":
+        return sources.ethos_multilabel_split(cache_dir=cfg.cache_dir, local_dir=cfg.local_dir)
+    if cfg.source.startswith("tfds:"):
+        raise sources.DataError(f"data.source {cfg.source}: multi-label TFDS sources are not supported; export the "
+                                "rows to a CSV / JSONL file with one 0/1 column per category")
+    kw = dict(label_columns=cfg.label_columns, label_column=None if cfg.label_columns else cfg.label_column,
+              label_delimiter=cfg.label_delimiter, categories=categories, delimiter=cfg.delimiter)
+    df = sources.read_multilabel_table(cfg.source, cfg.text_column, **kw)
+
+    def shuffled(frame: pd.DataFrame) -> pd.DataFrame:  # stratified by each row's set of categories
+        sets = frame[sorted(category_columns(frame))].astype(str).agg("".join, axis=1)
+        return frame.iloc[stratified_order(sets, cfg.split_seed)]
+
+    if cfg.test_path:
+        return shuffled(df), sources.read_multilabel_table(cfg.test_path, cfg.text_column, **kw)
+    df = shuffled(df)
+    n_test = max(1, int(round(cfg.test_fraction * len(df))))
+    return df.iloc[n_test:], df.iloc[:n_test]
+
+
+def _pick_categories(frames: list[pd.DataFrame], categories: Sequence[str] | None, source: str) -> list[pd.DataFrame]:
+    """Keep (and order) the categories a run asks for; each must be one the data has."""
+    if not categories:
+        return frames
+    have = category_columns(frames[0])
+    unknown = [c for c in categories if c not in have]
+    if unknown:
+        raise sources.DataError(f"{source}: classifier.categories {unknown} are not categories of the data "
+                                f"({have}); choose among those")
+    return [f[["text", *categories]] for f in frames]
+
+
+def load_splits(cfg: DataSection, categories: Sequence[str] | None = None) -> Splits:
+    """(train, test, validation) with columns text, label (class names), or for multi-label
+    data (`cfg.multilabel`) text plus one 0/1 column per category (`categories`, default
+    all the data has); see `DataSection` for how each split is drawn."""
     src = cfg.source
+    if cfg.multilabel:
+        train, test = _pick_categories(list(_multilabel_splits(cfg, categories)), categories, src)
+        validation = None
+        if cfg.validation_size:
+            _check_validation_size(cfg, train)
+            train, validation = train.iloc[:-cfg.validation_size], train.iloc[-cfg.validation_size:]
+        if cfg.train_size is not None:
+            train = sources.take_subset(train, cfg.train_size)
+        return Splits(train, test, validation)
     if src == "ethos":
         df = sources.load_ethos("binary", cache_dir=cfg.cache_dir, local_dir=cfg.local_dir)
         train, test = sources.ethos_split(df)  # the codelab's seeded split, kept as is
@@ -95,9 +149,7 @@ def load_splits(cfg: DataSection) -> Splits:
             train, test = shuffled.iloc[n_test:], shuffled.iloc[:n_test]
     validation = None
     if cfg.validation_size:
-        if not 0 < cfg.validation_size < len(train):
-            raise sources.DataError(f"data.validation_size={cfg.validation_size} must be between 1 and "
-                                    f"{len(train) - 1} (the train part has {len(train)} rows)")
+        _check_validation_size(cfg, train)
         train, validation = train.iloc[:-cfg.validation_size], _named(train.iloc[-cfg.validation_size:],
                                                                       cfg.label_names, cfg.source, cfg.delimiter)
     if cfg.train_size is not None:

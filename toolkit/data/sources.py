@@ -290,6 +290,66 @@ def read_table(
     return _validate(table, text_column, label_column)
 
 
+def read_multilabel_table(
+    path: str | os.PathLike[str],
+    text_column: str = "text",
+    *,
+    label_columns: Sequence[str] | None = None,
+    label_column: str | None = None,
+    label_delimiter: str | None = None,
+    categories: Sequence[str] | None = None,
+    format: str | None = None,
+    delimiter: str | None = None,
+) -> pd.DataFrame:
+    """A multi-label file as `text` plus one 0/1 column per category.
+
+    Either `label_columns` (one 0/1 column per category, named by it) or one
+    `label_column` whose cells list a row's categories split by `label_delimiter`
+    ("race|gender"; an empty cell is a row with none). Categories then are
+    `categories` when given (a listed one outside them is an error naming its row),
+    else every one that occurs, sorted."""
+    if (label_columns is None) == (label_column is None or label_delimiter is None):
+        raise DataError(f"{path}: give either label_columns (one 0/1 column per category) or label_column with "
+                        "label_delimiter (config keys data.label_columns / data.label_column + data.label_delimiter)")
+    wanted = (text_column, *(label_columns or [label_column]))
+    table = _read_file(Path(path), format=format, delimiter=delimiter, str_columns=(text_column,) + (
+        () if label_columns else (label_column,)), expected=wanted)
+    return multilabel_frame(table, text_column, label_columns=label_columns, label_column=label_column,
+                            label_delimiter=label_delimiter, categories=categories)
+
+
+def multilabel_frame(table: _Table, text_column: str, *, label_columns: Sequence[str] | None = None,
+                     label_column: str | None = None, label_delimiter: str | None = None,
+                     categories: Sequence[str] | None = None) -> pd.DataFrame:
+    _refuse_duplicates(table, [str(c) for c in table.frame.columns])
+    _require_columns(table, [text_column, *(label_columns or [label_column])])
+    _require_rows(table)
+    text = pd.Series(_checked_text(table, text_column), index=table.frame.index, dtype="str")
+    out = pd.DataFrame({"text": text})
+    if label_columns:
+        for column in label_columns:
+            values = pd.to_numeric(table.frame[column], errors="coerce")
+            raw = table.frame[column].tolist()
+            problems = [(pos, f"expected 0 or 1, got {raw[pos]!r}") for pos in range(len(raw))
+                        if values.iloc[pos] not in (0, 1)]
+            _raise_row_problems(table, column, problems, "Each category column holds 0 (no) or 1 (yes).")
+            out[str(column)] = values.astype(int).to_numpy()
+        return out
+    cells = [[] if _is_missing(v) else [c.strip() for c in str(v).split(label_delimiter) if c.strip()]
+             for v in table.frame[label_column].tolist()]
+    names = list(categories) if categories else sorted({c for row in cells for c in row})
+    if not names:
+        raise DataError(f"{table.source}: column {label_column!r} lists no category in any row "
+                        f"(split by {label_delimiter!r}); check data.label_delimiter")
+    known = set(names)
+    problems = [(pos, f"category {next(c for c in row if c not in known)!r} is not one of {names}")
+                for pos, row in enumerate(cells) if any(c not in known for c in row)]
+    _raise_row_problems(table, label_column, problems, "Add it to classifier.categories or fix the cell.")
+    for name in names:
+        out[name] = [int(name in row) for row in cells]
+    return out
+
+
 def from_dataframe(
     df: pd.DataFrame, text_column: str = "text", label_column: str = "label", *, source: str = "DataFrame"
 ) -> pd.DataFrame:
@@ -619,6 +679,29 @@ def load_ethos(
     for category in ETHOS_CATEGORIES:
         out[category] = (_numeric_column(table, category) >= ETHOS_MULTILABEL_THRESHOLD).astype(int)
     return out
+
+
+def ethos_multilabel_split(*, cache_dir: str | os.PathLike[str] | None = None,
+                           local_dir: str | os.PathLike[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """ETHOS's categories on the codelab's split: the binary file's 998 rows shuffled and cut
+    exactly as `ethos_split` does (800 train, 198 test), each row's categories taken from
+    the multi-label file (which annotates the 433 rows with isHate >= 0.5; every other
+    row has none). So a category model trains and tests on the same rows, in the same
+    order, as the codelab's hate/not-hate one, and learns from non-hateful text too."""
+    binary = load_ethos("binary", cache_dir=cache_dir, local_dir=local_dir)
+    multi = load_ethos("multilabel", cache_dir=cache_dir, local_dir=local_dir)
+    def key(texts: pd.Series) -> pd.Series:  # the files differ in spaces (23 rows: U+00A0 vs " ")
+        return texts.map(lambda t: " ".join(t.split()))
+
+    by_text = multi.assign(text=key(multi["text"])).drop_duplicates("text").set_index("text")[list(ETHOS_CATEGORIES)]
+    missing = sorted(set(by_text.index) - set(key(binary["text"])))
+    if missing:
+        raise DataError(f"ETHOS multilabel: {len(missing)} comment(s) of {ETHOS_FILES['multilabel']} are not in "
+                        f"{ETHOS_FILES['binary']} (first: {missing[0][:60]!r}); the two files are from different "
+                        "releases: fetch both again")
+    cats = by_text.reindex(key(binary["text"])).fillna(0).astype(int).set_axis(binary.index)
+    train, test = ethos_split(pd.concat([binary[["text"]], cats], axis=1))
+    return train, test
 
 
 DATA_ENV = "AGILE_TOOLKIT_DATA"
