@@ -389,6 +389,13 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         pos = self.class_names.index(self.threshold_["positive"])
         return np.where(probs[:, pos] >= self.threshold_["threshold"], pos, 1 - pos)
 
+    def _threshold_problem(self, threshold: Any) -> str | None:
+        """Why a saved threshold does not fit this classifier (None: it does)."""
+        if (not isinstance(threshold, dict) or not isinstance(threshold.get("threshold"), (int, float))
+                or threshold.get("positive") not in self.class_names):
+            return f"needs a number and a positive class of {list(self.class_names)}"
+        return None
+
     def tune_threshold(self, texts: Iterable[str], labels: Iterable[Any], *, target_precision: float | None = None,
                        target_recall: float | None = None, metric: str | None = None,
                        positive: str | int | None = None) -> dict[str, Any]:

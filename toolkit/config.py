@@ -136,7 +136,8 @@ class DataSection:
 class ThresholdSection:
     """The operating point a run chooses on its validation rows (exactly one target):
     `target_precision` (the most recall at that precision), `target_recall` (the most
-    precision at that recall) or `metric: f1`. Binary classifiers only."""
+    precision at that recall) or `metric: f1`. Binary classifiers, or each category of a
+    multi-label one (a category whose validation rows cannot meet the target keeps 0.5)."""
 
     target_precision: float | None = None
     target_recall: float | None = None
@@ -185,8 +186,6 @@ class ClassifierSection:
              len(self.categories)), "classifier.categories", self.categories, "distinct category names")
         must("{category}" in self.question, "classifier.question", self.question,
              "a question containing {category}, e.g. 'Is the following text about {category}'")
-        must(self.task != "multilabel" or self.threshold is None, "classifier.threshold", self.threshold,
-             "unset for classifier.task multilabel (each category is scored at 0.5)")
 
 
 @dataclasses.dataclass(frozen=True)

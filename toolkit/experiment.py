@@ -235,7 +235,7 @@ def _train_and_evaluate(cfg: RunConfig, clf: Any, splits: Any, txn: Any, *, save
         fit_s = time.perf_counter() - t0
         threshold = None
         if cfg.classifier.threshold is not None:  # chosen on validation rows; the test rows are scored at it
-            threshold = clf.tune_threshold(validation["text"], validation["label"],
+            threshold = clf.tune_threshold(validation["text"], _labels(validation),
                                            **dataclasses.asdict(cfg.classifier.threshold))
         t0 = time.perf_counter()
         metrics = clf.evaluate(test["text"], _labels(test), out_dir=out if main else None)

@@ -207,12 +207,12 @@ def multilabel_metrics(
     probs: Any,
     categories: Sequence[str],
     *,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | Sequence[float] = DEFAULT_THRESHOLD,
 ) -> dict[str, Any]:
     """Metrics of K independent yes/no categories (e.g. ETHOS's violence, gender, ...).
 
     Each category is its own binary problem with `prob >= threshold` as the
-    prediction. Per category: `f1`, `roc_auc`, `pr_auc` (None when undefined:
+    prediction (`threshold`: one for all, or one per category). Per category: `f1`, `roc_auc`, `pr_auc` (None when undefined:
     no true and no predicted positives for F1, a single class in that column
     for the ranking scores), `support`, `share_predicted_positive`. Overall:
     `f1_micro` (pools every decision, so frequent categories dominate),
@@ -222,7 +222,8 @@ def multilabel_metrics(
     categories = [str(c) for c in categories]
     p = _as_probs(probs, len(categories), "categories")
     y = _as_indicator(y_true, p.shape)
-    pred = p >= threshold
+    cut = np.broadcast_to(np.asarray(threshold, np.float64), (p.shape[1],))
+    pred = p >= cut
 
     tp = np.sum(pred & y, axis=0)
     fp = np.sum(pred & ~y, axis=0)
@@ -234,7 +235,7 @@ def multilabel_metrics(
 
     return {
         "n": int(y.shape[0]),
-        "threshold": float(threshold),
+        "threshold": float(cut[0]) if np.ndim(threshold) == 0 else [float(t) for t in cut],
         "f1_micro": _micro_f1(tp, fp, fn),
         "f1_macro": _mean_defined(f1s),
         "roc_auc_macro": _mean_defined(roc),

@@ -128,8 +128,54 @@ class MultiLabelClassifier(AgileClassifier):
         probs = self._proba_ids(self._expand(texts), self._lora)[:, 1]
         return probs.reshape(len(self.category_names), len(texts)).T
 
-    def predict(self, texts: Iterable[str], threshold: float = 0.5) -> np.ndarray:
-        return (self.predict_proba(texts) >= threshold).astype(np.int32)
+    def thresholds(self) -> np.ndarray:
+        """Each category's threshold: tuned (`tune_threshold`) or 0.5."""
+        per = (self.threshold_ or {}).get("per_category", {})
+        return np.array([per[c]["threshold"] if c in per else 0.5 for c in self.category_names])
+
+    def _decide(self, probs: np.ndarray) -> np.ndarray:
+        return (probs >= self.thresholds()).astype(np.int32)
+
+    def predict(self, texts: Iterable[str], threshold: float | None = None) -> np.ndarray:
+        """(n, categories) 0/1: each category's probability against its threshold (tuned, or
+        0.5), or against `threshold` for all when given."""
+        probs = self.predict_proba(texts)
+        return self._decide(probs) if threshold is None else (probs >= threshold).astype(np.int32)
+
+    def tune_threshold(self, texts: Iterable[str], labels: Any, *, target_precision: float | None = None,
+                       target_recall: float | None = None, metric: str | None = None,
+                       positive: Any = None) -> dict[str, Any]:
+        """One threshold per category, each meeting the same target on labelled rows the
+        adapters did not train on (`AgileClassifier.tune_threshold`). A category whose
+        tuning rows hold one class only, or that cannot reach the target, keeps 0.5 and
+        says why under "kept"."""
+        from toolkit.threshold import choose_threshold
+
+        if positive is not None:
+            raise ValueError(f"tune_threshold(positive={positive!r}): a multi-label classifier tunes each "
+                             f"category's {self.class_names[-1]!r} answer")
+        texts = _as_list(texts)
+        y = self._matrix(labels, len(texts), "tune_threshold(texts, labels)")
+        probs = self.predict_proba(texts)
+        per: dict[str, Any] = {}
+        kept: dict[str, str] = {}
+        for j, c in enumerate(self.category_names):
+            try:
+                per[c] = choose_threshold(y[:, j] == 1, probs[:, j], target_precision=target_precision,
+                                          target_recall=target_recall, metric=metric)
+            except ValueError as e:
+                if "exactly one of" in str(e) or "must be a number" in str(e) or "only 'f1'" in str(e):
+                    raise
+                kept[c] = str(e).removeprefix("threshold: ")
+        self.threshold_ = {"per_category": per, "kept": kept}
+        return {"per_category": dict(per), "kept": dict(kept)}
+
+    def _threshold_problem(self, threshold: Any) -> str | None:
+        per = threshold.get("per_category") if isinstance(threshold, dict) else None
+        if not isinstance(per, dict) or any(c not in self.category_names or not isinstance(
+                t, dict) or not isinstance(t.get("threshold"), (int, float)) for c, t in per.items()):
+            return f"needs per_category: {{category: {{threshold: number}}}} over {list(self.category_names)}"
+        return None
 
     def evaluate(self, texts: Iterable[str], labels: Any, *, out_dir: str | Path | None = None,
                  positive: Any = None) -> dict[str, Any]:
@@ -141,7 +187,7 @@ class MultiLabelClassifier(AgileClassifier):
         texts = _as_list(texts)
         y = self._matrix(labels, len(texts), "evaluate(texts, labels)")
         probs = self.predict_proba(texts)
-        m = with_averages(multilabel_metrics(y, probs, list(self.category_names)))
+        m = with_averages(multilabel_metrics(y, probs, list(self.category_names), threshold=self.thresholds()))
         if out_dir is not None:
             from toolkit.io_utils import write_json
             from toolkit.plots import plot_pr_curve, plot_roc_curve

@@ -148,8 +148,8 @@ def _scored(clf: Any, frame: pd.DataFrame, text_column: str) -> pd.DataFrame:
     out = frame.copy()
     for j, name in enumerate(names):
         out[f"p_{name}"] = probs[:, j]
-    if hasattr(clf, "category_names"):  # multi-label: every category whose "yes" is at least even
-        out["predicted"] = [";".join(n for n, p in zip(names, row) if p >= 0.5) for row in probs]
+    if hasattr(clf, "category_names"):  # multi-label: every category at or above its threshold (or 0.5)
+        out["predicted"] = [";".join(n for n, hit in zip(names, row) if hit) for row in clf._decide(probs)]
     else:
         out["predicted"] = np.asarray(clf.class_names)[clf._decide(probs)]
         t = clf.threshold_

@@ -183,10 +183,10 @@ def load(directory: str | Path, *, progress: bool = True, mesh: Any = None) -> A
     clf.classes_ = clf._fitted_classes()
     threshold = meta.get("threshold")
     if threshold is not None:
-        if (not isinstance(threshold, dict) or not isinstance(threshold.get("threshold"), (int, float))
-                or threshold.get("positive") not in clf.class_names):
+        problem = clf._threshold_problem(threshold)
+        if problem:
             raise SavedFileError(f"{meta_path}: threshold {threshold!r} is not a threshold of this classifier "
-                                 f"(needs a number and a positive class of {list(clf.class_names)}); remove it")
+                                 f"({problem}); remove it")
         clf.threshold_ = dict(threshold)
     clf._ensure_model()
     if not meta.get("lora_merged"):  # merged adapters are in the base: fresh ones (B = 0) change nothing
