@@ -302,7 +302,7 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         `resume=True` continues from the latest. `callbacks` (`toolkit.train.callbacks`)
         add anything else around the steps: W&B tracking (`Tracking`), checkpoints with
         a policy of their own (`Checkpointing`), a sweep's reports, your own."""
-        from toolkit.train.callbacks import Checkpointing, EpochEval, Tracking
+        from toolkit.train.callbacks import Checkpointing, EarlyStop, EpochEval, Tracking
         from toolkit.train.loop import fit
 
         ids, y = self._training_rows(texts, labels, "fit(texts, labels)")
@@ -315,10 +315,15 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
             from toolkit.train.checkpoint import Checkpointer
 
             extra.append(Checkpointing(Checkpointer(checkpoint_dir), resume=resume))
+        stopping = self.train_config.early_stopping
+        if stopping is not None and not any(isinstance(cb, EpochEval) for cb in extra):
+            raise ValueError("train.early_stopping needs rows to score each epoch: pass eval_texts / eval_labels "
+                             "(a run config: data.validation_size > 0), or unset it")
+        last = [EarlyStop(stopping)] if stopping is not None else []  # after every recorder: see EarlyStop
         t0 = time.perf_counter()
         self._lora, self.history = fit(self._placement, ids, y, self.class_ids, self.train_config,
                                        max_length=self.max_length, pad_id=self.tokenizer.pad_id, head=self._head(),
-                                       callbacks=[*extra, *callbacks], progress=self.progress)
+                                       callbacks=[*extra, *callbacks, *last], progress=self.progress)
         self.fit_seconds = time.perf_counter() - t0
         self.classes_ = self._fitted_classes()
         self.threshold_ = None  # chosen for the adapters it was tuned with

@@ -189,6 +189,26 @@ class ClassifierSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class EarlyStopping:
+    """Stop when `metric` (an `eval_*` value scored each epoch on the eval / validation
+    rows) has not improved by more than `min_delta` for `patience` epochs; the fit then
+    keeps the best epoch's adapters, and its history says which and why."""
+
+    metric: str = "eval_roc_auc"
+    mode: str = "max"
+    patience: int = 1
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        must(self.metric in EVAL_METRICS, "train.early_stopping.metric", self.metric,
+             f"a metric scored each epoch: one of {', '.join(EVAL_METRICS)}")
+        must(self.mode in ("max", "min"), "train.early_stopping.mode", self.mode, "max or min")
+        must(self.patience >= 1, "train.early_stopping.patience", self.patience, ">= 1 epoch")
+        must(_number(self.min_delta) and self.min_delta >= 0, "train.early_stopping.min_delta", self.min_delta,
+             ">= 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Optimisation. `batch_size` is global (all hosts); `loss` is "class" (softmax over
     the class tokens) or "lm" (the codelab's full-vocabulary loss)."""
@@ -210,8 +230,12 @@ class TrainConfig:
     # Pack several examples per row to a fixed token budget (one compiled shape, little
     # padding; `batch_size` is then the mean examples per step). False: length buckets.
     packing: bool = True
+    # Stop on the eval metric and keep the best epoch's adapters (needs eval rows).
+    early_stopping: EarlyStopping | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.early_stopping, dict):  # TrainConfig(**dict) from the Python API
+            object.__setattr__(self, "early_stopping", EarlyStopping(**self.early_stopping))
         must(self.loss in LOSSES, "train.loss", self.loss, " or ".join(LOSSES))
         must(self.schedule in ("cosine", "linear", "constant"), "train.schedule", self.schedule,
              "cosine, linear or constant")
@@ -351,6 +375,8 @@ class RunConfig:
         must(not bad, "callbacks", list(self.callbacks), "import paths module:Name, e.g. my_package.hooks:LogInputs")
         must(self.classifier.threshold is None or len(self.classifier.labels) == 2, "classifier.threshold",
              self.classifier.threshold, "unset for more than two classes (a threshold splits two)")
+        must(self.train.early_stopping is None or self.data.validation_size > 0, "train.early_stopping",
+             self.train.early_stopping, "set with data.validation_size > 0: it stops on the validation rows' metric")
         must(self.classifier.threshold is None or self.data.validation_size > 0, "classifier.threshold",
              self.classifier.threshold, "set with data.validation_size > 0: it is chosen on validation rows, "
              "never on the test rows")

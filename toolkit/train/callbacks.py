@@ -51,6 +51,11 @@ class FitState:
     flops: float = 0.0  # their FLOPs
     device_kind: str = ""
     num_devices: int = 1
+    stop: str | None = None  # set by a callback (why): the loop ends after this epoch
+
+    @property
+    def last_epoch(self) -> bool:
+        return self.stop is not None or self.epoch + 1 >= len(self.steps_per_epoch)
 
     def tree(self) -> dict[str, Any]:
         """The checkpointed tree; `{lora, opt_state, rest}` is built here and nowhere else."""
@@ -144,6 +149,66 @@ class EpochEval(Callback):
 
     def on_epoch_end(self, fit: FitState, record: dict[str, Any]) -> None:
         record.update(self.evaluate(fit) or {})
+
+
+class EarlyStop(Callback):
+    """Ends the fit once `cfg.metric` (already in the epoch's record: after `EpochEval`) has
+    not improved by more than `cfg.min_delta` for `cfg.patience` epochs, and leaves the
+    best epoch's adapters in the fit (a device copy is kept, no host round trip). Put it
+    after the callbacks that record an epoch: they see the epoch as trained, and a
+    checkpoint keeps the step's real state. The last record says which epoch was kept.
+
+    On resume the best value and the patience count come from the history; adapters of a
+    best epoch from before the resume are in the run's best checkpoint, not here."""
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+        self.best: tuple[int, float] | None = None  # (epoch, value)
+        self.best_lora: Any = None
+        self.bad = 0
+
+    def _better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        delta = value - self.best[1] if self.cfg.mode == "max" else self.best[1] - value
+        return delta > self.cfg.min_delta
+
+    def on_fit_start(self, fit: FitState) -> None:
+        for record in fit.history:  # a resumed run
+            value = record.get(self.cfg.metric)
+            if value is None:
+                continue
+            if self._better(value):
+                self.best, self.bad = (record["epoch"], value), 0
+            else:
+                self.bad += 1
+
+    def on_epoch_end(self, fit: FitState, record: dict[str, Any]) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        value = record.get(self.cfg.metric)
+        if value is None:
+            raise ValueError(f"train.early_stopping.metric {self.cfg.metric} is not scored each epoch (the epoch "
+                             f"has {sorted(k for k in record if k.startswith('eval_'))}); give eval rows "
+                             "(data.validation_size > 0, or fit(eval_texts=...)) or choose another metric")
+        if self._better(value):
+            self.best, self.bad = (record["epoch"], value), 0
+            self.best_lora = jax.tree.map(jnp.copy, fit.lora)
+        else:
+            self.bad += 1
+            if self.bad >= self.cfg.patience:
+                fit.stop = (f"{self.cfg.metric} did not improve by more than {self.cfg.min_delta} for "
+                            f"{self.bad} epoch(s)")
+        if fit.last_epoch:
+            kept, best = self.best
+            if self.best_lora is not None:
+                fit.lora = self.best_lora
+            record.update({"kept_epoch": kept if self.best_lora is not None else record["epoch"],
+                           "kept_reason": (f"best {self.cfg.metric} {best:.4f} at epoch {kept}"
+                                           + (f"; stopped: {fit.stop}" if fit.stop else "")
+                                           + ("" if self.best_lora is not None else
+                                              "; that epoch was before the resume, so the last is kept"))})
 
 
 class Tracking(Callback):

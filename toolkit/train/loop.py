@@ -232,7 +232,9 @@ def fit(
                        shape=shape if cfg.packing else None, max_length=max_length, pad_id=pad_id,
                        global_rows=global_rows, slice_index=slice_index, slice_count=slice_count,
                        skip=skip if epoch == start_epoch else 0, head_length=len(head or ()))
-        state.epoch = cfg.epochs
+            if state.stop is not None:  # a callback (early stopping) ended the fit
+                break
+        state.epoch = len(state.history)
     finally:
         for cb in callbacks:
             cb.close()
