@@ -350,12 +350,26 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
 
         return evaluate
 
-    def _proba_ids(self, ids: list[list[int]], lora: Any) -> np.ndarray:
+    def _proba_ids(self, ids: list[list[int]], lora: Any, with_hidden: bool = False) -> Any:
         from toolkit.train.loop import predict_proba
 
         return predict_proba(self._placement, lora, ids, self.class_ids, batch_size=self.train_config.eval_batch_size,
                              max_length=self.max_length, pad_id=self.tokenizer.pad_id, progress=self.progress,
-                             head=self._head(), packing=self.train_config.packing)
+                             head=self._head(), packing=self.train_config.packing, with_hidden=with_hidden)
+
+    def _pool_scores(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, last-token hidden states) of each text: what `suggest` ranks by."""
+        self._check_fitted()
+        self._ensure_model()
+        return self._proba_ids(self._encode(texts), self._lora, with_hidden=True)
+
+    def suggest(self, texts: Iterable[str], k: int, *, strategy: str = "uncertainty",
+                exclude: Iterable[str] = (), seed: int = 0) -> Any:
+        """The `k` texts of the pool most worth labelling next, most useful first, each with
+        the reason (`toolkit.suggest.suggest`: uncertainty, entropy, diverse or random)."""
+        from toolkit.suggest import suggest
+
+        return suggest(self, texts, k, strategy=strategy, exclude=exclude, seed=seed)
 
     def _plots(self, y: np.ndarray, probs: np.ndarray, m: dict[str, Any], out: Path) -> dict[str, str]:
         """confusion_matrix.png (+ roc_curve.png and pr_curve.png, the threshold's point marked,

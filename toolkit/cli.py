@@ -33,6 +33,7 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("toolkit.export.errors", "ExportError"),
     ("toolkit.report.collect", "ReportError"),
     ("toolkit.predict", "PredictError"),
+    ("toolkit.suggest", "SuggestError"),
 )
 
 USER_ERROR_EXIT = 2

@@ -120,6 +120,14 @@ class MultiLabelClassifier(AgileClassifier):
 
         return evaluate
 
+    def _pool_scores(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(n, categories) "yes" probabilities and each text's hidden state averaged over its questions."""
+        self._check_fitted()
+        self._ensure_model()
+        k, n = len(self.category_names), len(texts)
+        probs, hidden = self._proba_ids(self._expand(texts), self._lora, with_hidden=True)
+        return probs[:, 1].reshape(k, n).T, hidden.reshape(k, n, -1).mean(axis=0)
+
     def predict_proba(self, texts: Iterable[str]) -> np.ndarray:
         """(n, categories): the probability of "yes" for each category."""
         texts, _ = self._checked(texts, None, "predict(texts)")  # a bad argument first: it names what to fix

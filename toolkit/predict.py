@@ -132,6 +132,16 @@ def _checked(frames: Any, path: Path, text_column: str) -> Iterator[pd.DataFrame
         raise DataError(f"{path}: the file has a header but no rows")
 
 
+def read_texts(path: str | Path, text_column: str = "text", *, delimiter: str | None = None) -> pd.DataFrame:
+    """A whole CSV / TSV / JSONL / Parquet file, its text column checked as `predict_file`
+    checks it (a pool to suggest from, a file of labelled rows)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    frames = list(_chunks(path, _file_format(path, None), text_column, 1 << 16, delimiter))
+    return pd.concat(frames, ignore_index=True)
+
+
 def _names(clf: Any) -> list[str]:
     return list(getattr(clf, "category_names", None) or clf.class_names)
 

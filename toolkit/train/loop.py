@@ -98,18 +98,20 @@ class Placement:
     mesh: Any
     shardings: StepShardings
     model_config: Any = None  # for FLOP / MFU estimates
-    _score: Callable | None = dataclasses.field(default=None, repr=False)
+    _score: dict[bool, Callable] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def dp(self) -> int:
         return mesh_lib.data_parallel_size(self.mesh)
 
-    def score_fn(self) -> Callable:
+    def score_fn(self, with_hidden: bool = False) -> Callable:
         """The one compiled scorer of this model on this mesh (classes and head are its
-        arguments): per-epoch eval and every later predict share it."""
-        if self._score is None:
-            self._score = make_score_step(self.parts.eval_graph, shardings=self.shardings)
-        return self._score
+        arguments): per-epoch eval and every later predict share it (`with_hidden`, for
+        `suggest`, is a second one that also returns the hidden states)."""
+        if with_hidden not in self._score:
+            self._score[with_hidden] = make_score_step(self.parts.eval_graph, shardings=self.shardings,
+                                                       with_hidden=with_hidden)
+        return self._score[with_hidden]
 
 
 def place_parts(parts: ModelParts, mesh: Any, model_config: Any = None) -> Placement:
@@ -327,8 +329,10 @@ def predict_proba(
     progress: bool = False,
     head: Sequence[int] | None = None,
     packing: bool = True,
-) -> np.ndarray:
-    """(n, classes) probabilities in input order.
+    with_hidden: bool = False,
+) -> Any:
+    """(n, classes) probabilities in input order; `with_hidden`: (probabilities, (n, embed)
+    last-token hidden states).
 
     Packed (the default): examples longest-first in rows of one shape that
     depends only on (batch_size, max_length, mesh), so every call shares one
@@ -339,10 +343,11 @@ def predict_proba(
     """
     parts, mesh = placement.parts, placement.mesh
     out = np.zeros((len(ids), len(class_ids)), np.float32)
+    hidden_out: np.ndarray | None = None  # sized by the first batch
     if not len(ids):
-        return out
+        return (out, np.zeros((0, 0), np.float32)) if with_hidden else out
     dp = placement.dp
-    score = placement.score_fn()
+    score = placement.score_fn(with_hidden)
     class_arr, head_arg = jnp.asarray(class_ids, jnp.int32), make_head(head)
     if packing:
         shape = packing_lib.score_shape(batch_size, max_length, row_multiple=dp)
@@ -366,9 +371,15 @@ def predict_proba(
             local = {"tokens": b.tokens[lo: lo + per], "lengths": np.maximum(b.lengths, 1)[lo: lo + per],
                      "labels": b.labels[lo: lo + per], "weights": b.weights[lo: lo + per]}
         g = mesh_lib.global_batch(mesh, local, rows)
-        probs = np.asarray(mesh_lib.to_host(score(lora, parts.frozen, parts.rest, g, class_arr, head_arg)))
+        result = mesh_lib.to_host(score(lora, parts.frozen, parts.rest, g, class_arr, head_arg))
+        probs = np.asarray(result[0] if with_hidden else result)
         probs = probs.reshape(-1, probs.shape[-1])
         index = np.asarray(b.index).reshape(-1)
         real = index >= 0
         out[index[real]] = probs[real]
-    return out
+        if with_hidden:
+            hidden = np.asarray(result[1])
+            if hidden_out is None:
+                hidden_out = np.zeros((len(ids), hidden.shape[-1]), np.float32)
+            hidden_out[index[real]] = hidden.reshape(-1, hidden.shape[-1])[real]
+    return (out, hidden_out) if with_hidden else out

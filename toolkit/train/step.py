@@ -210,13 +210,18 @@ def make_train_step(
                    out_shardings=(s.lora, s.opt_state, s.rest, s.replicated))
 
 
-def make_score_step(graphdef: Any, jit: bool = True, shardings: StepShardings | None = None) -> Callable:
+def make_score_step(graphdef: Any, jit: bool = True, shardings: StepShardings | None = None,
+                    with_hidden: bool = False) -> Callable:
     """`score(lora, frozen, rest, batch, class_ids, head) -> (rows, S, classes)` probabilities
-    (replicated on every device when `shardings` are given, so every host can read them)."""
+    (replicated on every device when `shardings` are given, so every host can read them).
+    `with_hidden`: also the (rows, S, embed) last-token hidden states the probabilities
+    come from (what `suggest` measures diversity with), at no extra compute."""
 
     def score(lora, frozen, rest, batch, class_ids, head):
         model = nnx.merge(graphdef, lora, frozen, rest)
-        return jax.nn.softmax(class_logits(model, batch, class_ids, head), axis=-1)
+        hidden = segment_hidden(model, batch, head)
+        probs = jax.nn.softmax(model.project(hidden, class_ids).astype(jnp.float32), axis=-1)
+        return (probs, hidden.astype(jnp.float32)) if with_hidden else probs
 
     if not jit:
         return score
