@@ -267,3 +267,19 @@ def test_shared_head_gets_one_lora_dropout_mask_per_batch_and_rows_their_own(mon
     shapes.clear()
     np.testing.assert_array_equal(model.prefix(jnp.asarray([2, 40, 41])), model.prefix(jnp.asarray([2, 40, 41])))
     assert shapes == []  # scoring drops nothing
+
+
+@pytest.mark.parametrize("total", [1, 2, 4, 10, 40])
+def test_every_schedule_trains_from_its_first_step_when_too_short_to_warm_up(total):
+    """A fit of fewer steps than 1 / warmup_ratio (8 examples, batch 8) has no warm-up: its
+    first step is at the full rate, not 0 (it used to fail inside optax at 1 step)."""
+    from toolkit.config import TrainConfig
+    from toolkit.train.loop import make_schedule
+
+    cfg = TrainConfig(learning_rate=0.01, warmup_ratio=0.1)
+    rates = [float(make_schedule(cfg, total)(i)) for i in range(total)]
+    if total * cfg.warmup_ratio < 0.5:
+        assert rates[0] == pytest.approx(0.01)
+    else:
+        assert rates[0] == 0.0 and max(rates) == pytest.approx(0.01, rel=0.3)
+    assert all(0 <= r <= 0.01 + 1e-9 for r in rates) and (total == 1 or rates[-1] < rates[0] or rates[0] == 0.0)

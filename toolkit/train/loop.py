@@ -47,8 +47,9 @@ def make_schedule(cfg: TrainConfig, total_steps: int, peak: float | None = None)
     lr = cfg.learning_rate if peak is None else peak
     warmup = int(round(cfg.warmup_ratio * total_steps))
     if cfg.schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(total_steps, warmup + 1),
-                                                  end_value=0.0)
+        if warmup == 0:  # a short fit (under 1 / warmup_ratio steps): no step at a learning rate of 0
+            return optax.cosine_decay_schedule(lr, max(total_steps, 1), alpha=0.0)
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1), end_value=0.0)
     after = (optax.constant_schedule(lr) if cfg.schedule == "constant"
              else optax.linear_schedule(lr, 0.0, max(total_steps - warmup, 1)))
     if warmup == 0:
