@@ -3,7 +3,7 @@
     python bench/active_learning.py                               # 270M, ETHOS, 3 strategies x 3 seeds
     python bench/active_learning.py --dataset uci_imdb            # the UCI sentiment sentences
     python bench/active_learning.py --model random:tiny_gemma3 --start 8 --step 8 --max 16 \\
-        --seeds 0 --epochs 1 --out /tmp/al.json                   # what the test runs
+        --seeds 0 --epochs 1 --pool-size 120 --out /tmp/al.json   # what the test runs
 
 The pool is the data set's 800 training rows with their labels hidden; the test rows
 score every round. Each (strategy, seed) starts from `--start` random labels (the same
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step", type=int, default=50)
     ap.add_argument("--max", type=int, default=400)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--pool-size", type=int, help="the first N training rows as the pool (default: all 800)")
     ap.add_argument("--out", help="JSON path (default bench/results/active_learning_<dataset>.json)")
     args = ap.parse_args(argv)
 
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out) if args.out else RESULTS / f"active_learning_{args.dataset}.json"
     train, test, task = DATASETS[args.dataset](args.data_dir)
+    train = train.iloc[: args.pool_size] if args.pool_size else train
     names = list(task["labels"])
     pool_texts = train["text"].tolist()
     pool_labels = [names[int(v)] for v in train["label"]]

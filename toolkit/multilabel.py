@@ -159,12 +159,7 @@ class MultiLabelClassifier(AgileClassifier):
         says why under "kept"."""
         from toolkit.threshold import choose_threshold
 
-        if positive is not None:
-            raise ValueError(f"tune_threshold(positive={positive!r}): a multi-label classifier tunes each "
-                             f"category's {self.class_names[-1]!r} answer")
-        texts = _as_list(texts)
-        y = self._matrix(labels, len(texts), "tune_threshold(texts, labels)")
-        probs = self.predict_proba(texts)
+        y, probs = self._scored_rows(texts, labels, positive, "tune_threshold")
         per: dict[str, Any] = {}
         kept: dict[str, str] = {}
         for j, c in enumerate(self.category_names):
@@ -178,6 +173,14 @@ class MultiLabelClassifier(AgileClassifier):
         self.threshold_ = {"per_category": per, "kept": kept}
         return {"per_category": dict(per), "kept": dict(kept)}
 
+    def _scored_rows(self, texts: Iterable[str], labels: Any, positive: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+        """(0/1 label matrix, probabilities) of labelled rows, for `evaluate` / `tune_threshold`."""
+        if positive is not None:
+            raise ValueError(f"{what}(positive={positive!r}): a multi-label classifier scores each category's "
+                             f"{self.class_names[-1]!r} answer; there is no positive class to choose")
+        texts = _as_list(texts)
+        return self._matrix(labels, len(texts), f"{what}(texts, labels)"), self.predict_proba(texts)
+
     def _threshold_problem(self, threshold: Any) -> str | None:
         per = threshold.get("per_category") if isinstance(threshold, dict) else None
         if not isinstance(per, dict) or any(c not in self.category_names or not isinstance(
@@ -189,12 +192,7 @@ class MultiLabelClassifier(AgileClassifier):
                  positive: Any = None) -> dict[str, Any]:
         from toolkit.metrics import multilabel_metrics
 
-        if positive is not None:
-            raise ValueError(f"evaluate(positive={positive!r}): a multi-label classifier scores each category's "
-                             f"{self.class_names[-1]!r} answer; there is no positive class to choose")
-        texts = _as_list(texts)
-        y = self._matrix(labels, len(texts), "evaluate(texts, labels)")
-        probs = self.predict_proba(texts)
+        y, probs = self._scored_rows(texts, labels, positive, "evaluate")
         m = with_averages(multilabel_metrics(y, probs, list(self.category_names), threshold=self.thresholds()))
         if out_dir is not None:
             from toolkit.io_utils import write_json
