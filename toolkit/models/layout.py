@@ -20,6 +20,21 @@ _PER_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
 _STACKED = "layers."
 
 
+class Deferred:
+    """A tensor made only when a consumer asks for it (`np.asarray`), then dropped by it.
+
+    Loading a checkpoint tensor by tensor this way keeps one fp32 tensor in memory at a
+    time instead of the whole model: a GGUF is dequantized, and a layer stack built,
+    just before its device copy is made."""
+
+    def __init__(self, shape: tuple[int, ...], make: Any):
+        self.shape, self._make = tuple(shape), make
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        value = self._make()
+        return value if dtype is None else value.astype(dtype, copy=False)
+
+
 def is_stacked_name(name: str) -> bool:
     return name.startswith(_STACKED) and _PER_LAYER.match(name) is None
 
@@ -57,7 +72,8 @@ def to_model(flat: Mapping[str, Any], num_layers: int, scanned: bool) -> dict[st
     """Exchange-format tensors -> the model's layout (per-layer tensors stacked in layer order).
 
     A stacked name gets a value only when every layer supplies it; callers
-    validate completeness against `exchange_shapes` first.
+    validate completeness against `exchange_shapes` first. Stacks are `Deferred`:
+    built when read, so only one is ever in memory.
     """
     if not scanned:
         return dict(flat)
@@ -73,5 +89,7 @@ def to_model(flat: Mapping[str, Any], num_layers: int, scanned: bool) -> dict[st
         if sorted(per_layer) != list(range(num_layers)):
             missing = sorted(set(range(num_layers)) - set(per_layer))
             raise KeyError(f"layers.{missing[0] if missing else '?'}.{rest}")
-        out[_STACKED + rest] = np.stack([np.asarray(per_layer[i]) for i in range(num_layers)])
+        out[_STACKED + rest] = Deferred(
+            (num_layers, *per_layer[0].shape),
+            lambda per_layer=per_layer: np.stack([np.asarray(per_layer[i]) for i in range(num_layers)]))
     return out

@@ -327,12 +327,19 @@ def _expected(cfg: ModelConfig) -> dict[str, tuple[str, tuple[int, ...], Callabl
     return out
 
 
-def load_gguf(path: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+def _our_shape(fn: Callable[[np.ndarray], np.ndarray], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape `fn` turns a GGUF tensor of `shape` into (run on a zero-stride view: no data)."""
+    return tuple(fn(np.broadcast_to(np.float32(0), shape)).shape)
+
+
+def load_gguf(path: str | os.PathLike[str], *, lazy: bool = False) -> tuple[ModelConfig, dict[str, Any]]:
     """(config, flat float32 params in our layout) from a Gemma GGUF.
 
     All shapes are checked before anything is dequantized, so a bad file fails
     in well under a second. A tied `output.weight`, if a converter wrote one,
-    is ignored: Gemma's head is the embedding.
+    is ignored: Gemma's head is the embedding. `lazy`: each value is a
+    `layout.Deferred`, dequantized when the model copies it (peak memory one
+    fp32 tensor, not the model; the loader's path).
     """
     gf = read_gguf(path)
     cfg = infer_config(gf)
@@ -345,12 +352,18 @@ def load_gguf(path: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str, np.n
             raise WeightImportError(
                 f"{gf.path}: tensor {gguf_name!r} has shape {info.shape}, expected {shape} for model {cfg.name}"
             )
-    params = {key: np.ascontiguousarray(fn(gf.tensor(gguf_name)), dtype=np.float32)
-              for key, (gguf_name, _, fn) in expected.items()}
-    for key, value in params.items():
+    def read(gguf_name: str, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        value = np.ascontiguousarray(fn(gf.tensor(gguf_name)), dtype=np.float32)
         if not np.isfinite(value).all():
-            raise WeightImportError(f"{gf.path}: tensor {expected[key][0]!r} has non-finite values")
-    return cfg, params
+            raise WeightImportError(f"{gf.path}: tensor {gguf_name!r} has non-finite values")
+        return value
+
+    if lazy:
+        from toolkit.models.layout import Deferred
+
+        return cfg, {key: Deferred(_our_shape(fn, shape), lambda g=g, fn=fn: read(g, fn))
+                     for key, (g, shape, fn) in expected.items()}
+    return cfg, {key: read(gguf_name, fn) for key, (gguf_name, _, fn) in expected.items()}
 
 
 def resolve_gguf(name_or_path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> Path:

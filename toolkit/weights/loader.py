@@ -107,7 +107,7 @@ def load_pretrained(
         kind, path = resolve(spec, cache_dir)
         source = str(path)
         if kind == "gguf":
-            config, params = load_gguf(path)
+            config, params = load_gguf(path, lazy=True)  # dequantized tensor by tensor as it loads
             tokenizer = Tokenizer.from_gguf(path)
         else:
             config, params, spm = (load_hf if kind == "hf" else load_keras_preset)(path)
