@@ -14,7 +14,6 @@ to `--out` (default bench/results/multilabel_ethos_800.json) and the table besid
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -101,12 +100,13 @@ def main(argv: list[str] | None = None) -> int:
                "gemma": {k: ours[k] for k in keep}, "tfidf_ovr": {k: base[k] for k in keep},
                "fit_seconds": round(fit_s, 1), "score_seconds": round(score_s, 1)}
     table = _table(results, categories)
-    print(json.dumps(results, indent=2))
+    from bench.emit import emit
+
+    emit(results, args.out)
     print(table)
     if args.out != "-":
         from toolkit.io_utils import write_text
 
-        write_text(args.out, json.dumps(results, indent=2) + "\n")
         write_text(Path(args.out).with_suffix(".md"), f"# {Path(args.out).stem}\n\n"
                    f"`python bench/multilabel.py --model {args.model} --train-size {args.train_size} "
                    f"--epochs {args.epochs}`: {len(train)} training rows, {len(test)} test rows, F1 at 0.5.\n\n"

@@ -96,12 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         small, big = results[0], results[-1]
         out["peak_rss_ratio_largest_vs_smallest"] = round(
             big["predict_file"]["peak_rss_gb"] / small["predict_file"]["peak_rss_gb"], 3)
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out != "-":
-        from toolkit.io_utils import write_text
+    from bench.emit import emit
 
-        write_text(args.out, text + "\n")
+    emit(out, args.out)
     return 0
 
 

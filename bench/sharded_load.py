@@ -22,7 +22,6 @@ Prints one JSON object (and writes it atomically to `--out`):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -117,12 +116,9 @@ def main() -> None:
     args = ap.parse_args()
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"  # before JAX starts
     result = {"benchmark": "sharded_load", "load": load(args), "abstract": abstract(args)}
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out != "-":
-        from toolkit.io_utils import write_text
+    from bench.emit import emit
 
-        write_text(Path(args.out), text + "\n")
+    emit(result, args.out, indent=1)
 
 
 if __name__ == "__main__":

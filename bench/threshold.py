@@ -14,7 +14,6 @@ atomically to `--out`.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -68,12 +67,9 @@ def main(argv: list[str] | None = None) -> int:
            "validation": {k: chosen[k] for k in ("precision", "recall", "f1")},
            "test_at_threshold": _at(at_threshold), "test_at_argmax": _at(at_argmax),
            "test_roc_auc": at_argmax["roc_auc"], "fit_seconds": round(fit_s, 1)}
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out != "-":
-        from toolkit.io_utils import write_text
+    from bench.emit import emit
 
-        write_text(args.out, text + "\n")
+    emit(out, args.out)
     return 0
 
 
