@@ -251,3 +251,18 @@ def test_export_hf_in_bfloat16_halves_the_file(trained, tmp_path):
     assert json.loads((half / "config.json").read_text())["torch_dtype"] == "bfloat16"
     model = transformers.AutoModelForCausalLM.from_pretrained(half)
     assert next(model.parameters()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("prefix", ["model.language_model.", "language_model.model."])
+def test_a_multimodal_gemma3_checkpoint_loads_its_text_decoder(checkpoints, tmp_path, prefix):
+    """Gemma3ForConditionalGeneration's files (transformers 5 and 4 spell the decoder's prefix
+    differently): the text decoder loads, the vision tower's tensors are left alone."""
+    directory, theirs = checkpoints["gemma3"]
+    with SafetensorsFile(directory / "model.safetensors") as f:
+        tensors = {prefix + k.removeprefix("model."): np.array(f.tensor(k)) for k in f.keys()}
+    tensors["model.vision_tower.patch_embedding.weight"] = np.zeros((4, 4), np.float32)
+    write_safetensors(tmp_path / "model.safetensors", tensors)
+    text = json.loads((directory / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma3", "text_config": text,
+                                                      "vision_config": {"hidden_size": 4}}))
+    _assert_close(_ours(tmp_path), theirs)
