@@ -136,6 +136,7 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         # The operating point chosen by `tune_threshold` ({"threshold", "positive", the target,
         # precision / recall / f1 on the tuning rows}); None: the most probable class wins.
         self.threshold_: dict[str, Any] | None = None
+        self._head_weights: np.ndarray | None = None  # train.trainable=head: (classes, embed)
         self._loaded = False
         self._derive()
 
@@ -167,6 +168,7 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
             self._loaded = False
         self.__dict__.pop("classes_", None)
         self.threshold_ = None
+        self._head_weights = None
         return self
 
     # The typed views of the arguments: what the rest of the toolkit reads.
@@ -306,6 +308,11 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         from toolkit.train.loop import fit
 
         ids, y = self._training_rows(texts, labels, "fit(texts, labels)")
+        self._head_weights = None
+        if self.train_config.trainable == "head":
+            for cb in callbacks:  # a head trains in seconds: no checkpoints, tracking or reports to run
+                cb.close()
+            return self._fit_head(ids, y, eval_texts, eval_labels)
         extra: list[Any] = []
         if eval_texts is not None and self.train_config.eval_every_epoch:
             e_ids, e_y = self._training_rows(eval_texts, eval_labels, "fit(eval_texts, eval_labels)")
@@ -351,11 +358,56 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         return evaluate
 
     def _proba_ids(self, ids: list[list[int]], lora: Any, with_hidden: bool = False) -> Any:
+        if self._head_weights is not None:  # train.trainable=head: the head reads the frozen model's features
+            from toolkit.train.head import head_probs
+
+            hidden = self._features(ids)
+            probs = head_probs(hidden, self._head_weights, self.model_config.final_logit_softcap)
+            return (probs, hidden) if with_hidden else probs
+        return self._scored_ids(ids, lora, with_hidden)
+
+    def _features(self, ids: list[list[int]]) -> np.ndarray:
+        """The frozen model's last-token hidden states (no adapters): a head's features."""
+        return self._scored_ids(ids, self._parts.lora, True)[1]
+
+    def _scored_ids(self, ids: list[list[int]], lora: Any, with_hidden: bool) -> Any:
         from toolkit.train.loop import predict_proba
 
         return predict_proba(self._placement, lora, ids, self.class_ids, batch_size=self.train_config.eval_batch_size,
                              max_length=self.max_length, pad_id=self.tokenizer.pad_id, progress=self.progress,
                              head=self._head(), packing=self.train_config.packing, with_hidden=with_hidden)
+
+    def _fit_head(self, ids: list[list[int]], y: np.ndarray, eval_texts: Any, eval_labels: Any) -> "AgileClassifier":
+        """`train.trainable=head` (`toolkit.train.head`): features once, then a linear head
+        that starts as the class tokens' embedding rows (the zero-shot classifier)."""
+        from toolkit.metrics import classification_metrics
+        from toolkit.models.gemma import flat_state
+        from toolkit.train.head import fit_head, head_probs
+        from toolkit.train.step import FROZEN
+
+        if hasattr(self, "category_names"):
+            raise ValueError("train.trainable=head: single-label classifiers only, for now; use lora for multi-label")
+        t0 = time.perf_counter()
+        features = self._features(ids)
+        embedding = flat_state(self._model(), FROZEN)["embedder.input_embedding"]
+        init = np.asarray(embedding[np.asarray(self.class_ids)], np.float32)  # the zero-shot head
+        evaluate = None
+        if eval_texts is not None:
+            e_ids, e_y = self._training_rows(eval_texts, eval_labels, "fit(eval_texts, eval_labels)")
+            e_features = self._features(e_ids)
+            softcap = self.model_config.final_logit_softcap
+
+            def evaluate(weights: np.ndarray, epoch: int) -> dict[str, Any]:
+                m = classification_metrics(e_y, head_probs(e_features, weights, softcap), self.class_names)
+                return {f"eval_{k}": v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
+
+        self._head_weights, self.history = fit_head(features, y, init, self.train_config,
+                                                    softcap=self.model_config.final_logit_softcap, evaluate=evaluate)
+        self._lora = self._parts.lora
+        self.fit_seconds = time.perf_counter() - t0
+        self.classes_ = self._fitted_classes()
+        self.threshold_ = None
+        return self
 
     def _pool_scores(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, last-token hidden states) of each text: what `suggest` ranks by."""
@@ -492,7 +544,8 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
 
         self._ensure_model()
         model = self._model()
-        files: dict[str, Any] = {"lora": to_host(flat_state(model, _lora_filter())), "base": None}
+        files: dict[str, Any] = {"lora": to_host(flat_state(model, _lora_filter())), "base": None,
+                                 "head": self._head_weights}
         if not isinstance(self.model, (str, os.PathLike)):
             files["base"] = {k: np.asarray(v, np.float32) for k, v in to_host(flat_state(model, FROZEN)).items()}
         return files

@@ -35,6 +35,7 @@ LOSSES = ("class", "lm")
 EVAL_METRICS = ("eval_roc_auc", "eval_pr_auc", "eval_f1", "eval_f1_macro", "eval_f1_micro", "eval_accuracy",
                 "eval_balanced_accuracy", "eval_roc_auc_macro", "eval_pr_auc_macro")
 TASKS = ("single_label", "multilabel")
+TRAINABLE = ("lora", "head")
 
 
 def must(ok: bool, key: str, value: Any, rule: str) -> None:
@@ -232,11 +233,17 @@ class TrainConfig:
     packing: bool = True
     # Stop on the eval metric and keep the best epoch's adapters (needs eval rows).
     early_stopping: EarlyStopping | None = None
+    # What trains: "lora" (adapters on the frozen base), or "head" (a linear head on the
+    # frozen model's last-token features, starting as the zero-shot classifier).
+    trainable: str = "lora"
 
     def __post_init__(self) -> None:
         if isinstance(self.early_stopping, dict):  # TrainConfig(**dict) from the Python API
             object.__setattr__(self, "early_stopping", EarlyStopping(**self.early_stopping))
         must(self.loss in LOSSES, "train.loss", self.loss, " or ".join(LOSSES))
+        must(self.trainable in TRAINABLE, "train.trainable", self.trainable, " or ".join(TRAINABLE))
+        must(self.trainable != "head" or self.early_stopping is None, "train.early_stopping",
+             self.early_stopping, "unset with train.trainable=head (its epochs take seconds)")
         must(self.schedule in ("cosine", "linear", "constant"), "train.schedule", self.schedule,
              "cosine, linear or constant")
         for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "log_every_steps"):

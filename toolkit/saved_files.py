@@ -32,6 +32,7 @@ META = "classifier.json"
 LORA = "lora.npz"
 BASE = "base.npz"
 TOKENIZER = "tokenizer.spm"
+HEAD = "head.npz"  # train.trainable=head: the linear head's weights (classes, embed)
 MODEL_HERE = "."  # classifier.json's "model" when the base weights are the directory itself
 # kind -> "module:Class"; each class names its kind in `saved_kind` and its own fields in `_kind_meta`.
 KINDS = {"single_label": "toolkit.classifier:AgileClassifier",
@@ -84,6 +85,8 @@ def write(clf: Any, directory: Path, files: dict[str, Any], *, model: str | None
     (they are merged into that preset)."""
     if lora:
         np.savez(directory / LORA, **files["lora"])
+    if files.get("head") is not None:
+        np.savez(directory / HEAD, weights=files["head"])
     if files["base"] is not None and model is None:
         np.savez(directory / BASE, **files["base"])
     (directory / TOKENIZER).write_bytes(clf.tokenizer.serialized_proto())
@@ -191,4 +194,10 @@ def load(directory: str | Path, *, progress: bool = True, mesh: Any = None) -> A
     clf._ensure_model()
     if not meta.get("lora_merged"):  # merged adapters are in the base: fresh ones (B = 0) change nothing
         clf._set_lora(read_npz(root / LORA), source=str(root / LORA))
+    if (root / HEAD).is_file():
+        head = read_npz(root / HEAD).get("weights")
+        if head is None or head.shape != (len(clf.class_names), clf.model_config.embed_dim):
+            raise SavedFileError(f"{root / HEAD}: expected 'weights' of shape ({len(clf.class_names)}, "
+                                 f"{clf.model_config.embed_dim}); {_FIX}")
+        clf._head_weights = head
     return clf

@@ -82,6 +82,10 @@ def _export_locked(source: Path, out: Path, *, format: str, dtype: str, progress
     from toolkit.export.source import load_classifier
 
     clf, origin = load_classifier(source, progress=progress)
+    if clf._head_weights is not None:
+        raise ExportError(f"{source}: a train.trainable=head classifier has a linear head, not adapters, so there "
+                          "is nothing for keras-hub or transformers to merge; use it with AgileClassifier.load / "
+                          "agile-predict, or train with train.trainable=lora to export")
     if format == "keras-preset":
         backbone_spec(clf.model_config)  # an architecture keras-hub cannot hold fails before any writing
     files = clf.host_files()
