@@ -525,13 +525,13 @@ def from_params(
         var = base_vars.get(name) or lora_vars[name]
         if name in base_shardings:
             var.set_value(_sharded(value, var.dtype, base_shardings[name]))
-        else:
-            var.set_value(jnp.asarray(value, dtype=var.dtype))
+        else:  # host copy made in the variable's dtype (a Deferred tensor is built in it)
+            var.set_value(jnp.asarray(np.asarray(value, dtype=var.dtype)))
     return nnx.merge(graphdef, base_state, other_state)
 
 
 def _sharded(value: np.ndarray, dtype: Any, sharding: Any) -> Array:
     """A global array on `sharding`, each device's slice cast and copied from the host alone."""
-    host = np.asarray(value)
     dtype = jnp.dtype(dtype)
+    host = np.asarray(value, dtype=dtype)  # one host copy, already in the stored dtype
     return jax.make_array_from_callback(host.shape, sharding, lambda index: np.asarray(host[index], dtype=dtype))

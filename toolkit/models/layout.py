@@ -28,11 +28,11 @@ class Deferred:
     just before its device copy is made."""
 
     def __init__(self, shape: tuple[int, ...], make: Any):
-        self.shape, self._make = tuple(shape), make
+        self.shape, self._make = tuple(shape), make  # make(dtype) -> array
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        value = self._make()
-        return value if dtype is None else value.astype(dtype, copy=False)
+        """Made straight in `dtype` when asked for one (a bf16 base never holds an fp32 copy)."""
+        return self._make(np.dtype(dtype) if dtype is not None else np.dtype(np.float32))
 
 
 def is_stacked_name(name: str) -> bool:
@@ -91,5 +91,6 @@ def to_model(flat: Mapping[str, Any], num_layers: int, scanned: bool) -> dict[st
             raise KeyError(f"layers.{missing[0] if missing else '?'}.{rest}")
         out[_STACKED + rest] = Deferred(
             (num_layers, *per_layer[0].shape),
-            lambda per_layer=per_layer: np.stack([np.asarray(per_layer[i]) for i in range(num_layers)]))
+            lambda dtype, per_layer=per_layer: np.stack([np.asarray(per_layer[i], dtype=dtype)
+                                                         for i in range(num_layers)]))
     return out

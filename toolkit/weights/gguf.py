@@ -77,17 +77,18 @@ class GGUFFile:
     def architecture(self) -> str | None:
         return self.metadata.get("general.architecture")
 
-    def tensor(self, name: str) -> np.ndarray:
-        """The tensor dequantized to a float32 array in numpy order."""
+    def tensor(self, name: str, dtype: Any = np.float32) -> np.ndarray:
+        """The tensor dequantized to a `dtype` (default float32) array in numpy order; a
+        narrower dtype is filled chunk by chunk, so no float32 copy of the whole exists."""
         info = self.tensors.get(name)
         if info is None:
             raise WeightImportError(f"{self.path}: tensor {name!r} is missing")
         raw = np.frombuffer(self._buffer, dtype=np.uint8, count=info.nbytes, offset=info.offset)
         if info.qtype in _PLAIN_DTYPES:
-            return raw.view(_PLAIN_DTYPES[info.qtype]).reshape(info.shape).astype(np.float32)
+            return raw.view(_PLAIN_DTYPES[info.qtype]).reshape(info.shape).astype(dtype)
         block_size, type_size = GGML_QUANT_SIZES[info.qtype]
         rows = raw.reshape(-1, info.shape[-1] // block_size * type_size)
-        out = np.empty((rows.shape[0], info.shape[-1]), np.float32)
+        out = np.empty((rows.shape[0], info.shape[-1]), dtype)
         step = max(1, _DEQUANT_CHUNK_ELEMENTS // info.shape[-1])
         try:
             for start in range(0, rows.shape[0], step):
@@ -352,8 +353,11 @@ def load_gguf(path: str | os.PathLike[str], *, lazy: bool = False) -> tuple[Mode
             raise WeightImportError(
                 f"{gf.path}: tensor {gguf_name!r} has shape {info.shape}, expected {shape} for model {cfg.name}"
             )
-    def read(gguf_name: str, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        value = np.ascontiguousarray(fn(gf.tensor(gguf_name)), dtype=np.float32)
+    def read(gguf_name: str, fn: Callable[[np.ndarray], np.ndarray], dtype: Any = np.float32) -> np.ndarray:
+        # Matrices only move (transpose / reshape), so they may dequantize straight into a
+        # narrow dtype; norm vectors are unfolded (w - 1) in float32 first.
+        work = dtype if len(gf.tensors[gguf_name].shape) > 1 else np.float32
+        value = np.ascontiguousarray(fn(gf.tensor(gguf_name, work))).astype(dtype, copy=False)
         if not np.isfinite(value).all():
             raise WeightImportError(f"{gf.path}: tensor {gguf_name!r} has non-finite values")
         return value
@@ -361,7 +365,7 @@ def load_gguf(path: str | os.PathLike[str], *, lazy: bool = False) -> tuple[Mode
     if lazy:
         from toolkit.models.layout import Deferred
 
-        return cfg, {key: Deferred(_our_shape(fn, shape), lambda g=g, fn=fn: read(g, fn))
+        return cfg, {key: Deferred(_our_shape(fn, shape), lambda dtype=np.float32, g=g, fn=fn: read(g, fn, dtype))
                      for key, (g, shape, fn) in expected.items()}
     return cfg, {key: read(gguf_name, fn) for key, (gguf_name, _, fn) in expected.items()}
 
