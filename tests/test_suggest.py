@@ -15,6 +15,7 @@ import pytest
 
 from conftest import HAM, LABELS, ROOT, SPAM, VERBALIZERS, subprocess_env
 from toolkit.classifier import AgileClassifier
+from toolkit.label_round import label_round
 from toolkit.suggest import SuggestError, uncertainty
 
 
@@ -123,10 +124,12 @@ def test_a_round_trip_through_label_and_train(tmp_path):
     assert len(round1) == 6 and not set(round1["text"]) & (set(grown["text"]) | set(round0["text"]))
     ledger = [json.loads(line) for line in (tmp_path / "suggested.jsonl").read_text().splitlines()]
     assert ledger == list(round0["text"]) + list(round1["text"])
-    # A third round to the same --out is refused: the expert's file is never replaced.
-    r = _label("--classifier", str(tmp_path / "runs" / "loop" / "classifier"), "--pool", "pool.csv",
-               "--k", "2", "--out", "round1.csv", cwd=tmp_path)
-    assert r.returncode == 2 and "round1.csv already exists" in r.stderr
+    # A third round to the same --out is refused before any model loads: the expert's file is never replaced.
+    before = (tmp_path / "round1.csv").read_bytes()
+    with pytest.raises(SuggestError, match="round1.csv already exists"):
+        label_round(classifier=tmp_path / "runs" / "loop" / "classifier", pool=tmp_path / "pool.csv", k=2,
+                    out=tmp_path / "round1.csv")
+    assert (tmp_path / "round1.csv").read_bytes() == before
 
 
 @pytest.mark.parametrize("pool, k, words", [

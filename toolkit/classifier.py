@@ -381,28 +381,26 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         """`train.trainable=head` (`toolkit.train.head`): features once, then a linear head
         that starts as the class tokens' embedding rows (the zero-shot classifier)."""
         from toolkit.metrics import classification_metrics
-        from toolkit.models.gemma import flat_state
         from toolkit.train.head import fit_head, head_probs
-        from toolkit.train.step import FROZEN
 
         if hasattr(self, "category_names"):
             raise ValueError("train.trainable=head: single-label classifiers only, for now; use lora for multi-label")
         t0 = time.perf_counter()
         features = self._features(ids)
-        embedding = flat_state(self._model(), FROZEN)["embedder.input_embedding"]
+        embedding = self._model().embedder.input_embedding[...]
         init = np.asarray(embedding[np.asarray(self.class_ids)], np.float32)  # the zero-shot head
+        softcap = self.model_config.final_logit_softcap
         evaluate = None
         if eval_texts is not None:
             e_ids, e_y = self._training_rows(eval_texts, eval_labels, "fit(eval_texts, eval_labels)")
             e_features = self._features(e_ids)
-            softcap = self.model_config.final_logit_softcap
 
             def evaluate(weights: np.ndarray, epoch: int) -> dict[str, Any]:
                 m = classification_metrics(e_y, head_probs(e_features, weights, softcap), self.class_names)
                 return {f"eval_{k}": v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
 
-        self._head_weights, self.history = fit_head(features, y, init, self.train_config,
-                                                    softcap=self.model_config.final_logit_softcap, evaluate=evaluate)
+        self._head_weights, self.history = fit_head(features, y, init, self.train_config, softcap=softcap,
+                                                    evaluate=evaluate)
         self._lora = self._parts.lora
         self.fit_seconds = time.perf_counter() - t0
         self.classes_ = self._fitted_classes()

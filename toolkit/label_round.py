@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 
 from toolkit.suggest import SuggestError
 
@@ -70,7 +69,7 @@ def label_round(*, pool: str | Path, k: int, out: str | Path = "to_label.csv", c
     """Suggest `k` texts of `pool` to label next with `classifier` (a directory, or one in
     memory) or, for round 0, the zero-shot classifier of run `config`; see the module doc."""
     from toolkit.io_utils import atomic_path, write_text
-    from toolkit.predict import read_texts
+    from toolkit.predict import predicted_column, read_texts
 
     out = Path(out)
     if (classifier is None) == (config is None):
@@ -93,11 +92,7 @@ def label_round(*, pool: str | Path, k: int, out: str | Path = "to_label.csv", c
     if clash:
         raise SuggestError(f"{pool}: column {clash[0]!r} is one that agile-label writes; rename it in the pool")
     rows = table.iloc[s.indices].reset_index(drop=True)
-    decided = clf._decide(s.probs)
-    if hasattr(clf, "category_names"):
-        rows["predicted"] = [";".join(n for n, hit in zip(s.names, row) if hit) for row in decided]
-    else:
-        rows["predicted"] = np.asarray(clf.class_names)[decided]
+    rows["predicted"] = predicted_column(clf, s.probs)
     for j, name in enumerate(s.names):
         rows[f"p_{name}"] = s.probs[:, j]
     rows["uncertainty"], rows["reason"], rows["label"] = s.uncertainty, s.reasons, ""

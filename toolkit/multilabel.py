@@ -157,18 +157,17 @@ class MultiLabelClassifier(AgileClassifier):
         adapters did not train on (`AgileClassifier.tune_threshold`). A category whose
         tuning rows hold one class only, or that cannot reach the target, keeps 0.5 and
         says why under "kept"."""
-        from toolkit.threshold import choose_threshold
+        from toolkit.threshold import check_target, choose_threshold
 
+        target = dict(target_precision=target_precision, target_recall=target_recall, metric=metric)
+        check_target(**target)  # a wrong argument is the caller's error; below, only the rows can fail
         y, probs = self._scored_rows(texts, labels, positive, "tune_threshold")
         per: dict[str, Any] = {}
         kept: dict[str, str] = {}
         for j, c in enumerate(self.category_names):
             try:
-                per[c] = choose_threshold(y[:, j] == 1, probs[:, j], target_precision=target_precision,
-                                          target_recall=target_recall, metric=metric)
+                per[c] = choose_threshold(y[:, j] == 1, probs[:, j], **target)
             except ValueError as e:
-                if "exactly one of" in str(e) or "must be a number" in str(e) or "only 'f1'" in str(e):
-                    raise
                 kept[c] = str(e).removeprefix("threshold: ")
         self.threshold_ = {"per_category": per, "kept": kept}
         return {"per_category": dict(per), "kept": dict(kept)}

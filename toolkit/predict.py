@@ -142,6 +142,14 @@ def read_texts(path: str | Path, text_column: str = "text", *, delimiter: str | 
     return pd.concat(frames, ignore_index=True)
 
 
+def predicted_column(clf: Any, probs: np.ndarray) -> Any:
+    """The `predicted` column of scored rows: the class (at its threshold), or for multi-label
+    every category at or above its threshold, joined by ';'."""
+    if hasattr(clf, "category_names"):
+        return [";".join(n for n, hit in zip(clf.category_names, row) if hit) for row in clf._decide(probs)]
+    return np.asarray(clf.class_names)[clf._decide(probs)]
+
+
 def _names(clf: Any) -> list[str]:
     return list(getattr(clf, "category_names", None) or clf.class_names)
 
@@ -158,10 +166,8 @@ def _scored(clf: Any, frame: pd.DataFrame, text_column: str) -> pd.DataFrame:
     out = frame.copy()
     for j, name in enumerate(names):
         out[f"p_{name}"] = probs[:, j]
-    if hasattr(clf, "category_names"):  # multi-label: every category at or above its threshold (or 0.5)
-        out["predicted"] = [";".join(n for n, hit in zip(names, row) if hit) for row in clf._decide(probs)]
-    else:
-        out["predicted"] = np.asarray(clf.class_names)[clf._decide(probs)]
+    out["predicted"] = predicted_column(clf, probs)
+    if not hasattr(clf, "category_names"):
         t = clf.threshold_
         if t is not None:
             out["above_threshold"] = probs[:, clf.class_names.index(t["positive"])] >= t["threshold"]

@@ -14,6 +14,20 @@ import numpy as np
 TARGETS = ("target_precision", "target_recall", "metric")
 
 
+def check_target(*, target_precision: float | None = None, target_recall: float | None = None,
+                 metric: str | None = None) -> tuple[str, Any]:
+    """(name, value) of the one target given; a ValueError names what is wrong with the arguments."""
+    given = {k: v for k, v in zip(TARGETS, (target_precision, target_recall, metric)) if v is not None}
+    if len(given) != 1:
+        raise ValueError(f"threshold: give exactly one of {', '.join(TARGETS)} (got {sorted(given) or 'none'})")
+    (key, value), = given.items()
+    if key == "metric" and value != "f1":
+        raise ValueError(f"threshold: metric={value!r}; only 'f1' is supported")
+    if key != "metric" and not (isinstance(value, (int, float)) and 0 < value <= 1):
+        raise ValueError(f"threshold: {key}={value!r}; must be a number in (0, 1], e.g. 0.9")
+    return key, value
+
+
 def choose_threshold(is_positive: Any, scores: Any, *, target_precision: float | None = None,
                      target_recall: float | None = None, metric: str | None = None) -> dict[str, Any]:
     """The threshold meeting exactly one target, with the precision / recall / F1 it gives
@@ -27,14 +41,7 @@ def choose_threshold(is_positive: Any, scores: Any, *, target_precision: float |
     """
     from sklearn.metrics import precision_recall_curve
 
-    given = {k: v for k, v in zip(TARGETS, (target_precision, target_recall, metric)) if v is not None}
-    if len(given) != 1:
-        raise ValueError(f"threshold: give exactly one of {', '.join(TARGETS)} (got {sorted(given) or 'none'})")
-    (key, value), = given.items()
-    if key == "metric" and value != "f1":
-        raise ValueError(f"threshold: metric={value!r}; only 'f1' is supported")
-    if key != "metric" and not (isinstance(value, (int, float)) and 0 < value <= 1):
-        raise ValueError(f"threshold: {key}={value!r}; must be a number in (0, 1], e.g. 0.9")
+    key, value = check_target(target_precision=target_precision, target_recall=target_recall, metric=metric)
     y = np.asarray(is_positive).astype(bool)
     s = np.asarray(scores, np.float64)
     if y.all() or not y.any():

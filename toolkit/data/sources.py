@@ -314,13 +314,13 @@ def read_multilabel_table(
     wanted = (text_column, *(label_columns or [label_column]))
     table = _read_file(Path(path), format=format, delimiter=delimiter, str_columns=(text_column,) + (
         () if label_columns else (label_column,)), expected=wanted)
-    return multilabel_frame(table, text_column, label_columns=label_columns, label_column=label_column,
+    return _multilabel_frame(table, text_column, label_columns=label_columns, label_column=label_column,
                             label_delimiter=label_delimiter, categories=categories)
 
 
-def multilabel_frame(table: _Table, text_column: str, *, label_columns: Sequence[str] | None = None,
-                     label_column: str | None = None, label_delimiter: str | None = None,
-                     categories: Sequence[str] | None = None) -> pd.DataFrame:
+def _multilabel_frame(table: _Table, text_column: str, *, label_columns: Sequence[str] | None = None,
+                      label_column: str | None = None, label_delimiter: str | None = None,
+                      categories: Sequence[str] | None = None) -> pd.DataFrame:
     _refuse_duplicates(table, [str(c) for c in table.frame.columns])
     _require_columns(table, [text_column, *(label_columns or [label_column])])
     _require_rows(table)
@@ -690,16 +690,18 @@ def ethos_multilabel_split(*, cache_dir: str | os.PathLike[str] | None = None,
     order, as the codelab's hate/not-hate one, and learns from non-hateful text too."""
     binary = load_ethos("binary", cache_dir=cache_dir, local_dir=local_dir)
     multi = load_ethos("multilabel", cache_dir=cache_dir, local_dir=local_dir)
+
     def key(texts: pd.Series) -> pd.Series:  # the files differ in spaces (23 rows: U+00A0 vs " ")
         return texts.map(lambda t: " ".join(t.split()))
 
     by_text = multi.assign(text=key(multi["text"])).drop_duplicates("text").set_index("text")[list(ETHOS_CATEGORIES)]
-    missing = sorted(set(by_text.index) - set(key(binary["text"])))
+    binary_keys = key(binary["text"])
+    missing = sorted(set(by_text.index) - set(binary_keys))
     if missing:
         raise DataError(f"ETHOS multilabel: {len(missing)} comment(s) of {ETHOS_FILES['multilabel']} are not in "
                         f"{ETHOS_FILES['binary']} (first: {missing[0][:60]!r}); the two files are from different "
                         "releases: fetch both again")
-    cats = by_text.reindex(key(binary["text"])).fillna(0).astype(int).set_axis(binary.index)
+    cats = by_text.reindex(binary_keys).fillna(0).astype(int).set_axis(binary.index)
     train, test = ethos_split(pd.concat([binary[["text"]], cats], axis=1))
     return train, test
 

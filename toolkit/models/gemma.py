@@ -531,7 +531,6 @@ def from_params(
 
 
 def _sharded(value: np.ndarray, dtype: Any, sharding: Any) -> Array:
-    """A global array on `sharding`, each device's slice cast and copied from the host alone."""
-    dtype = jnp.dtype(dtype)
-    host = np.asarray(value, dtype=dtype)  # one host copy, already in the stored dtype
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: np.asarray(host[index], dtype=dtype))
+    """A global array on `sharding`, each device's slice copied from the host alone."""
+    host = np.asarray(value, dtype=jnp.dtype(dtype))  # one host copy, already in the stored dtype
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])

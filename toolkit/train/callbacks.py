@@ -167,21 +167,20 @@ class EarlyStop(Callback):
         self.best_lora: Any = None
         self.bad = 0
 
-    def _better(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        delta = value - self.best[1] if self.cfg.mode == "max" else self.best[1] - value
-        return delta > self.cfg.min_delta
+    def _observe(self, epoch: int, value: float) -> bool:
+        """Count one epoch's value; True when it is the new best."""
+        if self.best is not None:
+            delta = value - self.best[1] if self.cfg.mode == "max" else self.best[1] - value
+            if delta <= self.cfg.min_delta:
+                self.bad += 1
+                return False
+        self.best, self.bad = (epoch, value), 0
+        return True
 
     def on_fit_start(self, fit: FitState) -> None:
         for record in fit.history:  # a resumed run
-            value = record.get(self.cfg.metric)
-            if value is None:
-                continue
-            if self._better(value):
-                self.best, self.bad = (record["epoch"], value), 0
-            else:
-                self.bad += 1
+            if record.get(self.cfg.metric) is not None:
+                self._observe(record["epoch"], record[self.cfg.metric])
 
     def on_epoch_end(self, fit: FitState, record: dict[str, Any]) -> None:
         import jax
@@ -192,14 +191,10 @@ class EarlyStop(Callback):
             raise ValueError(f"train.early_stopping.metric {self.cfg.metric} is not scored each epoch (the epoch "
                              f"has {sorted(k for k in record if k.startswith('eval_'))}); give eval rows "
                              "(data.validation_size > 0, or fit(eval_texts=...)) or choose another metric")
-        if self._better(value):
-            self.best, self.bad = (record["epoch"], value), 0
+        if self._observe(record["epoch"], value):
             self.best_lora = jax.tree.map(jnp.copy, fit.lora)
-        else:
-            self.bad += 1
-            if self.bad >= self.cfg.patience:
-                fit.stop = (f"{self.cfg.metric} did not improve by more than {self.cfg.min_delta} for "
-                            f"{self.bad} epoch(s)")
+        elif self.bad >= self.cfg.patience:
+            fit.stop = f"{self.cfg.metric} did not improve by more than {self.cfg.min_delta} for {self.bad} epoch(s)"
         if fit.last_epoch:
             kept, best = self.best
             if self.best_lora is not None:
