@@ -8,7 +8,8 @@ For each row count N: a CSV of N ETHOS texts (repeated in order, each with its r
 number appended so no two are equal), scored by `toolkit.predict_file` in a fresh
 process (its wall time, rows/s and peak RSS from `ru_maxrss`), and by
 `AgileClassifier.predict_proba` on the same N texts held in memory, also in a fresh
-process. The classifier is the zero-shot one (untrained adapters score at the same
+process. Each child also reports its CPU seconds, so rows per CPU-second stays comparable
+when the machine is shared. The classifier is the zero-shot one (untrained adapters score at the same
 speed as trained ones); every process compiles its scorer once, included in its time.
 Prints one JSON object and writes it atomically to `--out`.
 """
@@ -50,6 +51,8 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     clf = AgileClassifier(["no", "yes"], model=args.model, zero_shot=True, progress=False,
                           prompt={"instructions": "Is the following text hate speech? Answer yes or no"})
     clf._ensure_model()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = usage.ru_utime + usage.ru_stime
     t0 = time.perf_counter()
     if args.mode == "predict_file":
         stats = predict_file(clf, args.input, args.output, chunk_rows=args.chunk_rows, progress=False)
@@ -58,7 +61,10 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
         texts = pd.read_csv(args.input)["text"].tolist()
         rows = len(clf.predict_proba(texts))
     seconds = time.perf_counter() - t0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime - cpu0
     return {"rows": rows, "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds, 2),
+            "cpu_seconds": round(cpu, 1), "rows_per_cpu_s": round(rows / cpu, 2),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
 
 
@@ -91,15 +97,19 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"{mode} on {n} rows failed:\n{r.stderr[-3000:]}")
                 row[mode] = json.loads(r.stdout.strip().splitlines()[-1])
             results.append(row)
+            _emit(args, results)  # after every size, so a long run keeps what it measured
+    return 0
+
+
+def _emit(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    from bench.emit import emit
+
     out = {"benchmark": "predict_file", "model": args.model, "chunk_rows": args.chunk_rows, "results": results}
     if len(results) >= 2:
         small, big = results[0], results[-1]
         out["peak_rss_ratio_largest_vs_smallest"] = round(
             big["predict_file"]["peak_rss_gb"] / small["predict_file"]["peak_rss_gb"], 3)
-    from bench.emit import emit
-
     emit(out, args.out)
-    return 0
 
 
 if __name__ == "__main__":

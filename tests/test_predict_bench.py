@@ -22,3 +22,4 @@ def test_predict_bench_scores_with_predict_file_and_predict_proba(tmp_path):
     for x in res["results"]:
         for mode in ("predict_file", "predict_proba"):
             assert x[mode]["rows"] == x["rows"] and x[mode]["rows_per_s"] > 0 and x[mode]["peak_rss_gb"] > 0.1
+            assert x[mode]["cpu_seconds"] > 0 and x[mode]["rows_per_cpu_s"] > 0
