@@ -37,3 +37,15 @@ class InputLog(Callback):
         (self.directory / f"rank-{rank}-pid-{os.getpid()}.json").write_text(json.dumps({
             "rank": rank, "process_index": jax.process_index(), "process_count": jax.process_count(),
             "step": fit.step, "device_count": jax.device_count(), "rows": rows}))
+
+
+class FailAfterEpoch(Callback):
+    """Raises at the end of epoch `$AGILE_TEST_FAIL_AFTER_EPOCH` (after that epoch's checkpoint:
+    named after the run's own callbacks), so a test gets a run that died with resumable work."""
+
+    def __init__(self, cfg: Any):
+        self.epoch = int(os.environ.get("AGILE_TEST_FAIL_AFTER_EPOCH", "0"))
+
+    def on_epoch_end(self, fit: Any, record: dict[str, Any]) -> None:
+        if record.get("epoch") == self.epoch:
+            raise RuntimeError(f"AGILE_TEST_FAIL_AFTER_EPOCH={self.epoch}: failing on purpose")

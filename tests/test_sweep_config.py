@@ -41,6 +41,12 @@ def test_trial_config_applies_params_and_gets_its_own_dir_and_wandb_group(tmp_pa
     assert run.tracking.group == "ci_sweep"
 
 
+def test_a_sweep_into_an_object_store_uri_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"output_dir gs://bucket/sweeps is an object-store URI.*mount the bucket") as e:
+        load_sweep(ROOT / "sweeps/ci.yaml", ["output_dir=gs://bucket/sweeps"])
+    assert "\n" not in str(e.value)
+
+
 def test_overrides_reach_run_and_sweep_keys(tmp_path):
     cfg = load_sweep(ROOT / "sweeps/ci.yaml", ["train.epochs=7", "sweep.num_samples=3",
                                                 "sweep.resources.num_workers=2", "sweep.space={}"])

@@ -20,7 +20,6 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from toolkit import saved_files
 from toolkit.config import MeshConfig, TrainConfig
 from toolkit.data.prompt import PromptEncoder, PromptFormat, class_token_ids
-from toolkit.io_utils import atomic_dir
 from toolkit.models.lora import LoRAConfig
 
 
@@ -512,13 +511,17 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
     def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
         """Write adapters + metadata (+ the base and tokenizer when the model was given
         in memory) into `directory`, atomically: a crash leaves the old directory or none.
+        `directory` may be an object-store URI (`gs://...`): `classifier.json`, the
+        marker, is then published last (`toolkit.storage`).
 
         An earlier saved classifier there is replaced. An existing file is never replaced
         by a directory, and a non-empty folder that is not a saved classifier (someone's
         other files) is refused unless `overwrite=True`: both raise FileExistsError."""
         import jax
 
-        target = Path(directory)
+        from toolkit.storage import location, writing_dir
+
+        target = location(directory)  # a local folder, or an object-store URI (gs://...)
         if target.exists() and not target.is_dir():
             raise FileExistsError(f"save({str(target)!r}): that is an existing file, not a directory; "
                                   "choose a directory path (the classifier is a folder of files)")
@@ -528,7 +531,7 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
                                   "to replace it")
         files = self.host_files()  # a collective: every process gathers, only process 0 writes
         if jax.process_index() == 0:
-            with atomic_dir(target) as tmp:
+            with writing_dir(directory, markers=[saved_files.META]) as tmp:
                 saved_files.write(self, tmp, files)
         return target
 

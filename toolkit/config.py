@@ -365,7 +365,8 @@ class RunConfig:
     distributed: DistributedSection = DistributedSection()
     resume: bool = False
     # Replace an existing run dir: the old one is moved aside and deleted once the new
-    # run has saved its first checkpoint (a failure before that puts it back).
+    # run has saved its first checkpoint (a failure before that puts it back). Local run
+    # dirs only: an object store cannot move a folder aside.
     overwrite: bool = False
     # Extra training callbacks, as `module:Name` import paths; each is called with this
     # config and returns a `toolkit.train.callbacks.Callback` (custom logging, debugging).
@@ -376,6 +377,14 @@ class RunConfig:
         must(bool(name.strip()) and name not in (".", "..") and "/" not in name and "\\" not in name, "name", name,
              "a plain directory name (no slashes): the run dir is <output_dir>/<name>")
         must(bool(self.output_dir.strip()), "output_dir", self.output_dir, "a directory path, e.g. runs")
+        from toolkit.storage import is_uri
+
+        must(not is_uri(self.output_dir) or self.output_dir.startswith("gs://") or not self.checkpoint.enabled,
+             "output_dir", self.output_dir, "a local path or gs://bucket/...: Orbax writes checkpoints there only "
+             "(mount other stores and give the mount's path, or set checkpoint.enabled=false)")
+        must(not (self.overwrite and is_uri(self.output_dir)), "overwrite", self.overwrite,
+             f"false for an object-store output_dir ({self.output_dir}): a run there cannot be moved aside and put "
+             "back on failure; delete the old run yourself (e.g. gcloud storage rm -r) or choose another name=")
         must(not (self.resume and self.overwrite), "overwrite", self.overwrite,
              "false when resume=true (resume continues the run dir, overwrite replaces it: choose one)")
         bad = [c for c in self.callbacks if not re.fullmatch(r"[\w.]+:[\w.]+", c)]
@@ -397,8 +406,27 @@ class RunConfig:
              f"a metric the run scores each epoch: one of {', '.join(EVAL_METRICS)}")
 
     @property
+    def run_location(self) -> str:
+        """Where the run lives: `<output_dir>/<name>`, a local path or an object-store URI."""
+        from toolkit.storage import join
+
+        return join(self.output_dir, self.name)
+
+    @property
     def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
+        """The local folder the run writes its files into: the run itself, or, when
+        `output_dir` is a URI (`gs://...`), its local mirror, published to the URI
+        (`toolkit.storage`)."""
+        from toolkit.storage import is_uri, mirror
+
+        return mirror(self.run_location) if is_uri(self.output_dir) else Path(self.output_dir) / self.name
+
+    @property
+    def checkpoint_location(self) -> Any:
+        """Where Orbax writes: `<run>/checkpoints`, on the URI itself for a URI run."""
+        from toolkit.storage import is_uri, join, location
+
+        return location(join(self.run_location, "checkpoints")) if is_uri(self.output_dir) else self.run_dir / "checkpoints"
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

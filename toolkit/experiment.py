@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import logging
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 from toolkit.config import RunConfig, dump_config
@@ -42,17 +41,22 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, save_model: bool = 
     from toolkit.run_dir import RunDirTransaction, check_target
     from toolkit.run_lock import DirLock
 
+    from toolkit.storage import barrier, is_uri
+
     main = jax.process_index() == 0
     with contextlib.ExitStack() as stack:
-        if main:
+        if main:  # on an object store the lock guards the local mirror: one writer per host
             stack.enter_context(DirLock(cfg.run_dir, what="run dir", instead=(
                 "Wait for that run to finish, or choose another name= (two runs must never share a run dir)")))
-            check_target(cfg.run_dir, resume=cfg.resume, overwrite=cfg.overwrite)
+            check_target(cfg.run_location, resume=cfg.resume, overwrite=cfg.overwrite)
         clf, splits = _prepare(cfg, progress=progress)
+        if main and is_uri(cfg.output_dir):
+            _stage(cfg)
         txn = RunDirTransaction(cfg.run_dir, resume=cfg.resume, overwrite=cfg.overwrite) if main else None
         try:
             if txn is not None:
                 txn.begin(dump_config(cfg))
+            barrier("agile-toolkit run dir ready")  # no host opens checkpoints/ before process 0 has prepared it
             result = _train_and_evaluate(cfg, clf, splits, txn, save_model=save_model, callbacks=callbacks)
         except BaseException:
             if txn is not None:
@@ -61,6 +65,31 @@ def run_experiment(cfg: RunConfig, *, progress: bool = True, save_model: bool = 
         if txn is not None:
             txn.finish()
     return result
+
+
+# A URI run dir's files, in publishing order: the classifier's marker, then the run's own.
+RUN_MARKERS = ("classifier/classifier.json", "metrics.json")
+
+
+def _stage(cfg: RunConfig) -> None:
+    """A run on an object store writes into a fresh local mirror (`cfg.run_dir`): empty for
+    a new run, the run's files but its checkpoints (Orbax reads those in place) on resume."""
+    import shutil
+
+    from toolkit.storage import download, has_files
+
+    if cfg.resume and has_files(cfg.run_location):
+        download(cfg.run_location, cfg.run_dir, skip=("checkpoints",))
+    elif cfg.run_dir.exists():
+        shutil.rmtree(cfg.run_dir)
+
+
+def _publish(cfg: RunConfig) -> None:
+    """Copy a URI run's local files to the URI (nothing to do for a local run)."""
+    from toolkit.storage import is_uri, upload
+
+    if is_uri(cfg.output_dir):
+        upload(cfg.run_dir, cfg.run_location, last=RUN_MARKERS)
 
 
 def _prepare(cfg: RunConfig, *, progress: bool):
@@ -72,7 +101,7 @@ def _prepare(cfg: RunConfig, *, progress: bool):
     from toolkit.config import ConfigError
     from toolkit.data.datasets import load_splits
 
-    ckpt_dir = cfg.run_dir / "checkpoints"
+    ckpt_dir = cfg.checkpoint_location
     if cfg.resume and progress and jax.process_index() == 0:
         print(f"resuming from {ckpt_dir}" if ckpt_dir.exists() else f"resume=true but {ckpt_dir} has no "
               "checkpoint yet: starting from step 0")
@@ -182,7 +211,7 @@ def _labels(frame: Any) -> Any:
     return frame["label"] if "label" in frame.columns else frame[category_columns(frame)].to_numpy()
 
 
-def check_resume(cfg: RunConfig, ckpt_dir: Path) -> None:
+def check_resume(cfg: RunConfig, ckpt_dir: Any) -> None:
     """Refuse a resume whose config differs from the checkpoint's, before anything is written
     (the training loop checks again when it restores)."""
     from toolkit.train.checkpoint import Checkpointer
@@ -207,17 +236,21 @@ def _train_and_evaluate(cfg: RunConfig, clf: Any, splits: Any, txn: Any, *, save
     from toolkit.tracking import Tracker
     from toolkit.train.memory import peak_memory_gb
 
+    from toolkit.storage import location
+
     main = jax.process_index() == 0
     out = cfg.run_dir
-    ckpt_dir = out / "checkpoints"
+    ckpt_dir = cfg.checkpoint_location
     train, test, validation = splits
     # Epochs are scored on validation rows only: they rank the best checkpoint and drive
     # ASHA, so test rows there would choose the model on test. No validation split
     # (data.validation_size: 0): no per-epoch eval and no ranking; the last step is kept.
     watch_texts, watch_labels = (validation["text"], _labels(validation)) if validation is not None else (None, None)
 
-    def epoch_saved(record: dict[str, Any], step_dir: Path | None) -> None:
-        if txn is not None and step_dir is not None and Path(step_dir).is_dir():
+    def epoch_saved(record: dict[str, Any], step_dir: Any) -> None:
+        if txn is not None and step_dir is not None and location(step_dir).is_dir():
+            if not txn.saved:
+                _publish(cfg)  # a URI run's config.yaml joins its first checkpoint
             txn.progress_saved()  # a replaced run may go now; a failure keeps this one
 
     with Tracker(cfg.tracking, name=cfg.name, directory=out, config=cfg.to_dict(), main_process=main) as tracker:
@@ -260,6 +293,8 @@ def _train_and_evaluate(cfg: RunConfig, clf: Any, splits: Any, txn: Any, *, save
         write_json(out / "metrics.json", result)
     if save_model:
         clf.save(out / "classifier", overwrite=True)  # a resumed run replaces its own classifier
+    if main:
+        _publish(cfg)
     return result
 
 

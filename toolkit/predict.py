@@ -205,6 +205,12 @@ def _join(parts: list[Path], output: Path, fmt: str) -> None:
                         shutil.copyfileobj(f, out)
 
 
+def _where(classifier: str | Path) -> str:
+    from toolkit.storage import is_uri
+
+    return str(classifier) if is_uri(classifier) else str(Path(classifier).resolve())
+
+
 def predict_file(classifier: Any, input: str | Path, output: str | Path, *, text_column: str = "text",
                  chunk_rows: int = 4096, resume: bool = False, overwrite: bool = False,
                  input_format: str | None = None, delimiter: str | None = None, progress: bool = True) -> PredictStats:
@@ -226,7 +232,7 @@ def predict_file(classifier: Any, input: str | Path, output: str | Path, *, text
     work = _parts_dir(dst)
     meta = {"input": str(src.resolve()), "size": src.stat().st_size, "mtime_ns": src.stat().st_mtime_ns,
             "text_column": text_column, "chunk_rows": chunk_rows, "format": out_fmt,
-            "classifier": str(Path(classifier).resolve()) if isinstance(classifier, (str, Path)) else
+            "classifier": _where(classifier) if isinstance(classifier, (str, Path)) else
             getattr(classifier, "source_dir", None)}
     if work.exists() and not resume:
         raise PredictError(f"--output {dst}: an earlier run's parts are in {work}; pass --resume to continue "

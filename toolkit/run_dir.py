@@ -40,8 +40,16 @@ def _steps(d: Path) -> set[str]:
     return {n for n in _entries(d) if n.isdigit()}
 
 
-def check_target(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse, before anything is written, a new run into a dir that holds something."""
+def check_target(run_dir: "str | Path", *, resume: bool, overwrite: bool) -> None:
+    """Refuse, before anything is written, a new run into a dir (or URI) that holds something."""
+    from toolkit.storage import has_files, is_uri
+
+    if is_uri(run_dir):
+        if resume or not has_files(run_dir):
+            return
+        raise RunDirError(f"run dir {run_dir} already holds a run; pass resume=true to continue it, or choose "
+                          "another name= (overwrite=true cannot replace a run on an object store)")
+    run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"run dir {run_dir} is a file, not a directory; choose another name= or output_dir=")
     if resume or overwrite or not _entries(run_dir):

@@ -73,8 +73,12 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise SavedFileError(f"{path}: not a readable .npz archive ({type(e).__name__}: {e}); {_FIX}") from None
 
 
-def is_saved(directory: Path) -> bool:
-    return (Path(directory) / META).is_file()
+def is_saved(directory: Any) -> bool:
+    """Whether `directory` (a folder or an object-store URI) holds a complete saved classifier:
+    `classifier.json` is written last, so its presence means the rest is there."""
+    from toolkit.storage import location
+
+    return (location(directory) / META).is_file()
 
 
 def write(clf: Any, directory: Path, files: dict[str, Any], *, model: str | None = None, lora: bool = True) -> None:
@@ -156,7 +160,9 @@ def load(directory: str | Path, *, progress: bool = True, mesh: Any = None) -> A
     from toolkit.models.gemma import from_params
     from toolkit.models.tokenizer import Tokenizer
 
-    root = Path(directory)
+    from toolkit.storage import local_copy
+
+    root = local_copy(directory)  # a gs://... classifier is read from a fresh local copy
     meta_path = root / META
     if not meta_path.is_file():
         raise FileNotFoundError(f"{root} is not a saved AgileClassifier: {META} is missing")

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     print(main_table(result))
     shown = [n for n in ("metrics.json", "confusion_matrix.png", "roc_curve.png", "pr_curve.png", "misclassified.csv")
              if (cfg.run_dir / n).is_file()]
-    print(f"wrote {cfg.run_dir}/ ({', '.join(shown)})")
+    print(f"wrote {cfg.run_location}/ ({', '.join(shown)})")
     print(json.dumps({k: v for k, v in result.items() if k not in ("history", "confusion_matrix")}))
     return 0
 

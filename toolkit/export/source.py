@@ -12,6 +12,7 @@ from typing import Any
 
 from toolkit.export.errors import ExportError
 from toolkit.saved_files import META as CLASSIFIER_META, is_saved
+from toolkit.storage import location
 
 
 def describe_kinds() -> str:
@@ -40,7 +41,7 @@ def load_classifier(path: str | Path, *, progress: bool = True) -> tuple[Any, st
     """(classifier, where it came from) for any of the directory kinds above."""
     from toolkit.classifier import AgileClassifier
 
-    root = Path(path)
+    root = location(path)  # a local folder, or an object-store URI (gs://...)
     if not root.is_dir():
         raise ExportError(f"--checkpoint {root}: no such directory; expected {describe_kinds()}")
     found = classifier_dir(root)

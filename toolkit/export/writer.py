@@ -31,7 +31,8 @@ import numpy as np
 from toolkit import saved_files
 from toolkit.export.errors import ExportError
 from toolkit.export.keras_files import KERAS_LAYER_NAMES, backbone_spec, causal_lm, write_lora_h5
-from toolkit.io_utils import atomic_dir, remove_stale_temps
+from toolkit.io_utils import remove_stale_temps
+from toolkit.storage import as_text, has_files, is_uri, location, mirror, writing_dir
 
 FORMATS = ("keras-preset", "hf", "lora")
 LORA_H5 = "adapters.lora.h5"
@@ -39,10 +40,25 @@ LORA_JSON = "lora.json"
 ORBAX_DIR = "orbax"
 
 
-def check_target(out: Path, source: Path, overwrite: bool) -> None:
+def _inside(inner: str, outer: str) -> bool:
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
+
+
+def check_target(out: Any, source: Any, overwrite: bool) -> None:
     """Refuse an output that would clobber work: a non-empty directory without
-    `overwrite`, a file, or the checkpoint being exported (or a directory holding it)."""
-    out, source = out.absolute(), source.absolute()
+    `overwrite`, a file, or the checkpoint being exported (or a directory holding it).
+    Either may be an object-store URI."""
+    if is_uri(out) or is_uri(source):
+        o, src = as_text(out).rstrip("/"), as_text(source).rstrip("/")
+        if _inside(src, o):
+            raise ExportError(f"--out {o} would replace the checkpoint being exported ({src}); choose another directory")
+        if _inside(o, src):
+            raise ExportError(f"--out {o} is inside the checkpoint being exported ({src}); choose a directory outside it")
+        if has_files(out) and not overwrite:
+            raise ExportError(f"--out {o} already exists and is not empty; pass --overwrite to replace it "
+                              "(the old export stops counting as complete only once the new one is ready to upload)")
+        return
+    out, source = Path(out).absolute(), Path(source).absolute()
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file; give a directory path")
     if out == source or out in source.parents:
@@ -67,18 +83,26 @@ def export(checkpoint: str | Path, out: str | Path, *, format: str = "keras-pres
         raise ExportError(f"--format {format!r} is not one of {', '.join(FORMATS)}")
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ExportError(f"--dtype {dtype!r}: choose float32, bfloat16 or float16")
-    out, source = Path(out), Path(checkpoint)
+    out, source = location(out), location(checkpoint)
     check_target(out, source, overwrite)
     from toolkit.run_lock import DirLock
 
-    with DirLock(out, what="export target", instead="Wait for that export to finish, or choose another --out"):
+    # An object store has no flock: the lock of a URI target is its local mirror's (one writer per host).
+    with DirLock(mirror(out) if is_uri(out) else out, what="export target",
+                 instead="Wait for that export to finish, or choose another --out"):
         check_target(out, source, overwrite)  # again, now that no other export can change it
-        for p in remove_stale_temps(out):  # a killed export's half-written temp dir
-            print(f"note: removed {p}, left by an export that was killed", file=sys.stderr)
+        if not is_uri(out):
+            for p in remove_stale_temps(out):  # a killed export's half-written temp dir
+                print(f"note: removed {p}, left by an export that was killed", file=sys.stderr)
         return _export_locked(source, out, format=format, dtype=dtype, progress=progress)
 
 
-def _export_locked(source: Path, out: Path, *, format: str, dtype: str, progress: bool) -> Path:
+# Published last to an object store, in this order: keras-hub and transformers open config.json,
+# and AgileClassifier.load classifier.json; a half-uploaded export has neither.
+EXPORT_MARKERS = ("config.json", saved_files.META)
+
+
+def _export_locked(source: Any, out: Any, *, format: str, dtype: str, progress: bool) -> Any:
     from toolkit.export.source import load_classifier
 
     clf, origin = load_classifier(source, progress=progress)
@@ -89,7 +113,7 @@ def _export_locked(source: Path, out: Path, *, format: str, dtype: str, progress
     if format == "keras-preset":
         backbone_spec(clf.model_config)  # an architecture keras-hub cannot hold fails before any writing
     files = clf.host_files()
-    with atomic_dir(out) as tmp:
+    with writing_dir(out, markers=EXPORT_MARKERS) as tmp:
         if format == "keras-preset":
             write_keras_preset(clf, files, tmp, dtype=dtype)
         elif format == "hf":

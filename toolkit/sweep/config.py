@@ -211,6 +211,12 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepConfig:
     if not isinstance(space, dict):
         raise ConfigError(f"{p}: sweep.space must be a mapping of run-config key -> distribution")
     run = from_dict(RunConfig, d, str(p))
+    from toolkit.storage import is_uri
+
+    if is_uri(run.output_dir):
+        raise ConfigError(f"{p}: output_dir {run.output_dir} is an object-store URI; a sweep's trials and Ray's own "
+                          "storage need a filesystem path: mount the bucket (gcsfuse, see BUILD.md) and give its "
+                          "path, or give single runs (agile-train) the gs:// output_dir")
     # Trials run elsewhere (Tune gives each its own working directory): fix the
     # sweep's directory here, where the user launched it.
     run = dataclasses.replace(run, output_dir=str(Path(run.output_dir).absolute()))

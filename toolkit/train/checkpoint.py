@@ -4,8 +4,9 @@ A checkpoint holds the LoRA params, the optimizer state, the dropout RNG
 streams, the step, the data position (epoch, batch within it), the history so
 far and the run's config. The base model is never written: it is frozen and
 re-read from its source. Orbax writes each step into a temporary directory
-and renames it when complete, so a crash mid-save leaves no checkpoint that
-looks finished (and the leftovers are cleaned on the next start).
+and renames it when complete (on `gs://` it writes a commit file instead), so
+a crash mid-save leaves no checkpoint that looks finished (and the leftovers
+are cleaned on the next start).
 
 Kept: the last `keep` checkpoints plus the best one by `best_metric`.
 """
@@ -47,11 +48,15 @@ class CheckpointError(RuntimeError):
 class Checkpointer:
     """Save / restore training state under `directory` (one sub-directory per step)."""
 
-    def __init__(self, directory: str | Path, cfg: CheckpointSection = CheckpointSection()):
+    def __init__(self, directory: Any, cfg: CheckpointSection = CheckpointSection()):
         import orbax.checkpoint as ocp
         from orbax.checkpoint import checkpoint_managers as cm
 
-        self.directory = Path(directory).absolute()
+        from toolkit.storage import is_uri, location
+
+        # A URI (gs://...) stays one: Orbax writes there through tensorstore and commits a
+        # step with a marker file, not a directory rename.
+        self.directory = location(directory) if is_uri(directory) else Path(directory).absolute()
         self.cfg = cfg
         metric = cfg.best_metric
 
