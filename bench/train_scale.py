@@ -55,7 +55,8 @@ def worker(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(0)
     b, length = args.batch_size, args.length
     if args.random:
-        cfg = get_config(args.model, param_dtype=args.dtype, dtype=args.dtype, remat=args.remat)
+        cfg = get_config(args.model, param_dtype=args.dtype, dtype=args.dtype, remat=args.remat,
+                         scan_layers=not args.unrolled)
         with jax.default_device(jax.devices()[0]):
             model = Gemma(cfg, lora=lora, rngs=nnx.Rngs(0))
         tokens = rng.integers(10, cfg.vocab_size, size=(b, length)).astype(np.int32)
@@ -111,6 +112,7 @@ def worker(args: argparse.Namespace) -> dict:
     n_peak = 1 if dev.platform == "cpu" else int(devices)
     stats = dev.memory_stats() if dev.platform != "cpu" else None
     return {"model": cfg.name, "random_weights": args.random, "dtype": args.dtype, "devices": int(devices),
+            "remat": cfg.remat, "scan_layers": cfg.scan_layers,
             "mesh": mesh_spec, "batch_size": b, "tokens_per_step": real, "padded_shape": list(tokens.shape),
             "compile_s": compile_s, "step_s_median": dt, "step_s_min": float(min(times)),
             "tokens_per_s": real / dt, "examples_per_s": b / dt, "achieved_tflops": flops / 1e12,
@@ -128,6 +130,7 @@ def main() -> int:
     p.add_argument("--random", action="store_true", help="random weights of a named config (no download)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--remat", default="none")
+    p.add_argument("--unrolled", action="store_true", help="one program per layer instead of the layer scan (--random)")
     p.add_argument("--configs", default="1:1x1x1,8:8x1x1,8:1x8x1", help="comma list of DEVICES:DxFxT")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--length", type=int, default=128)
