@@ -48,7 +48,7 @@ def load(args: argparse.Namespace) -> dict[str, Any]:
     rss0 = _rss_gb()
     t0 = time.perf_counter()
     clf = AgileClassifier(["no", "yes"], model=args.model, mesh={"data": "auto", "fsdp": args.fsdp, "tensor": 1},
-                          param_dtype="float32", progress=False)
+                          param_dtype="float32", progress=False, base_quant=args.base_quant)
     clf._ensure_model()
     seconds = time.perf_counter() - t0
     rss1 = _rss_gb()
@@ -60,8 +60,9 @@ def load(args: argparse.Namespace) -> dict[str, Any]:
                          "largest_device_share": round(largest / leaf.nbytes, 6),
                          "spec": str(leaf.sharding.spec)}
     split = {k: v for k, v in tensors.items() if v["largest_device_share"] < 1}
-    embed = next(v for k, v in tensors.items() if "embed" in k)
-    return {"model": args.model, "devices": jax.device_count(), "fsdp": args.fsdp, "load_s": round(seconds, 2),
+    embed = next(v for k, v in tensors.items() if "input_embedding" in k and "scale" not in k)
+    return {"model": args.model, "base_quant": args.base_quant, "devices": jax.device_count(), "fsdp": args.fsdp,
+            "load_s": round(seconds, 2),
             "rss_before_gb": round(rss0, 3), "peak_rss_gb": round(rss1, 3),
             "frozen_bytes": int(sum(v["bytes"] for v in tensors.values())),
             "embedding_largest_device_share": embed["largest_device_share"],
@@ -84,7 +85,7 @@ def abstract(args: argparse.Namespace) -> dict[str, Any]:
     from toolkit.train.mesh import MESH_AXES, state_shardings
 
     sizes = tuple(int(x) for x in args.abstract_mesh.split(","))
-    cfg = get_config(args.abstract_model, param_dtype="bfloat16")
+    cfg = get_config(args.abstract_model, param_dtype="bfloat16", base_quant=args.base_quant)
     model = nnx.eval_shape(lambda: Gemma(cfg, rngs=nnx.Rngs(0)))
     frozen = nnx.state(model, FROZEN_FILTER)
     mesh = AbstractMesh(sizes, MESH_AXES)
@@ -100,6 +101,7 @@ def abstract(args: argparse.Namespace) -> dict[str, Any]:
         per_device += piece
         largest = max(largest, piece)
     return {"model": args.abstract_model, "mesh": dict(zip(MESH_AXES, sizes)), "param_dtype": "bfloat16",
+            "base_quant": args.base_quant,
             "frozen_gb": round(total / 1e9, 3), "per_device_gb": round(per_device / 1e9, 3),
             "largest_slice_gb": round(largest / 1e9, 4), "fraction": round(per_device / total, 4)}
 
@@ -112,6 +114,7 @@ def main() -> None:
     ap.add_argument("--abstract-model", default="gemma_7b")
     ap.add_argument("--abstract-mesh", default="1,4,2", help="data,fsdp,tensor sizes")
     ap.add_argument("--per-tensor", action="store_true", help="list every tensor's share")
+    ap.add_argument("--base-quant", default="none", choices=("none", "int8", "int4"), help="the frozen base's storage")
     ap.add_argument("--out", default=str(RESULT), help="where the JSON goes ('-' = stdout only)")
     args = ap.parse_args()
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"  # before JAX starts

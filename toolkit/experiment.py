@@ -144,9 +144,15 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], where: Any) -
     raises CheckpointError on any other."""
     if not saved or not current:
         return []
-    diff = [(f"{section}.{k}", f"{section}.{k}: {saved.get(section, {}).get(k)!r} -> {v!r}")
+    # A key the checkpoint lacks was added to the config after it was written: it had its default.
+    defaults = RunConfig().to_dict()
+
+    def old(section: str, k: str) -> Any:
+        return (saved.get(section) or {}).get(k, (defaults.get(section) or {}).get(k))
+
+    diff = [(f"{section}.{k}", f"{section}.{k}: {old(section, k)!r} -> {v!r}")
             for section in _RESUME_KEYS for k, v in (current.get(section) or {}).items()
-            if saved.get(section, {}).get(k) != v]
+            if old(section, k) != v]
     refused = [text for key, text in diff if key not in RESUME_MAY_CHANGE]
     if refused:
         from toolkit.train.checkpoint import CheckpointError

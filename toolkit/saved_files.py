@@ -38,7 +38,7 @@ MODEL_HERE = "."  # classifier.json's "model" when the base weights are the dire
 KINDS = {"single_label": "toolkit.classifier:AgileClassifier",
          "multilabel": "toolkit.multilabel:MultiLabelClassifier"}
 _COMMON = ("format", "kind", "labels", "model", "lora_merged", "model_config", "lora", "prompt", "verbalizers",
-           "train", "max_length", "mesh", "remat", "param_dtype", "dtype", "history", "threshold")
+           "train", "max_length", "mesh", "remat", "param_dtype", "dtype", "history", "threshold", "base_quant")
 
 _FIX = "the file is damaged or cut short: save the classifier again, or copy it anew from where it was saved"
 
@@ -109,6 +109,7 @@ def write(clf: Any, directory: Path, files: dict[str, Any], *, model: str | None
         "max_length": clf.max_length,
         "mesh": dataclasses.asdict(clf.mesh_config),
         "remat": clf.remat,
+        "base_quant": clf.base_quant,
         "param_dtype": clf.param_dtype,
         "dtype": clf.dtype,
         "history": clf.history,
@@ -148,6 +149,7 @@ def _arguments(meta: dict[str, Any], meta_path: Path, extra: tuple[str, ...]) ->
                     mesh=from_dict(MeshConfig, meta.get("mesh") or {}, str(meta_path), "mesh"),
                     verbalizers=meta.get("verbalizers"), max_length=meta["max_length"],
                     param_dtype=meta["param_dtype"], dtype=meta["dtype"], remat=meta.get("remat", "none"),
+                    base_quant=meta.get("base_quant", "none"),
                     **{k: meta[k] for k in extra})
     except ConfigError as e:
         raise SavedFileError(str(e)) from None

@@ -150,11 +150,11 @@ def write_hf_checkpoint(clf: Any, files: dict[str, Any], directory: Path, *, dty
 
 
 def _frozen(model: Any) -> dict[str, np.ndarray]:
-    from toolkit.models.gemma import flat_state
+    """The base in fp32, dequantized when it was stored quantized."""
+    from toolkit.models.gemma import frozen_params
     from toolkit.train.mesh import to_host
-    from toolkit.train.step import FROZEN
 
-    return {k: np.asarray(v, np.float32) for k, v in to_host(flat_state(model, FROZEN)).items()}
+    return frozen_params(model, gather=to_host)
 
 
 def write_lora(clf: Any, files: dict[str, Any], directory: Path) -> None:

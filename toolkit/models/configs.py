@@ -59,6 +59,9 @@ class ModelConfig:
     # `layers` axis) or unrolled (one program region per layer: slower to compile,
     # kept to check the scan against).
     scan_layers: bool = True
+    # The frozen base's projections and embedding stored as int8 / packed int4 with
+    # float scales, dequantized in each matmul (QLoRA; toolkit/models/quant.py).
+    base_quant: str = "none"
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -68,6 +71,8 @@ class ModelConfig:
                 f"model {self.name!r}: num_heads={self.num_heads} is not a multiple of "
                 f"num_kv_heads={self.num_kv_heads}"
             )
+        if self.base_quant not in ("none", "int8", "int4"):
+            raise ValueError(f"model {self.name!r}: base_quant {self.base_quant!r} is not one of none, int8, int4")
         if self.sliding_window_pattern is not None and not self.sliding_window:
             raise ValueError(f"model {self.name!r}: sliding_window_pattern needs sliding_window > 0")
 

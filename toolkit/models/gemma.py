@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from toolkit.models import layout
+from toolkit.models import layout, quant
 from toolkit.models.configs import ModelConfig
 from toolkit.models.lora import Einsum, LoRAConfig
 
@@ -114,7 +114,8 @@ def _targets(lora: LoRAConfig | None, name: str) -> LoRAConfig | None:
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, lora: LoRAConfig | None, rngs: nnx.Rngs, stack: int | None = None):
         self.cfg = cfg
-        kw = dict(param_dtype=jnp.dtype(cfg.param_dtype), dtype=jnp.dtype(cfg.dtype), rngs=rngs, stack=stack)
+        kw = dict(param_dtype=jnp.dtype(cfg.param_dtype), dtype=jnp.dtype(cfg.dtype), rngs=rngs, stack=stack,
+                  quant=cfg.base_quant)
         n, k, d, h = cfg.num_heads, cfg.num_kv_heads, cfg.embed_dim, cfg.head_dim
         self.q_proj = Einsum("btd,ndh->btnh", (n, d, h), ("heads", "embed", "head_dim"),
                              lora=_targets(lora, "q"), **kw)
@@ -181,7 +182,8 @@ def _attention_softcapped(q: Array, k: Array, v: Array, mask: Array, scale: floa
 
 class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, lora: LoRAConfig | None, rngs: nnx.Rngs, stack: int | None = None):
-        kw = dict(param_dtype=jnp.dtype(cfg.param_dtype), dtype=jnp.dtype(cfg.dtype), rngs=rngs, stack=stack)
+        kw = dict(param_dtype=jnp.dtype(cfg.param_dtype), dtype=jnp.dtype(cfg.dtype), rngs=rngs, stack=stack,
+                  quant=cfg.base_quant)
         d, f = cfg.embed_dim, cfg.mlp_dim
         self.gate_proj = Einsum("btd,df->btf", (d, f), ("embed", "mlp"), lora=_targets(lora, "gate"), **kw)
         self.up_proj = Einsum("btd,df->btf", (d, f), ("embed", "mlp"), lora=_targets(lora, "up"), **kw)
@@ -290,11 +292,33 @@ def _run_unrolled(layers: nnx.List, fn: LayerFn, x: Array, xs: Any, remat: str) 
 
 
 class Embedder(nnx.Module):
+    """The tied embedding; with a quantized base, one scale per row (per group of a row for int4)."""
+
+    CONTRACTED = (1,)  # a row's entries share its scale: the projection sums over them
+
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         init = jax.nn.initializers.normal(stddev=cfg.embed_dim**-0.5)
-        self.input_embedding = _param(
-            init(rngs.params(), (cfg.vocab_size, cfg.embed_dim), jnp.dtype(cfg.param_dtype)), ("vocab", "embed")
-        )
+        self.quant = cfg.base_quant
+        shape = (cfg.vocab_size, cfg.embed_dim)
+        if self.quant == "none":
+            self.input_embedding = _param(init(rngs.params(), shape, jnp.dtype(cfg.param_dtype)), ("vocab", "embed"))
+        else:
+            q, scale = quant.quantize(init(rngs.params(), shape, jnp.float32), self.CONTRACTED, self.quant, xp=jnp)
+            self.input_embedding = _param(q, ("vocab", "embed"))
+            self.input_embedding_scale = _param(scale, quant.scale_axes(("vocab", "embed"), shape, self.CONTRACTED,
+                                                                       self.quant))
+
+    def rows(self, dtype: Any, token_ids: Array | None = None) -> Array:
+        """The embedding rows of `token_ids` (any shape; all rows when None) in `dtype`."""
+        table = self.input_embedding[...]
+        if token_ids is not None:
+            table = jnp.take(table, token_ids, axis=0)
+        if self.quant == "none":
+            return table.astype(dtype)
+        scale = self.input_embedding_scale[...]
+        if token_ids is not None:
+            scale = jnp.take(scale, token_ids, axis=0)
+        return quant.dequantize(table, scale, (table.ndim - 1,), self.quant, dtype)
 
 
 class Gemma(nnx.Module):
@@ -319,7 +343,7 @@ class Gemma(nnx.Module):
                                   param_dtype=jnp.dtype(config.param_dtype), dtype=self.dtype)
 
     def _embed(self, tokens: Array) -> Array:
-        x = jnp.take(self.embedder.input_embedding[...], tokens, axis=0).astype(self.dtype)
+        x = self.embedder.rows(self.dtype, tokens)
         return x * jnp.sqrt(jnp.float32(self.config.embed_dim)).astype(self.dtype)
 
     def _run_layers(self, fn: LayerFn, x: Array, xs: Any) -> tuple[Array, Any]:
@@ -410,10 +434,8 @@ class Gemma(nnx.Module):
         Passing `token_ids` is how classification avoids the full vocabulary:
         Gemma 3's 262k-row projection costs more than the whole 270M body.
         """
-        emb = self.embedder.input_embedding[...]
-        if token_ids is not None:
-            emb = jnp.take(emb, token_ids, axis=0)
-        logits = jnp.einsum("...d,vd->...v", hidden, emb.astype(hidden.dtype))
+        emb = self.embedder.rows(hidden.dtype, token_ids)
+        logits = jnp.einsum("...d,vd->...v", hidden, emb)
         return _softcap(logits, self.config.final_logit_softcap)
 
     def __call__(self, tokens: Array, padding_mask: Array | None = None) -> Array:
@@ -432,14 +454,41 @@ def _scanned(model: nnx.Module) -> bool:
     return bool(getattr(cfg, "scan_layers", False))
 
 
+def quantized_weights(model: nnx.Module) -> dict[str, tuple[int, ...]]:
+    """`{model-layout name: contracted axes}` of every quantized weight (none for a float base);
+    its scales are the variable `<name>_scale`."""
+    out: dict[str, tuple[int, ...]] = {}
+    for path, module in nnx.iter_graph(model):
+        name = ".".join(map(str, path))
+        if isinstance(module, Einsum) and module.quant != "none":
+            out[f"{name}.kernel"] = module.contracted_axes(1 if module.stacked else 0)
+        elif isinstance(module, Embedder) and module.quant != "none":
+            out[f"{name}.input_embedding"] = Embedder.CONTRACTED
+    return out
+
+
+def frozen_params(model: Gemma, gather: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+                  ) -> dict[str, np.ndarray]:
+    """The frozen base in fp32 and the exchange layout, dequantized when stored quantized:
+    what a saved in-memory base and an unmerged export hold. `gather` brings sharded
+    arrays to the host first (`toolkit.train.mesh.to_host`, a collective on a pod)."""
+    flat = {".".join(map(str, k)): v[...] for k, v in nnx.to_flat_state(nnx.state(model, FROZEN_FILTER))}
+    if gather is not None:
+        flat = gather(flat)
+    mode = model.config.base_quant
+    for name, contracted in quantized_weights(model).items():
+        scale = flat.pop(name + quant.SCALE_SUFFIX)
+        flat[name] = quant.dequantize(flat[name], scale, contracted, mode, jnp.float32)
+    return layout.to_exchange({k: np.asarray(v, np.float32) for k, v in flat.items()}, _scanned(model))
+
+
 def merged_params(model: Gemma) -> dict[str, np.ndarray]:
     """Base weights with every adapter folded in, fp32, in the exchange layout (for export)."""
-    out = {".".join(map(str, k)): np.asarray(v[...], np.float32) for k, v in nnx.to_flat_state(
-        nnx.state(model, FROZEN_FILTER))}
+    merged = {}
     for path, module in nnx.iter_graph(model):
         if isinstance(module, Einsum):
-            out[".".join(map(str, path)) + ".kernel"] = np.asarray(module.merged_kernel())
-    return layout.to_exchange(out, _scanned(model))
+            merged[".".join(map(str, path)) + ".kernel"] = np.asarray(module.merged_kernel())
+    return {**frozen_params(model), **layout.to_exchange(merged, _scanned(model))}
 
 
 FROZEN_FILTER = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
@@ -491,7 +540,9 @@ def from_params(
     def build() -> Gemma:
         return Gemma(config, lora=lora, rngs=nnx.Rngs(seed))
 
-    graphdef, base_state, other_state = nnx.split(nnx.eval_shape(build), FROZEN_FILTER, ...)
+    abstract = nnx.eval_shape(build)
+    quantized = quantized_weights(abstract)  # float tensors given, stored quantized: {name: contracted axes}
+    graphdef, base_state, other_state = nnx.split(abstract, FROZEN_FILTER, ...)
     # Adapters and RNG streams are small: initialise them for real, under jit so
     # that XLA drops the (unused) random init of the base.
     other_state = jax.jit(lambda: nnx.split(build(), FROZEN_FILTER, ...)[2])()
@@ -499,7 +550,13 @@ def from_params(
     scanned = config.scan_layers
     base_vars = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(base_state)}
     lora_vars = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(lora_state)}
-    expected = layout.exchange_shapes({k: v.shape for k, v in base_vars.items()}, scanned)
+    float_shapes = {k: v.shape for k, v in base_vars.items() if not _is_scale(k, quantized)}
+    if quantized:  # the tensors given are float: take their shapes from the float model
+        float_model = nnx.eval_shape(lambda: Gemma(config.replace(base_quant="none"), lora=lora, rngs=nnx.Rngs(seed)))
+        for path, v in nnx.to_flat_state(nnx.state(float_model, FROZEN_FILTER)):
+            if ".".join(map(str, path)) in quantized:
+                float_shapes[".".join(map(str, path))] = v.shape
+    expected = layout.exchange_shapes(float_shapes, scanned)
     lora_expected = layout.exchange_shapes({k: v.shape for k, v in lora_vars.items()}, scanned)
     missing = sorted(set(expected) - set(params))
     if missing:
@@ -521,13 +578,21 @@ def from_params(
                                 f"{', '.join(sorted(set(lora_expected) - set(lora_given))[:8])} missing")
     base_shardings = ({".".join(map(str, p)): v.get_value() if isinstance(v, nnx.Variable) else v
                        for p, v in nnx.to_flat_state(shardings(base_state))} if shardings is not None else {})
-    for name, value in layout.to_model(params, config.num_layers, scanned).items():
+    values = layout.to_model(params, config.num_layers, scanned)
+    for name in [n for n in values if n in quantized]:  # one tensor at a time: its float copy is transient
+        values[name], values[name + quant.SCALE_SUFFIX] = quant.quantize(
+            np.asarray(values[name], np.float32), quantized[name], config.base_quant)
+    for name, value in values.items():
         var = base_vars.get(name) or lora_vars[name]
         if name in base_shardings:
             var.set_value(_sharded(value, var.dtype, base_shardings[name]))
         else:  # host copy made in the variable's dtype (a Deferred tensor is built in it)
             var.set_value(jnp.asarray(np.asarray(value, dtype=var.dtype)))
     return nnx.merge(graphdef, base_state, other_state)
+
+
+def _is_scale(name: str, quantized: Mapping[str, Any]) -> bool:
+    return name.endswith(quant.SCALE_SUFFIX) and name[: -len(quant.SCALE_SUFFIX)] in quantized
 
 
 def _sharded(value: np.ndarray, dtype: Any, sharding: Any) -> Array:

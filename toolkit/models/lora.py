@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from toolkit.models import quant as quant_lib
 from toolkit.models.lora_config import TARGETS, LoRAConfig  # noqa: F401  (re-exported)
 
 
@@ -76,11 +77,14 @@ class Einsum(nnx.Module):
         rngs: nnx.Rngs,
         lora: LoRAConfig | None = None,
         stack: int | None = None,
+        quant: str = "none",
     ):
         self.equation = equation
         self.dtype = dtype
         self.stacked = stack is not None
+        self.quant = quant
         shape = tuple(shape)
+        self.shape = shape
         lead = () if stack is None else (stack,)
         lead_axes: tuple[str | None, ...] = () if stack is None else ("layers",)
         fan_in = 1
@@ -88,11 +92,20 @@ class Einsum(nnx.Module):
         for size, c in zip(shape, k_sub):
             if c in x_sub:
                 fan_in *= size
+        # The kernel's axes that the einsum sums over: a quantized kernel's scales span the rest.
+        self.contracted = tuple(i for i, c in enumerate(k_sub) if c in x_sub)
         init = jax.nn.initializers.normal(stddev=fan_in**-0.5)
-        self.kernel = nnx.Param(
-            init(rngs.params(), (*lead, *shape), param_dtype), sharding_names=(*lead_axes, *axes),
-            eager_sharding=False,
-        )
+        if quant == "none":
+            self.kernel = nnx.Param(
+                init(rngs.params(), (*lead, *shape), param_dtype), sharding_names=(*lead_axes, *axes),
+                eager_sharding=False,
+            )
+        else:  # a quantized frozen base: stored values + scales (toolkit.models.quant)
+            full = self.contracted_axes(len(lead))
+            q, scale = quant_lib.quantize(init(rngs.params(), (*lead, *shape), jnp.float32), full, quant, xp=jnp)
+            self.kernel = nnx.Param(q, sharding_names=(*lead_axes, *axes), eager_sharding=False)
+            self.kernel_scale = nnx.Param(scale, sharding_names=quant_lib.scale_axes(
+                (*lead_axes, *axes), (*lead, *shape), full, quant), eager_sharding=False)
         self.lora = lora
         if lora is not None:
             off = len(lead)
@@ -112,8 +125,21 @@ class Einsum(nnx.Module):
             self._eq_a, self._eq_b = _lora_equations(equation)
             self._plan = _matmul_plan(equation, shape)
 
+    def contracted_axes(self, lead: int) -> tuple[int, ...]:
+        """The contracted axes of the kernel array with `lead` leading (layer) axes."""
+        return tuple(lead + i for i in self.contracted)
+
+    def float_kernel(self, dtype: Any) -> jax.Array:
+        """The kernel in `dtype`: dequantized when the base is quantized. Works on the whole
+        stack and on one layer's slice inside the scan alike."""
+        k = self.kernel[...]
+        if self.quant == "none":
+            return k.astype(dtype)
+        lead = k.ndim - len(self.shape)
+        return quant_lib.dequantize(k, self.kernel_scale[...], self.contracted_axes(lead), self.quant, dtype)
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.einsum(self.equation, x, self.kernel[...].astype(self.dtype))
+        y = jnp.einsum(self.equation, x, self.float_kernel(self.dtype))
         if self.lora is None:
             return y
         return y + (self.lora.scale * self._lora_delta(self.lora_dropout(x))).astype(y.dtype)
@@ -137,7 +163,7 @@ class Einsum(nnx.Module):
 
     def merged_kernel(self) -> jax.Array:
         """The kernel with the adapter folded in, in fp32 (for export)."""
-        k = self.kernel[...].astype(jnp.float32)
+        k = self.float_kernel(jnp.float32)
         if self.lora is None:
             return k
         eq = "l...r,lro->l...o" if self.stacked else "...r,ro->...o"

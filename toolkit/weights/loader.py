@@ -31,9 +31,11 @@ from toolkit.weights.keras_preset import load_keras_preset
 RANDOM_PREFIX = "random:"
 
 
-def _run_time(param_dtype: str | None, dtype: str | None, remat: str | None) -> dict[str, Any]:
+def _run_time(param_dtype: str | None, dtype: str | None, remat: str | None,
+              base_quant: str | None = None) -> dict[str, Any]:
     """The config fields a caller chose at load time (unset ones keep the checkpoint's)."""
-    return {k: v for k, v in (("param_dtype", param_dtype), ("dtype", dtype), ("remat", remat)) if v}
+    return {k: v for k, v in (("param_dtype", param_dtype), ("dtype", dtype), ("remat", remat),
+                              ("base_quant", base_quant)) if v}
 
 
 def _random_base(name: str, cache_dir: str | Path | None) -> tuple[Any, Tokenizer]:
@@ -94,12 +96,15 @@ def load_pretrained(
     seed: int = 0,
     remat: str | None = None,
     shardings: Any = None,
+    base_quant: str | None = None,
 ) -> tuple[Gemma, Tokenizer]:
     """Load weights and tokenizer for `spec`, with optional fresh LoRA adapters.
 
     `shardings(abstract frozen state) -> shardings` (e.g. the mesh rule table's
     `toolkit.train.mesh.state_shardings`) places the frozen base shard by shard
-    as it loads; see `toolkit.models.gemma.from_params`."""
+    as it loads; see `toolkit.models.gemma.from_params`. `base_quant` ("int8" / "int4")
+    stores the frozen projections and embedding quantized, each tensor quantized as it
+    is placed (toolkit/models/quant.py)."""
     if str(spec).startswith(RANDOM_PREFIX):
         config, tokenizer = _random_base(str(spec)[len(RANDOM_PREFIX):], cache_dir)
         params, source = None, str(spec)
@@ -116,7 +121,7 @@ def load_pretrained(
                 raise WeightImportError(f"{path}: no {wanted} in this checkpoint; the toolkit's tokenizer reads "
                                         "SentencePiece models only")
             tokenizer = Tokenizer.from_spm(spm)
-    config = config.replace(**_run_time(param_dtype, dtype, remat))
+    config = config.replace(**_run_time(param_dtype, dtype, remat, base_quant))
     if params is None:
         return _random_init(config, lora, seed, shardings), tokenizer
     return from_params(config, params, lora=lora, seed=seed, source=source, shardings=shardings), tokenizer
