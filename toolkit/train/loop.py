@@ -128,19 +128,39 @@ def place_parts(parts: ModelParts, mesh: Any, model_config: Any = None) -> Place
     return Placement(placed, mesh, shardings, model_config)
 
 
-def _oom_guard(fn: Callable, cfg: TrainConfig, mesh: Any) -> Callable:
+def memory_bill(model_config: Any, cfg: TrainConfig, mesh: Any, length: int) -> str:
+    """The planner's per-device bill of this run's step (`toolkit.plan`), for the OOM message;
+    empty when it cannot be worked out."""
+    if model_config is None:
+        return ""
+    try:
+        from toolkit.plan import describe, plan
+
+        sizes = tuple(dict(mesh.shape).get(a, 1) for a in mesh_lib.MESH_AXES)
+        p = plan(model_config, mode="lora", base_quant=model_config.base_quant,
+                 batch=cfg.batch_size // cfg.grad_accum_steps, length=length, mesh=sizes,
+                 param_dtype=model_config.param_dtype, dtype=model_config.dtype, remat=model_config.remat,
+                 compile=False, devices=list(mesh.devices.flat))
+        return f" The planner's bill (launch/plan.py): {describe(p)}."
+    except Exception:  # the message must not fail because the estimate did
+        return ""
+
+
+def _oom_guard(fn: Callable, cfg: TrainConfig, mesh: Any, model_config: Any = None) -> Callable:
     def guarded(*args):
         try:
             return fn(*args)
         except jax.errors.JaxRuntimeError as e:
             text = str(e)
             if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
+                length = int(args[4]["tokens"].shape[-1]) if len(args) > 4 and "tokens" in args[4] else 0
                 raise OutOfMemory(
                     f"a train step ran out of device memory (global batch {cfg.batch_size}, "
                     f"grad_accum_steps {cfg.grad_accum_steps}, mesh {dict(mesh.shape)}). Lower train.batch_size "
                     "or raise train.grad_accum_steps; set model.remat=full (or dots); shard the frozen weights "
-                    "with mesh.fsdp / mesh.tensor; or shorten classifier.max_length. XLA said: "
-                    + text.splitlines()[0][:300]) from e
+                    "with mesh.fsdp / mesh.tensor; store the base quantized (model.base_quant=int8|int4); or "
+                    "shorten classifier.max_length." + memory_bill(model_config, cfg, mesh, length)
+                    + " XLA said: " + text.splitlines()[0][:300]) from e
             raise
     return guarded
 
@@ -218,7 +238,7 @@ def fit(
     state, tx = new_state(placement, cfg, epoch_steps)
     shardings = placement.shardings._replace(opt_state=jax.tree.map(lambda x: x.sharding, state.opt_state))
     step_fn = _oom_guard(make_train_step(parts.train_graph, tx, cfg.loss, accum_steps=cfg.grad_accum_steps,
-                                         shardings=shardings), cfg, mesh)
+                                         shardings=shardings), cfg, mesh, placement.model_config)
     class_arr, head_arg = jnp.asarray(class_ids, jnp.int32), make_head(head)
     slice_index, slice_count = mesh_lib.process_rows(mesh, global_rows)
     callbacks = [DivergenceGuard(), Progress(cfg.log_every_steps, progress and jax.process_index() == 0),
