@@ -11,7 +11,7 @@ ETHOS training rows (a seeded shuffle of the 800 codelab rows per seed) and scor
 stored quantized, `base_quant`), `head` (a linear head on the frozen model,
 `train.trainable=head`, epochs 30, lr 1e-3, no warm-up), `lora+es` (early stopping
 on a 40-row validation split carved from the N rows, patience 1, up to 2x the
-epochs). Columns: test ROC-AUC, balanced accuracy and F1 (mean +- std over seeds),
+epochs), `full` (every weight trains, lr 2e-5). Columns: test ROC-AUC, balanced accuracy and F1 (mean +- std over seeds),
 fit seconds, peak RSS, trainable parameters, optimizer-state bytes, frozen-base
 bytes. Prints one JSON object, written atomically to `--out` after every run.
 """
@@ -40,6 +40,7 @@ MODES: dict[str, dict[str, Any]] = {
     "lora+int4": {"base_quant": "int4"},
     "head": {"train": {"trainable": "head", "epochs": 30, "learning_rate": 1e-3, "warmup_ratio": 0.0}},
     "lora+es": {"early_stopping": True},
+    "full": {"train": {"trainable": "full", "learning_rate": 2e-5}},
 }
 METRICS = ("roc_auc", "balanced_accuracy", "f1")
 

@@ -154,6 +154,9 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         from toolkit.models.quant import check_mode
 
         check_mode(self.base_quant)
+        if self._train_config.trainable == "full" and self.base_quant != "none":
+            raise ValueError(f"train.trainable=full trains every weight, so the base cannot be stored quantized "
+                             f"(base_quant={self.base_quant!r}); use base_quant='none', or trainable lora")
 
     @classmethod
     def from_config(cls, cfg: Any, *, progress: bool = True, **kind_args: Any) -> "AgileClassifier":
@@ -238,8 +241,9 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         def shardings(abstract: Any) -> Any:  # the base lands in its shards as it loads
             return state_shardings(abstract, mesh)
 
+        lora = None if self.train_config.trainable == "full" else self.lora_config  # full: no adapters
         if isinstance(self.model, (str, os.PathLike)):
-            model, tok = load_pretrained(self.model, lora=self.lora_config, param_dtype=pdtype, dtype=resolve_param_dtype(self.dtype),
+            model, tok = load_pretrained(self.model, lora=lora, param_dtype=pdtype, dtype=resolve_param_dtype(self.dtype),
                                          seed=self.train_config.seed, remat=self.remat, shardings=shardings,
                                          base_quant=self.base_quant)
         else:
@@ -247,7 +251,7 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
             params = frozen_params(base)
             cfg = base.config.replace(param_dtype=pdtype, dtype=resolve_param_dtype(self.dtype), remat=self.remat,
                                       base_quant=self.base_quant)
-            model = from_params(cfg, params, lora=self.lora_config, seed=self.train_config.seed, source="model",
+            model = from_params(cfg, params, lora=lora, seed=self.train_config.seed, source="model",
                                 shardings=shardings)
         self.tokenizer = tok
         self.model_config = model.config
@@ -259,7 +263,7 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
             self.encoder = PromptEncoder(self.prompt_format, self.class_names, tok, self.max_length)
         except ValueError as e:
             raise PromptFitError("max_length" if "max_length" in str(e) else "prompt", str(e)) from None
-        self._placement = place_parts(split_model(model), mesh, model.config)
+        self._placement = place_parts(split_model(model, self.train_config.trainable), mesh, model.config)
         self._parts = self._placement.parts
         self._lora = self._parts.lora
         self._loaded = True
@@ -556,7 +560,7 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
 
         self._ensure_model()
         model = self._model()
-        files: dict[str, Any] = {"lora": to_host(flat_state(model, _lora_filter())), "base": None,
+        files: dict[str, Any] = {"lora": to_host(flat_state(model, self._trainable_filter())), "base": None,
                                  "head": self._head_weights}
         if not isinstance(self.model, (str, os.PathLike)):
             files["base"] = frozen_params(model, gather=to_host)
@@ -599,13 +603,14 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         from toolkit.models.gemma import set_flat
 
         model = self._model()
-        set_flat(model, flat, _lora_filter(), source=source)
+        set_flat(model, flat, self._trainable_filter(), source=source)
         from toolkit.train.mesh import place
 
-        self._lora = place(nnx.state(model, _lora_filter()), self._placement.shardings.lora)
+        self._lora = place(nnx.state(model, self._trainable_filter()), self._placement.shardings.lora)
 
+    def _trainable_filter(self) -> Any:
+        """The variables `fit` trains and `save` writes to lora.npz: the adapters, or every
+        weight with `train.trainable=full`."""
+        from toolkit.train.step import trainable_filter
 
-def _lora_filter():
-    from flax import nnx
-
-    return nnx.LoRAParam
+        return trainable_filter(self.train_config.trainable)

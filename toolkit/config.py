@@ -35,7 +35,7 @@ LOSSES = ("class", "lm")
 EVAL_METRICS = ("eval_roc_auc", "eval_pr_auc", "eval_f1", "eval_f1_macro", "eval_f1_micro", "eval_accuracy",
                 "eval_balanced_accuracy", "eval_roc_auc_macro", "eval_pr_auc_macro")
 TASKS = ("single_label", "multilabel")
-TRAINABLE = ("lora", "head")
+TRAINABLE = ("lora", "head", "full")
 
 
 def must(ok: bool, key: str, value: Any, rule: str) -> None:
@@ -237,8 +237,9 @@ class TrainConfig:
     packing: bool = True
     # Stop on the eval metric and keep the best epoch's adapters (needs eval rows).
     early_stopping: EarlyStopping | None = None
-    # What trains: "lora" (adapters on the frozen base), or "head" (a linear head on the
-    # frozen model's last-token features, starting as the zero-shot classifier).
+    # What trains: "lora" (adapters on the frozen base), "head" (a linear head on the
+    # frozen model's last-token features, starting as the zero-shot classifier), or
+    # "full" (every weight, with AdamW state for all of them: see launch/plan.py's bill).
     trainable: str = "lora"
 
     def __post_init__(self) -> None:

@@ -87,7 +87,7 @@ def write(clf: Any, directory: Path, files: dict[str, Any], *, model: str | None
     `model` overrides the recorded base spec (`MODEL_HERE` for an export that holds a
     keras-hub preset with the adapters merged in); `lora=False` leaves the adapters out
     (they are merged into that preset)."""
-    if lora:
+    if lora:  # the trained state: the adapters, or every weight with train.trainable=full
         np.savez(directory / LORA, **files["lora"])
     if files.get("head") is not None:
         np.savez(directory / HEAD, weights=files["head"])

@@ -110,6 +110,9 @@ def _export_locked(source: Any, out: Any, *, format: str, dtype: str, progress: 
         raise ExportError(f"{source}: a train.trainable=head classifier has a linear head, not adapters, so there "
                           "is nothing for keras-hub or transformers to merge; use it with AgileClassifier.load / "
                           "agile-predict, or train with train.trainable=lora to export")
+    if format == "lora" and clf.train_config.trainable == "full":
+        raise ExportError(f"{source}: a train.trainable=full classifier changed every weight and has no adapters; "
+                          "export it with --format keras-preset or hf (the whole model)")
     if format == "keras-preset":
         backbone_spec(clf.model_config)  # an architecture keras-hub cannot hold fails before any writing
     files = clf.host_files()

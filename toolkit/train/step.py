@@ -37,12 +37,20 @@ class ModelParts(NamedTuple):
     rest: nnx.State
 
 
-def split_model(model: Gemma) -> ModelParts:
-    """Split once; `train_graph` has dropout on, `eval_graph` off."""
+def trainable_filter(trainable: str = "lora") -> Any:
+    """Which variables train: the adapters, or (`full`) every weight of the model."""
+    return nnx.Param if trainable == "full" else nnx.LoRAParam
+
+
+def split_model(model: Gemma, trainable: str = "lora") -> ModelParts:
+    """Split once; `train_graph` has dropout on, `eval_graph` off. `lora` holds what trains
+    (the adapters; every weight for `trainable="full"`, which leaves `frozen` empty): the
+    one train step updates whatever that is."""
     model.eval()
     eval_graph = nnx.graphdef(model)
     model.train()
-    train_graph, lora, frozen, rest = nnx.split(model, nnx.LoRAParam, FROZEN, ...)
+    frozen_filter = nnx.Nothing if trainable == "full" else FROZEN
+    train_graph, lora, frozen, rest = nnx.split(model, trainable_filter(trainable), frozen_filter, ...)
     model.eval()
     return ModelParts(train_graph, eval_graph, lora, frozen, rest)
 
