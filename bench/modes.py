@@ -63,7 +63,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     from toolkit.classifier import AgileClassifier
     from toolkit.data.sources import ethos_split, load_ethos
-    from toolkit.train.loop import make_optimizer
+    from toolkit.train.optim import make_optimizer
 
     spec = json.loads(json.dumps(MODES[args.mode]))
     early = spec.pop("early_stopping", False)

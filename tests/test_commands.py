@@ -19,7 +19,7 @@ SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scrip
 
 def test_every_command_is_a_console_script_and_a_launch_file():
     assert set(SCRIPTS) == {"agile-train", "agile-sweep", "agile-export", "agile-report", "agile-generate",
-                            "agile-predict", "agile-label"}
+                            "agile-predict", "agile-label", "agile-plan"}
     for script, target in SCRIPTS.items():
         module, func = target.split(":")
         assert func == "entry" and module == f"toolkit.commands.{script.removeprefix('agile-')}"

@@ -93,7 +93,7 @@ def plan(model: Any, *, mode: str = "lora", base_quant: str = "none", batch: int
     from toolkit.models.gemma import FROZEN_FILTER, Gemma
     from toolkit.models.lora import LoRAConfig
     from toolkit.train import mesh as mesh_lib
-    from toolkit.train.loop import make_optimizer
+    from toolkit.train.optim import make_optimizer
     from toolkit.train.step import StepShardings, make_score_step, make_train_step
 
     from toolkit.config import ConfigError

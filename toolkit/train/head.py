@@ -36,7 +36,7 @@ def fit_head(features: np.ndarray, labels: np.ndarray, init: np.ndarray, cfg: Tr
     """(trained head, per-epoch history): `cfg.epochs` passes over seeded shuffles in batches
     of `cfg.batch_size`, AdamW on the softmax loss under the run's schedule.
     `evaluate(weights, epoch)` adds held-out metrics to each epoch's record."""
-    from toolkit.train.loop import make_optimizer
+    from toolkit.train.optim import make_optimizer
 
     n = len(labels)
     steps_per_epoch = -(-n // cfg.batch_size)
