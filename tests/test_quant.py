@@ -26,8 +26,8 @@ def test_quantize_keeps_every_weight_within_half_a_step_and_int4_packs_two_per_b
     q, scale = quant.quantize(w, (1,), mode)
     assert q.dtype == (np.int8 if mode == "int8" else np.uint8)
     assert q.shape == ((3, 256, 6) if mode == "int8" else (3, 256, 3))
-    # int8: a scale per output channel; int4: per group of 64 along the contracted axis.
-    assert scale.shape == ((3, 1, 6) if mode == "int8" else (3, 4, 6))
+    # A scale per output channel and group of 64 along the contracted axis.
+    assert scale.shape == (3, 4, 6)
     back = np.asarray(quant.dequantize(jnp.asarray(q), jnp.asarray(scale), (1,), mode, jnp.float32))
     step = np.repeat(scale, 256 // scale.shape[1], axis=1)
     assert np.all(np.abs(back - w) <= step / 2 + 1e-6)

@@ -88,7 +88,7 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         default: data parallel over every device of every process.
       remat: activation checkpointing per layer, "none", "dots" or "full".
       base_quant: "none", or "int8" / "int4" to store the frozen base quantized (QLoRA:
-        about 0.25x / 0.14x of its fp32 bytes; the adapters stay fp32).
+        about 0.27x / 0.15x of its fp32 bytes; the adapters stay fp32).
       zero_shot: allow `predict` / `predict_proba` before `fit` (the untrained
         model's answers); otherwise they raise `NotFittedError`.
 

@@ -8,11 +8,12 @@ operand on GPU/TPU; on CPU it is one pass per layer slice inside the scan). qwix
 (Tunix's library) brings quantized training and its own module rewriting, which a
 frozen base does not need and which would not see our `Einsum`.
 
-Scales: int8 has one per output channel (absmax over the contracted axes). int4
-has one per group of `INT4_GROUP` along the first contracted axis (per channel when
-that axis does not divide), since 15 levels per whole channel lose too much. int4
-values are packed two per byte along the last axis, so the stored array is half as
-wide: the bytes at rest are what a 16 GB chip has to hold.
+Scales: one per group of `GROUP` values along the first contracted axis, per output
+channel (per channel outright when that axis does not divide into groups). Measured
+on the 270M's zero-shot ETHOS scores, per-channel int8 moved p(yes) by 0.051 on
+average, groups of 64 by 0.005; the scales cost 4 bytes per 64 values. int4 values
+are packed two per byte along the last axis, so the stored array is half as wide:
+the bytes at rest are what a 16 GB chip has to hold.
 
 The exchange format (importers, export, saved classifiers) stays the float kernel:
 quantizing happens when a weight is placed, dequantizing when it is exported.
@@ -25,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 MODES = ("none", "int8", "int4")
-INT4_GROUP = 64
+GROUP = 64
 _QMAX = {"int8": 127.0, "int4": 7.0}
 SCALE_SUFFIX = "_scale"
 
@@ -33,10 +34,10 @@ SCALE_SUFFIX = "_scale"
 def plan(shape: Sequence[int], contracted: Sequence[int], mode: str) -> tuple[tuple[int, ...], int | None]:
     """(scale shape, grouped axis or None) of a weight of `shape` reduced over `contracted`."""
     scale = [1 if i in contracted else n for i, n in enumerate(shape)]
-    if mode == "int4" and contracted:
+    if contracted:
         g = contracted[0]
-        if shape[g] % INT4_GROUP == 0 and shape[g] > INT4_GROUP:
-            scale[g] = shape[g] // INT4_GROUP
+        if shape[g] % GROUP == 0 and shape[g] > GROUP:
+            scale[g] = shape[g] // GROUP
             return tuple(scale), g
     return tuple(scale), None
 
