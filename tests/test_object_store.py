@@ -40,7 +40,10 @@ def gcs():
     url = f"http://127.0.0.1:{port}"
     env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",
            "EPATH_USE_TF": "false",  # tf.io.gfile's GCS client has no endpoint override: gcsfs does
-           "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}  # no gRPC bucket-layout probe (60 s per bucket offline)
+           "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # no gRPC bucket-layout probe (60 s per bucket offline)
+           # One request at a time: the emulator's in-memory store is not safe under tensorstore's concurrent
+           # conditional writes on a loaded machine ("Malformed StorageGeneration"); a real bucket is.
+           "TENSORSTORE_GCS_REQUEST_CONCURRENCY": "1"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     from etils.epath import gpath
