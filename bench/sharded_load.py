@@ -114,7 +114,9 @@ def main() -> None:
     ap.add_argument("--abstract-model", default="gemma_7b")
     ap.add_argument("--abstract-mesh", default="1,4,2", help="data,fsdp,tensor sizes")
     ap.add_argument("--per-tensor", action="store_true", help="list every tensor's share")
-    ap.add_argument("--base-quant", default="none", choices=("none", "int8", "int4"), help="the frozen base's storage")
+    from toolkit.models.quant import MODES as QUANT_MODES
+
+    ap.add_argument("--base-quant", default="none", choices=QUANT_MODES, help="the frozen base's storage")
     ap.add_argument("--out", default=str(RESULT), help="where the JSON goes ('-' = stdout only)")
     args = ap.parse_args()
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"  # before JAX starts

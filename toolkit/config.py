@@ -72,8 +72,10 @@ class ModelSection:
         must(isinstance(self.name, str) and bool(self.name.strip()), "model.name", self.name,
              "a model spec such as gemma3_270m, a .gguf file, a keras-hub preset dir or random:tiny_gemma3")
         must(self.remat in REMAT_POLICIES, "model.remat", self.remat, f"one of {', '.join(REMAT_POLICIES)}")
-        must(self.base_quant in ("none", "int8", "int4"), "model.base_quant", self.base_quant,
-             "none, int8 or int4 (the frozen base's storage; adapters stay fp32)")
+        from toolkit.models.quant import MODES as QUANT_MODES
+
+        must(self.base_quant in QUANT_MODES, "model.base_quant", self.base_quant,
+             f"{', '.join(QUANT_MODES[:-1])} or {QUANT_MODES[-1]} (the frozen base's storage; adapters stay fp32)")
         for key in ("param_dtype", "dtype"):
             must(getattr(self, key) in DTYPES, f"model.{key}", getattr(self, key), f"one of {', '.join(DTYPES)}")
 

@@ -27,10 +27,12 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+from toolkit.config import TRAINABLE as MODES  # lora, head, full: what train.trainable takes
+
 GB = 1e9
 DEVICE_GB = (16, 80, 141)  # TPU v5e, A100/H100 80 GB, H200
 PARTS = ("frozen", "trainable", "optimizer", "gradients", "activations")
-MODES = ("lora", "full", "head")
+
 
 
 def _per_device(tree: Any, shardings: Any) -> int:

@@ -19,6 +19,8 @@ import math
 import os
 
 from toolkit import cli
+from toolkit.models.quant import MODES as QUANT_MODES
+from toolkit.plan import MODES  # no JAX at import: XLA_FLAGS are set below, before it starts
 
 
 def _mesh(text: str) -> tuple[int, int, int]:
@@ -31,8 +33,8 @@ def _mesh(text: str) -> tuple[int, int, int]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="gemma_7b", help="a named architecture (toolkit/models/configs.py)")
-    ap.add_argument("--mode", nargs="+", default=["lora"], choices=("lora", "full", "head"))
-    ap.add_argument("--base-quant", nargs="+", default=["none"], choices=("none", "int8", "int4"))
+    ap.add_argument("--mode", nargs="+", default=["lora"], choices=MODES)
+    ap.add_argument("--base-quant", nargs="+", default=["none"], choices=QUANT_MODES)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--length", type=int, default=512)
     ap.add_argument("--mesh", type=_mesh, nargs="+", default=[(1, 1, 1)], help="data,fsdp,tensor sizes")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from toolkit.models import quant
+
 FAMILIES = ("gemma", "gemma2", "gemma3")
 
 
@@ -71,8 +73,10 @@ class ModelConfig:
                 f"model {self.name!r}: num_heads={self.num_heads} is not a multiple of "
                 f"num_kv_heads={self.num_kv_heads}"
             )
-        if self.base_quant not in ("none", "int8", "int4"):
-            raise ValueError(f"model {self.name!r}: base_quant {self.base_quant!r} is not one of none, int8, int4")
+        try:
+            quant.check_mode(self.base_quant)
+        except ValueError as e:
+            raise ValueError(f"model {self.name!r}: {e}") from None
         if self.sliding_window_pattern is not None and not self.sliding_window:
             raise ValueError(f"model {self.name!r}: sliding_window_pattern needs sliding_window > 0")
 
