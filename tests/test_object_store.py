@@ -29,11 +29,46 @@ pytestmark = pytest.mark.skipif(
 BUCKET = "agile-runs"
 
 
+def _serve_generations() -> None:
+    """Make the emulator's media downloads carry `x-goog-generation`, as real GCS's do.
+
+    tensorstore reads an object's generation from that header and sends it back as the
+    `ifGenerationMatch` of the next write of the object (OCDBT's manifest). Without it,
+    whenever tensorstore re-read the manifest instead of keeping the generation its own
+    write returned (timing: twice in four loaded runs), the next commit failed with
+    "Malformed StorageGeneration". The emulator still ignores the condition itself.
+    """
+    from gcp_storage_emulator import server
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers import objects
+
+    download = objects.download
+    if getattr(download, "serves_generation", False):
+        return
+
+    def with_generation(request, response, storage, *args, **kwargs):
+        try:
+            obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+            response["x-goog-generation"] = str(obj["generation"])
+            response["x-goog-metageneration"] = str(obj.get("metageneration") or 1)
+        except NotFound:  # the download answers 404 itself
+            pass
+        return download(request, response, storage, *args, **kwargs)
+
+    with_generation.serves_generation = True
+    objects.download = with_generation  # `get(..., alt=media)` calls the module's download
+    for _, handlers in server.HANDLERS:
+        for method, handler in list(handlers.items()):
+            if handler is download:
+                handlers[method] = with_generation
+
+
 @pytest.fixture(scope="module")
 def gcs():
     """(environment for a subprocess, gcsfs filesystem on the emulator) for one in-memory bucket."""
     from gcp_storage_emulator.server import create_server
 
+    _serve_generations()
     port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
     server.start()
@@ -41,8 +76,7 @@ def gcs():
     env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",
            "EPATH_USE_TF": "false",  # tf.io.gfile's GCS client has no endpoint override: gcsfs does
            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # no gRPC bucket-layout probe (60 s per bucket offline)
-           # One request at a time: the emulator's in-memory store is not safe under tensorstore's concurrent
-           # conditional writes on a loaded machine ("Malformed StorageGeneration"); a real bucket is.
+           # One request at a time: the emulator's in-memory store is a plain dict behind a threaded server.
            "TENSORSTORE_GCS_REQUEST_CONCURRENCY": "1"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
