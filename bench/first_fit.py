@@ -222,7 +222,7 @@ def aot_compile(model: str, scan_layers: bool, batch: int, length: int) -> dict[
 
     from toolkit.config import TrainConfig
     from toolkit.models.configs import get_config
-    from toolkit.models.gemma import Gemma
+    from toolkit.models.gemma import build_model
     from toolkit.models.lora import LoRAConfig
     from toolkit.train.loop import make_optimizer
     from toolkit.train.step import make_train_step, split_model
@@ -232,7 +232,7 @@ def aot_compile(model: str, scan_layers: bool, batch: int, length: int) -> dict[
     except TypeError as e:  # a ModelConfig without the field
         return {"scan_layers": scan_layers, "compile_s": None, "reason": f"ModelConfig has no scan_layers ({e})"}
     t0 = time.perf_counter()
-    abstract = nnx.eval_shape(lambda: Gemma(cfg, lora=LoRAConfig(), rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: build_model(cfg, lora=LoRAConfig(), rngs=nnx.Rngs(0)))
     parts = split_model(abstract)
     tx, _ = make_optimizer(TrainConfig(), total_steps=100)
     opt_state = jax.eval_shape(tx.init, parts.lora)

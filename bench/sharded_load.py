@@ -81,12 +81,12 @@ def abstract(args: argparse.Namespace) -> dict[str, Any]:
     from jax.sharding import AbstractMesh
 
     from toolkit.models.configs import get_config
-    from toolkit.models.gemma import FROZEN_FILTER, Gemma
+    from toolkit.models.gemma import FROZEN_FILTER, build_model
     from toolkit.train.mesh import MESH_AXES, state_shardings
 
     sizes = tuple(int(x) for x in args.abstract_mesh.split(","))
     cfg = get_config(args.abstract_model, param_dtype="bfloat16", base_quant=args.base_quant)
-    model = nnx.eval_shape(lambda: Gemma(cfg, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0)))
     frozen = nnx.state(model, FROZEN_FILTER)
     mesh = AbstractMesh(sizes, MESH_AXES)
     shard = dict(nnx.to_flat_state(state_shardings(frozen, mesh)))

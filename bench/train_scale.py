@@ -42,7 +42,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     from toolkit.config import MeshConfig
     from toolkit.models.configs import get_config
-    from toolkit.models.gemma import Gemma
+    from toolkit.models.gemma import build_model
     from toolkit.models.lora import LoRAConfig
     from toolkit.train import loop
     from toolkit.train.flops import mfu, train_flops_per_token
@@ -58,7 +58,7 @@ def worker(args: argparse.Namespace) -> dict:
         cfg = get_config(args.model, param_dtype=args.dtype, dtype=args.dtype, remat=args.remat,
                          scan_layers=not args.unrolled)
         with jax.default_device(jax.devices()[0]):
-            model = Gemma(cfg, lora=lora, rngs=nnx.Rngs(0))
+            model = build_model(cfg, lora=lora, rngs=nnx.Rngs(0))
         tokens = rng.integers(10, cfg.vocab_size, size=(b, length)).astype(np.int32)
         lengths = np.full(b, length, np.int32)
         head: list[int] | None = None

@@ -92,7 +92,7 @@ def plan(model: Any, *, mode: str = "lora", base_quant: str = "none", batch: int
 
     from toolkit.config import MeshConfig, TrainConfig
     from toolkit.models.configs import get_config
-    from toolkit.models.gemma import FROZEN_FILTER, Gemma
+    from toolkit.models.gemma import FROZEN_FILTER, build_model
     from toolkit.models.lora import LoRAConfig
     from toolkit.train import mesh as mesh_lib
     from toolkit.train.optim import make_optimizer
@@ -114,7 +114,7 @@ def plan(model: Any, *, mode: str = "lora", base_quant: str = "none", batch: int
     cfg = model.replace(**run_time) if not isinstance(model, str) else get_config(model, **run_time)
     lora = (lora or LoRAConfig()) if mode == "lora" else None
     m = mesh_lib.make_mesh(MeshConfig(data=mesh[0], fsdp=mesh[1], tensor=mesh[2]), devices=devices[:n])
-    abstract = nnx.eval_shape(lambda: Gemma(cfg, lora=lora, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: build_model(cfg, lora=lora, rngs=nnx.Rngs(0)))
     abstract.train()
     if mode == "lora":
         graph, trainable, frozen, rest = nnx.split(abstract, nnx.LoRAParam, FROZEN_FILTER, ...)

@@ -2,7 +2,9 @@
 
 A `ModelConfig` holds architecture facts only (what a checkpoint needs to be
 read correctly) plus the two dtypes a run chooses. Everything the forward pass
-branches on is a field here, so Gemma 1, 2 and 3 share one module tree.
+branches on is a field here, so Gemma 1, 2 and 3 share one module tree
+(`toolkit.models.gemma`); Gemma 4, whose layers differ in shape by type, has
+its own (`toolkit.models.gemma4`), built from the same fields plus its own.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from typing import Any
 
 from toolkit.models import quant
 
-FAMILIES = ("gemma", "gemma2", "gemma3")
+FAMILIES = ("gemma", "gemma2", "gemma3", "gemma4")
+
+LOCAL, GLOBAL = "sliding_attention", "full_attention"  # Gemma 4's explicit layer types (HF / keras-hub names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +29,20 @@ class ModelConfig:
     `(i + 1) % sliding_window_pattern == 0`; otherwise it is local and sees
     only the last `sliding_window` tokens. This one rule covers Gemma 2
     (pattern 2: local, global, ...) and Gemma 3 (pattern 6: five local, one
-    global).
+    global); Gemma 4 may instead list `layer_types` explicitly.
+
+    Gemma 4 (family "gemma4"; see `toolkit.models.gemma4`) adds the fields
+    below the run-time ones. Its attention is unscaled (Q/K norms instead:
+    `query_pre_attn_scalar=1.0`) and always has QK-norm and post norms. Global
+    layers may have their own head size (`global_head_dim`) and, with
+    `num_global_kv_heads`, fewer K/V heads whose values reuse the key
+    projection (K=V; keras-hub ties the two together), and rotate only
+    `rope_partial_global` of each head (the rest is position-free). The last
+    `num_kv_shared_layers` layers compute no K/V: each reuses that of the last
+    earlier non-shared layer of its type, and with `use_double_wide_mlp` has a
+    2 * mlp_dim MLP. `per_layer_input_dim` > 0 (the 2B/4B "per-layer
+    embeddings") gives every layer a per-token input from a second embedding
+    table of `per_layer_vocab_size` (None: vocab_size) rows.
     """
 
     name: str
@@ -64,10 +81,29 @@ class ModelConfig:
     # The frozen base's projections and embedding stored as int8 / packed int4 with
     # float scales, dequantized in each matmul (QLoRA; toolkit/models/quant.py).
     base_quant: str = "none"
+    # Gemma 4 only (defaults: off, so Gemma 1-3 configs are unchanged). A mixture-of-experts
+    # block (26B-A4B) would add its fields here.
+    layer_types: tuple[str, ...] | None = None
+    global_head_dim: int | None = None
+    num_global_kv_heads: int | None = None
+    rope_partial_global: float = 1.0
+    num_kv_shared_layers: int = 0
+    use_double_wide_mlp: bool = False
+    per_layer_input_dim: int = 0
+    per_layer_vocab_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"model {self.name!r}: family {self.family!r} is not one of {FAMILIES}")
+        if self.layer_types is not None:  # a list from JSON: configs must stay hashable
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        if self.family == "gemma4":
+            self._check_gemma4()
+        else:
+            for f in _GEMMA4_FIELDS:
+                if getattr(self, f.name) != f.default:
+                    raise ValueError(f"model {self.name!r}: {f.name} is a Gemma 4 field; family {self.family!r} "
+                                     "cannot use it")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"model {self.name!r}: num_heads={self.num_heads} is not a multiple of "
@@ -80,10 +116,70 @@ class ModelConfig:
         if self.sliding_window_pattern is not None and not self.sliding_window:
             raise ValueError(f"model {self.name!r}: sliding_window_pattern needs sliding_window > 0")
 
+    def _check_gemma4(self) -> None:
+        def bad(msg: str) -> ValueError:
+            return ValueError(f"model {self.name!r}: {msg}")
+
+        # Gemma 4's layers differ in shape by type, so they are unrolled (see toolkit.models.gemma4).
+        object.__setattr__(self, "scan_layers", False)
+        n = self.num_layers
+        if self.layer_types is not None:
+            if len(self.layer_types) != n:
+                raise bad(f"layer_types has {len(self.layer_types)} entries, expected num_layers={n}")
+            odd = sorted(set(self.layer_types) - {LOCAL, GLOBAL})
+            if odd:
+                raise bad(f"layer_types {odd} are not {LOCAL!r} or {GLOBAL!r}")
+        for field, v in (("head_dim", self.head_dim), ("global_head_dim", self.global_head_dim)):
+            if v is not None and (v <= 0 or v % 2):
+                raise bad(f"{field}={v} must be a positive even number (RoPE rotates halves)")
+        g = self.num_global_kv_heads
+        if g is not None and (g <= 0 or self.num_heads % g):
+            raise bad(f"num_heads={self.num_heads} is not a multiple of num_global_kv_heads={g}")
+        if not 0.0 < self.rope_partial_global <= 1.0:
+            raise bad(f"rope_partial_global={self.rope_partial_global} must be in (0, 1]")
+        if self.per_layer_input_dim < 0:
+            raise bad(f"per_layer_input_dim={self.per_layer_input_dim} must be >= 0 (0: no per-layer inputs)")
+        if self.per_layer_vocab_size is not None and self.per_layer_vocab_size <= 0:
+            raise bad(f"per_layer_vocab_size={self.per_layer_vocab_size} must be positive (or None: vocab_size)")
+        if not 0 <= self.num_kv_shared_layers < n:
+            raise bad(f"num_kv_shared_layers={self.num_kv_shared_layers} must be in [0, num_layers={n})")
+        for i in range(n - self.num_kv_shared_layers, n):
+            if self.kv_shared_source(i) is None:
+                kind = "global" if self.is_global_layer(i) else "local"
+                raise bad(f"K/V-shared layer {i} is {kind} but no earlier non-shared layer is "
+                          f"(num_kv_shared_layers={self.num_kv_shared_layers} too large)")
+
     def is_global_layer(self, i: int) -> bool:
+        if self.layer_types is not None:
+            return self.layer_types[i] == GLOBAL
         if self.sliding_window_pattern is None:
             return True
         return (i + 1) % self.sliding_window_pattern == 0
+
+    # Per-layer shapes (Gemma 4's differ by layer type; for Gemma 1-3 they are the plain fields).
+
+    def layer_head_dim(self, i: int) -> int:
+        return self.global_head_dim if self.global_head_dim and self.is_global_layer(i) else self.head_dim
+
+    def layer_k_eq_v(self, i: int) -> bool:
+        """Global layers with `num_global_kv_heads` take values from the key projection (K=V)."""
+        return self.num_global_kv_heads is not None and self.is_global_layer(i)
+
+    def layer_kv_heads(self, i: int) -> int:
+        return self.num_global_kv_heads if self.layer_k_eq_v(i) else self.num_kv_heads  # type: ignore[return-value]
+
+    def kv_shared_source(self, i: int) -> int | None:
+        """For one of the last `num_kv_shared_layers` layers, the layer whose K/V it reuses: the
+        last non-shared layer of the same type (keras-hub / HF rule); None for any other layer."""
+        first = self.num_layers - self.num_kv_shared_layers
+        if i < first:
+            return None
+        g = self.is_global_layer(i)
+        return next((j for j in range(first - 1, -1, -1) if self.is_global_layer(j) == g), None)
+
+    def layer_mlp_dim(self, i: int) -> int:
+        wide = self.use_double_wide_mlp and self.kv_shared_source(i) is not None
+        return 2 * self.mlp_dim if wide else self.mlp_dim
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -98,6 +194,12 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown ModelConfig fields {unknown}; known: {sorted(names)}")
         return cls(**d)
+
+
+_GEMMA4_FIELDS = tuple(f for f in dataclasses.fields(ModelConfig)
+                       if f.name in ("layer_types", "global_head_dim", "num_global_kv_heads", "rope_partial_global",
+                                     "num_kv_shared_layers", "use_double_wide_mlp", "per_layer_input_dim",
+                                     "per_layer_vocab_size"))
 
 
 def _gemma1(name: str, **kw: Any) -> ModelConfig:
@@ -134,6 +236,20 @@ def _gemma3(name: str, **kw: Any) -> ModelConfig:
     )
 
 
+def _gemma4(name: str, **kw: Any) -> ModelConfig:
+    kw = {"vocab_size": 262_144, "max_seq_len": 131_072, "rope_base_local": 10_000.0,
+          "rope_base_global": 1_000_000.0, "final_logit_softcap": 30.0, **kw}
+    return ModelConfig(
+        name=name,
+        family="gemma4",
+        query_pre_attn_scalar=1.0,  # no 1/sqrt(d) scaling: Q/K norms bound the logits
+        use_post_attn_norm=True,
+        use_post_ffw_norm=True,
+        use_qk_norm=True,
+        **kw,
+    )
+
+
 _NAMED: dict[str, ModelConfig] = {
     c.name: c
     for c in [
@@ -154,6 +270,26 @@ _NAMED: dict[str, ModelConfig] = {
         _gemma3("gemma3_4b", num_layers=34, num_heads=8, num_kv_heads=4,
                 embed_dim=2560, head_dim=256, mlp_dim=10_240, query_pre_attn_scalar=256,
                 sliding_window=1024, rope_scale_global=8.0, max_seq_len=131_072),
+        # Gemma 4 dense (text decoder; vision/audio towers not modelled). keras-hub 0.32's
+        # gemma4_presets.py lists only Kaggle handles; these numbers are the checkpoints'
+        # config.json `text_config` (google/gemma-4-E2B, -E4B, -31B) as keras-hub's
+        # utils/transformers/convert_gemma4.py maps them onto Gemma4Backbone: hidden_size,
+        # num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim,
+        # global_head_dim, intermediate_size, sliding_window, layer_types (full at
+        # i % 5 == 4 for E2B, i % 6 == 5 otherwise), num_kv_shared_layers,
+        # use_double_wide_mlp, hidden_size_per_layer_input, num_global_key_value_heads +
+        # attention_k_eq_v, rope_parameters (sliding 10k; full 1M, partial_rotary_factor
+        # 0.25), final_logit_softcapping 30, max_position_embeddings.
+        _gemma4("gemma4_2b", num_layers=35, num_heads=8, num_kv_heads=1, embed_dim=1536, head_dim=256,
+                global_head_dim=512, mlp_dim=6144, sliding_window=512, sliding_window_pattern=5,
+                rope_partial_global=0.25, num_kv_shared_layers=20, use_double_wide_mlp=True,
+                per_layer_input_dim=256),
+        _gemma4("gemma4_4b", num_layers=42, num_heads=8, num_kv_heads=2, embed_dim=2560, head_dim=256,
+                global_head_dim=512, mlp_dim=10_240, sliding_window=512, sliding_window_pattern=6,
+                rope_partial_global=0.25, num_kv_shared_layers=18, per_layer_input_dim=256),
+        _gemma4("gemma4_31b", num_layers=60, num_heads=32, num_kv_heads=16, num_global_kv_heads=4,
+                embed_dim=5376, head_dim=256, global_head_dim=512, mlp_dim=21_504, sliding_window=1024,
+                sliding_window_pattern=6, rope_partial_global=0.25, max_seq_len=262_144),
         # Tiny random configs of each family, for tests: every code path of the
         # full size (MQA/GQA, soft-capping, local/global layers, QK-norm) at a
         # size that compiles in seconds on a CPU.
@@ -165,6 +301,16 @@ _NAMED: dict[str, ModelConfig] = {
         _gemma3("tiny_gemma3", vocab_size=512, num_layers=6, num_heads=4, num_kv_heads=2,
                 embed_dim=32, head_dim=8, mlp_dim=64, query_pre_attn_scalar=8, sliding_window=4,
                 max_seq_len=128),
+        # Gemma 4, 2B-like: per-layer inputs, K/V sharing (layers 3, 4 reuse layer 1's K/V,
+        # layer 5 layer 2's) with double-wide MLPs there, wider partial-RoPE global heads.
+        _gemma4("tiny_gemma4", vocab_size=512, num_layers=6, num_heads=4, num_kv_heads=1, embed_dim=32,
+                head_dim=8, global_head_dim=16, mlp_dim=64, sliding_window=4, sliding_window_pattern=3,
+                rope_partial_global=0.25, num_kv_shared_layers=3, use_double_wide_mlp=True,
+                per_layer_input_dim=4, max_seq_len=128),
+        # Gemma 4, 31B-like: global layers with fewer K/V heads (K=V), wider partial-RoPE heads.
+        _gemma4("tiny_gemma4_global", vocab_size=512, num_layers=6, num_heads=4, num_kv_heads=2,
+                num_global_kv_heads=1, embed_dim=32, head_dim=8, global_head_dim=16, mlp_dim=64,
+                sliding_window=4, sliding_window_pattern=3, rope_partial_global=0.25, max_seq_len=128),
     ]
 }
 

@@ -21,6 +21,9 @@ Kernels use keras-hub's orientation and norms its `x * (1 + scale)` form, so a
 keras-hub preset maps one-to-one and parity tests compare like with like.
 Every parameter carries logical axis names (vocab, embed, heads, kv_heads,
 head_dim, mlp) for the mesh rule table; nothing here knows about meshes.
+
+Gemma 4 (`toolkit.models.gemma4.Gemma4`) reuses these pieces in its own tree;
+`build_model(config)` picks the class by family, and `from_params` uses it.
 """
 
 from __future__ import annotations
@@ -51,19 +54,30 @@ def _stacked(stack: int | None, shape: tuple[int, ...], axes: tuple[str | None, 
 
 
 class RMSNorm(nnx.Module):
-    """Gemma's RMSNorm, `x / rms(x) * (1 + scale)`, always reduced in fp32."""
+    """Gemma's RMSNorm, `x / rms(x) * (1 + scale)`, always reduced in fp32.
+
+    Gemma 4 stores the gain itself: `scale_offset=0.0` gives `x / rms(x) * scale`
+    (initialised to ones), and `with_scale=False` a parameter-free `x / rms(x)`
+    (its value norm).
+    """
 
     def __init__(self, dim: int, axis_name: str, *, eps: float, param_dtype: Any, dtype: Any,
-                 stack: int | None = None):
+                 stack: int | None = None, scale_offset: float = 1.0, with_scale: bool = True):
         self.eps = eps
         self.dtype = dtype
-        shape, axes = _stacked(stack, (dim,), (axis_name,))
-        self.scale = _param(jnp.zeros(shape, param_dtype), axes)
+        self.scale_offset = scale_offset
+        self.with_scale = with_scale
+        if with_scale:
+            shape, axes = _stacked(stack, (dim,), (axis_name,))
+            init = jnp.zeros if scale_offset == 1.0 else jnp.ones
+            self.scale = _param(init(shape, param_dtype), axes)
 
     def __call__(self, x: Array) -> Array:
         x32 = x.astype(jnp.float32)
         var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-        y = x32 * jax.lax.rsqrt(var + self.eps) * (1.0 + self.scale[...].astype(jnp.float32))
+        y = x32 * jax.lax.rsqrt(var + self.eps)
+        if self.with_scale:
+            y = y * (self.scale_offset + self.scale[...].astype(jnp.float32))
         return y.astype(self.dtype)
 
 
@@ -80,16 +94,32 @@ def layer_tables(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     body. `rope_scale` is linear position interpolation (Gemma 3 4B's global
     layers use 8).
     """
-    half = cfg.head_dim // 2
-    exponents = -np.arange(half, dtype=np.float32) * np.float32(2.0 / cfg.head_dim)
     inv, win = [], []
     for i in range(cfg.num_layers):
         g = cfg.is_global_layer(i)
         base, scale = ((cfg.rope_base_global, cfg.rope_scale_global) if g
                        else (cfg.rope_base_local, cfg.rope_scale_local))
-        inv.append(np.power(np.float32(base), exponents) / np.float32(scale))
+        inv.append(rope_inv_freq(cfg.head_dim, base, scale))
         win.append(GLOBAL_WINDOW if g else cfg.sliding_window)
     return np.stack(inv).astype(np.float32), np.asarray(win, np.int32)
+
+
+def rope_inv_freq(head_dim: int, base: float, scale: float = 1.0, fraction: float = 1.0) -> np.ndarray:
+    """RoPE inverse frequencies (head_dim / 2,) for `apply_rope`: `base ** (-2j / head_dim) / scale`.
+
+    `fraction` < 1 is Gemma 4's partial ("proportional") RoPE as keras-hub does it:
+    only the first `rotary // 2` pairs (i, i + head_dim / 2) turn, rotary =
+    int(fraction * head_dim) rounded down to even (at least 2), with the full
+    head's frequencies; the other pairs get frequency 0, i.e. pass unchanged.
+    """
+    half = head_dim // 2
+    exponents = -np.arange(half, dtype=np.float32) * np.float32(2.0 / head_dim)
+    inv = np.power(np.float32(base), exponents) / np.float32(scale)
+    if fraction < 1.0:
+        rotary = int(fraction * head_dim)
+        rotary = max(2, rotary - rotary % 2)
+        inv[rotary // 2:] = 0.0
+    return inv.astype(np.float32)
 
 
 def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
@@ -168,8 +198,9 @@ class Attention(nnx.Module):
 
 def _attention_softcapped(q: Array, k: Array, v: Array, mask: Array, scale: float, cfg: ModelConfig) -> Array:
     q = q * jnp.asarray(scale, q.dtype)
-    b, t, _, hd = q.shape
-    q = q.reshape(b, t, cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, hd)
+    b, t, n, hd = q.shape
+    kv = k.shape[2]  # the layer's own K/V heads (Gemma 4's global layers may have fewer)
+    q = q.reshape(b, t, kv, n // kv, hd)
     logits = jnp.einsum("btkgh,bskh->bkgts", q, k)
     logits = _softcap(logits, cfg.attn_logit_softcap).astype(jnp.float32)
     logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
@@ -177,14 +208,16 @@ def _attention_softcapped(q: Array, k: Array, v: Array, mask: Array, scale: floa
     # A query that may attend to nothing (padding before any token) gets zeros,
     # not a uniform average over masked keys.
     probs = jnp.where(mask.any(-1)[:, None, None, :, None], probs, 0.0).astype(v.dtype)
-    return jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, cfg.num_heads, hd)
+    return jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, n, hd)
 
 
 class MLP(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, lora: LoRAConfig | None, rngs: nnx.Rngs, stack: int | None = None):
+    def __init__(self, cfg: ModelConfig, *, lora: LoRAConfig | None, rngs: nnx.Rngs, stack: int | None = None,
+                 mlp_dim: int | None = None):
+        """GeGLU of `mlp_dim` (default `cfg.mlp_dim`; Gemma 4's K/V-shared layers may be twice as wide)."""
         kw = dict(param_dtype=jnp.dtype(cfg.param_dtype), dtype=jnp.dtype(cfg.dtype), rngs=rngs, stack=stack,
                   quant=cfg.base_quant)
-        d, f = cfg.embed_dim, cfg.mlp_dim
+        d, f = cfg.embed_dim, mlp_dim or cfg.mlp_dim
         self.gate_proj = Einsum("btd,df->btf", (d, f), ("embed", "mlp"), lora=_targets(lora, "gate"), **kw)
         self.up_proj = Einsum("btd,df->btf", (d, f), ("embed", "mlp"), lora=_targets(lora, "up"), **kw)
         self.down_proj = Einsum("btf,fd->btd", (f, d), ("mlp", "embed"), lora=_targets(lora, "down"), **kw)
@@ -296,17 +329,18 @@ class Embedder(nnx.Module):
 
     CONTRACTED = (1,)  # a row's entries share its scale: the projection sums over them
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        init = jax.nn.initializers.normal(stddev=cfg.embed_dim**-0.5)
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, rows: int | None = None, dim: int | None = None,
+                 axes: tuple[str, str] = ("vocab", "embed")):
+        """`rows` x `dim` (default vocab_size x embed_dim); Gemma 4's per-layer table is another."""
+        shape = (rows or cfg.vocab_size, dim or cfg.embed_dim)
+        init = jax.nn.initializers.normal(stddev=shape[1]**-0.5)
         self.quant = cfg.base_quant
-        shape = (cfg.vocab_size, cfg.embed_dim)
         if self.quant == "none":
-            self.input_embedding = _param(init(rngs.params(), shape, jnp.dtype(cfg.param_dtype)), ("vocab", "embed"))
+            self.input_embedding = _param(init(rngs.params(), shape, jnp.dtype(cfg.param_dtype)), axes)
         else:
             q, scale = quant.quantize(init(rngs.params(), shape, jnp.float32), self.CONTRACTED, self.quant, xp=jnp)
-            self.input_embedding = _param(q, ("vocab", "embed"))
-            self.input_embedding_scale = _param(scale, quant.scale_axes(("vocab", "embed"), shape, self.CONTRACTED,
-                                                                       self.quant))
+            self.input_embedding = _param(q, axes)
+            self.input_embedding_scale = _param(scale, quant.scale_axes(axes, shape, self.CONTRACTED, self.quant))
 
     def rows(self, dtype: Any, token_ids: Array | None = None) -> Array:
         """The embedding rows of `token_ids` (any shape; all rows when None) in `dtype`."""
@@ -319,6 +353,29 @@ class Embedder(nnx.Module):
         if token_ids is not None:
             scale = jnp.take(scale, token_ids, axis=0)
         return quant.dequantize(table, scale, (table.ndim - 1,), self.quant, dtype)
+
+
+def row_masks(b: int, t: int, p: int, padding_mask: Array | None, positions: Array | None,
+              segment_ids: Array | None, prefix_mask: Array | None) -> tuple[Array, Array, Array | None]:
+    """`hidden_states`' positions (b, t), attention mask (b, t, p + t) before windowing, and
+    key positions (b, p + t) (None without a shared head of `p` tokens); see its docstring."""
+    if segment_ids is None:
+        segment_ids = (jnp.ones((b, t), jnp.int32) if padding_mask is None
+                       else padding_mask.astype(jnp.int32))
+    real = segment_ids > 0
+    if positions is None:
+        positions = jnp.broadcast_to(p + jnp.arange(t), (b, t))
+    # Padding queries see only themselves: no row of the mask is empty, so every
+    # attention implementation stays finite, and no real token ever sees padding.
+    eye = jnp.eye(t, dtype=bool)[None]
+    mask = (jnp.tril(jnp.ones((t, t), bool))[None] & (segment_ids[:, :, None] == segment_ids[:, None, :])
+            & (real[:, None, :] | eye))
+    key_positions = None
+    if p:
+        head_cols = real[:, :, None] if prefix_mask is None else real[:, :, None] & prefix_mask[None, None, :]
+        mask = jnp.concatenate([jnp.broadcast_to(head_cols, (b, t, p)), mask], axis=-1)
+        key_positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(p), (b, p)), positions], axis=1)
+    return positions, mask, key_positions
 
 
 class Gemma(nnx.Module):
@@ -389,22 +446,7 @@ class Gemma(nnx.Module):
         """
         b, t = tokens.shape
         p = head.shape[0] if head is not None else (0 if prefix is None else prefix[0].shape[2])
-        if segment_ids is None:
-            segment_ids = (jnp.ones((b, t), jnp.int32) if padding_mask is None
-                           else padding_mask.astype(jnp.int32))
-        real = segment_ids > 0
-        if positions is None:
-            positions = jnp.broadcast_to(p + jnp.arange(t), (b, t))
-        # Padding queries see only themselves: no row of the mask is empty, so every
-        # attention implementation stays finite, and no real token ever sees padding.
-        eye = jnp.eye(t, dtype=bool)[None]
-        mask = (jnp.tril(jnp.ones((t, t), bool))[None] & (segment_ids[:, :, None] == segment_ids[:, None, :])
-                & (real[:, None, :] | eye))
-        key_positions = None
-        if p:
-            head_cols = real[:, :, None] if prefix_mask is None else real[:, :, None] & prefix_mask[None, None, :]
-            mask = jnp.concatenate([jnp.broadcast_to(head_cols, (b, t, p)), mask], axis=-1)
-            key_positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(p), (b, p)), positions], axis=1)
+        positions, mask, key_positions = row_masks(b, t, p, padding_mask, positions, segment_ids, prefix_mask)
 
         inv_freq, windows = map(jnp.asarray, layer_tables(self.config))
         if head is None:
@@ -440,6 +482,15 @@ class Gemma(nnx.Module):
 
     def __call__(self, tokens: Array, padding_mask: Array | None = None) -> Array:
         return self.project(self.hidden_states(tokens, padding_mask))
+
+
+def build_model(config: ModelConfig, *, lora: LoRAConfig | None = None, rngs: nnx.Rngs) -> Gemma:
+    """The model class of `config.family`: `Gemma` (1, 2, 3) or `toolkit.models.gemma4.Gemma4`."""
+    if config.family == "gemma4":
+        from toolkit.models.gemma4 import Gemma4
+
+        return Gemma4(config, lora=lora, rngs=rngs)
+    return Gemma(config, lora=lora, rngs=rngs)
 
 
 def flat_state(model: nnx.Module, filter_: Any = nnx.Param) -> dict[str, Array]:
@@ -520,7 +571,8 @@ def from_params(
     source: str = "params",
     shardings: Callable[[nnx.State], nnx.State] | None = None,
 ) -> Gemma:
-    """Build a model from a flat exchange-format weight dict without ever random-initialising the base.
+    """Build a model (`build_model`: Gemma or Gemma4 by family) from a flat exchange-format weight
+    dict without ever random-initialising the base.
 
     The base is created abstractly (no memory), then filled from `params`; only
     the LoRA adapters are initialised, under jit so the base init is dead code.
@@ -538,7 +590,7 @@ def from_params(
     from toolkit.weights.errors import WeightImportError
 
     def build() -> Gemma:
-        return Gemma(config, lora=lora, rngs=nnx.Rngs(seed))
+        return build_model(config, lora=lora, rngs=nnx.Rngs(seed))
 
     abstract = nnx.eval_shape(build)
     quantized = quantized_weights(abstract)  # float tensors given, stored quantized: {name: contracted axes}
@@ -552,7 +604,8 @@ def from_params(
     lora_vars = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(lora_state)}
     float_shapes = {k: v.shape for k, v in base_vars.items() if not _is_scale(k, quantized)}
     if quantized:  # the tensors given are float: take their shapes from the float model
-        float_model = nnx.eval_shape(lambda: Gemma(config.replace(base_quant="none"), lora=lora, rngs=nnx.Rngs(seed)))
+        float_model = nnx.eval_shape(lambda: build_model(config.replace(base_quant="none"), lora=lora,
+                                                         rngs=nnx.Rngs(seed)))
         for path, v in nnx.to_flat_state(nnx.state(float_model, FROZEN_FILTER)):
             if ".".join(map(str, path)) in quantized:
                 float_shapes[".".join(map(str, path))] = v.shape
@@ -568,7 +621,7 @@ def from_params(
                                 f"{' with this LoRA config' if any('lora' in u for u in unknown) else ''}: "
                                 f"{', '.join(unknown[:8])}")
     for name, value in params.items():
-        shape = expected.get(name) or lora_expected[name]
+        shape = expected[name] if name in expected else lora_expected[name]  # () is a shape too
         if tuple(value.shape) != tuple(shape):
             raise WeightImportError(f"{source}: tensor {name} has shape {tuple(value.shape)} but "
                                     f"{config.name} expects {tuple(shape)}")
@@ -583,7 +636,7 @@ def from_params(
         values[name], values[name + quant.SCALE_SUFFIX] = quant.quantize(
             np.asarray(values[name], np.float32), quantized[name], config.base_quant)
     for name, value in values.items():
-        var = base_vars.get(name) or lora_vars[name]
+        var = base_vars[name] if name in base_vars else lora_vars[name]
         if name in base_shardings:
             var.set_value(_sharded(value, var.dtype, base_shardings[name]))
         else:  # host copy made in the variable's dtype (a Deferred tensor is built in it)

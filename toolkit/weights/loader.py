@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from toolkit.models.gemma import Gemma, from_params
+from toolkit.models.gemma import Gemma, build_model, from_params
 from toolkit.models.lora import LoRAConfig
 from toolkit.models.tokenizer import Tokenizer
 from toolkit.weights.errors import WeightImportError
@@ -60,7 +60,7 @@ def _random_init(config: Any, lora: LoRAConfig | None, seed: int, shardings: Any
     from toolkit.models.gemma import FROZEN_FILTER
 
     def build() -> Gemma:
-        return Gemma(config, lora=lora, rngs=nnx.Rngs(seed))
+        return build_model(config, lora=lora, rngs=nnx.Rngs(seed))
 
     if shardings is None:
         return nnx.merge(*jax.jit(lambda: nnx.split(build()))())

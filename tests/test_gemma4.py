@@ -1,0 +1,255 @@
+"""Gemma 4's text decoder (toolkit.models.gemma4) against keras-hub 0.32's Gemma4Backbone.
+
+Two tiny random flavours: 2B-like (per-layer inputs, K/V sharing, double-wide MLPs) and
+31B-like (global layers with fewer K/V heads and K=V, RoPE scaling). keras-hub is built
+from our config, every weight randomised, read back with `params_from_backbone` and loaded
+with `from_params`; fp32 logits must agree to 1e-4 and greedy continuations exactly.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from toolkit.models.configs import ModelConfig, get_config
+from toolkit.models.gemma import build_model, flat_state, from_params
+from toolkit.models.gemma4 import Gemma4
+from toolkit.models.lora import LoRAConfig
+from toolkit.weights.keras_gemma4 import config_from_backbone, params_from_backbone
+
+ATOL = 1e-4
+FP32 = dict(param_dtype="float32", dtype="float32")
+# The 31B-like flavour also scales its RoPE (keras-hub's linear scaling), both types.
+FLAVOURS = {
+    "2b": get_config("tiny_gemma4", **FP32),
+    "31b": get_config("tiny_gemma4_global", rope_scale_global=4.0, rope_scale_local=2.0, **FP32),
+}
+
+# Right-padded rows longer than the sliding window (4); the second has three padding positions.
+TOKENS = np.array([[2, 17, 250, 33, 48, 99, 7, 301, 12, 5],
+                   [2, 400, 3, 88, 123, 9, 61, 0, 0, 0]], dtype=np.int32)
+MASK = np.array([[1] * 10, [1] * 7 + [0] * 3], dtype=np.int32)
+
+
+def keras_kwargs(cfg: ModelConfig) -> dict:
+    """keras-hub Gemma4Backbone arguments for our config (text only)."""
+    return dict(
+        vocabulary_size=cfg.vocab_size, image_size=16, num_layers=cfg.num_layers, num_query_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads, hidden_dim=cfg.embed_dim, intermediate_dim=cfg.mlp_dim,
+        head_dim=cfg.head_dim, global_head_dim=cfg.global_head_dim, attention_logit_soft_cap=cfg.attn_logit_softcap,
+        final_logit_soft_cap=cfg.final_logit_softcap, use_sliding_window_attention=cfg.sliding_window is not None,
+        sliding_window_size=cfg.sliding_window or 512, sliding_window_pattern=cfg.sliding_window_pattern or 6,
+        layer_types=list(cfg.layer_types) if cfg.layer_types else None,
+        global_rope_wavelength=cfg.rope_base_global, local_rope_wavelength=cfg.rope_base_local,
+        global_rope_scaling_factor=cfg.rope_scale_global, local_rope_scaling_factor=cfg.rope_scale_local,
+        global_rope_partial_rotary_factor=cfg.rope_partial_global, num_kv_shared_layers=cfg.num_kv_shared_layers,
+        num_global_key_value_heads=cfg.num_global_kv_heads, hidden_size_per_layer_input=cfg.per_layer_input_dim,
+        vocab_size_per_layer_input=cfg.per_layer_vocab_size, use_double_wide_mlp=cfg.use_double_wide_mlp,
+        layer_norm_epsilon=cfg.norm_eps, dtype="float32",
+    )
+
+
+def randomize(backbone, seed: int) -> None:
+    """Every weight random: kernels ~ N(0, 1/fan_in), embeddings ~ N(0, 1/dim), norm gains and
+    layer scalars ~ U(0.5, 1.5) (Gemma 4 stores the gain itself; keras initialises it to 1)."""
+    rng = np.random.default_rng(seed)
+    for v in backbone.weights:
+        shape, path = tuple(v.shape), v.path
+        if path.endswith("scale") or path.endswith("layer_scalar"):
+            val = rng.uniform(0.5, 1.5, size=shape)
+        elif path.endswith("embeddings"):
+            val = rng.normal(0.0, shape[1] ** -0.5, size=shape)
+        else:
+            fan_in = shape[0] * shape[1] if path.endswith("attention_output/kernel") else (
+                shape[1] if len(shape) == 3 else shape[0])
+            val = rng.normal(0.0, fan_in ** -0.5, size=shape)
+        v.assign(val.astype(np.float32))
+
+
+def keras_logits(backbone, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    positions = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), tokens.shape)
+    x = backbone({"token_ids": tokens.astype(np.int32), "padding_mask": mask.astype(np.int32),
+                  "position_ids": np.ascontiguousarray(positions)})
+    return np.asarray(backbone.token_embedding(x, reverse=True), np.float32)  # applies the final soft-cap
+
+
+@pytest.fixture(scope="module", params=sorted(FLAVOURS))
+def flavour(request):
+    """(our config, keras backbone, its flat params, keras logits on TOKENS)."""
+    backbone = random_backbone(request.param)
+    return FLAVOURS[request.param], backbone, params_from_backbone(backbone), keras_logits(backbone, TOKENS, MASK)
+
+
+def random_backbone(flavour: str):
+    import keras_hub
+
+    backbone = keras_hub.models.Gemma4Backbone(**keras_kwargs(FLAVOURS[flavour]))
+    randomize(backbone, seed=sorted(FLAVOURS).index(flavour))
+    return backbone
+
+
+@nnx.jit
+def _apply(model, tokens, mask):
+    return model(tokens, mask)
+
+
+def _forward(model):
+    return lambda t, m: _apply(model, t, m)
+
+
+def test_config_from_backbone_is_ours(flavour):
+    cfg, backbone, _, _ = flavour
+    assert config_from_backbone(backbone, name=cfg.name, max_seq_len=cfg.max_seq_len).replace(**FP32) == cfg
+
+
+def test_logits_match_keras_hub(flavour):
+    cfg, _, params, theirs = flavour
+    model = from_params(cfg, params, source="keras")
+    assert isinstance(model, Gemma4)
+    ours = np.asarray(_forward(model)(jnp.asarray(TOKENS), jnp.asarray(MASK.astype(bool))), np.float32)
+    real = MASK.astype(bool)
+    assert ours.shape == theirs.shape == (*TOKENS.shape, cfg.vocab_size)
+    assert np.abs(theirs[real]).std() > 0.1  # not trivially small, so 1e-4 is a real bound
+    np.testing.assert_allclose(ours[real], theirs[real], atol=ATOL, rtol=0)
+    # The exchange dict round-trips through the model unchanged.
+    back = flat_state(model)
+    assert set(back) == set(params)
+    for k, v in params.items():
+        np.testing.assert_array_equal(np.asarray(back[k]), v)
+
+
+def test_greedy_continuations_match_keras_hub(flavour):
+    cfg, backbone, params, _ = flavour
+    forward = _forward(from_params(cfg, params, source="keras"))
+    steps, width = 4, TOKENS.shape[1] + 4
+    starts = MASK.sum(1)
+
+    def greedy(logits_fn) -> np.ndarray:
+        tokens = np.zeros((2, width), np.int32)
+        tokens[:, : TOKENS.shape[1]] = TOKENS * MASK
+        lengths = starts.copy()
+        for _ in range(steps):
+            mask = (np.arange(width)[None] < lengths[:, None]).astype(np.int32)
+            logits = logits_fn(tokens, mask)
+            nxt = logits[np.arange(2), lengths - 1].argmax(-1)
+            tokens[np.arange(2), lengths] = nxt
+            lengths = lengths + 1
+        return tokens
+
+    theirs = greedy(lambda t, m: keras_logits(backbone, t, m))
+    ours = greedy(lambda t, m: np.asarray(forward(jnp.asarray(t), jnp.asarray(m.astype(bool)))))
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_lora_with_zero_b_is_the_base(flavour):
+    cfg, _, params, _ = flavour
+    tokens, mask = jnp.asarray(TOKENS), jnp.asarray(MASK.astype(bool))
+    base = np.asarray(_forward(from_params(cfg, params))(tokens, mask))
+    lora = LoRAConfig(rank=2, targets=("q", "v", "gate"))
+    model = from_params(cfg, params, lora=lora)
+    adapters = nnx.state(model, nnx.LoRAParam)
+    b_leaves = [v for p, v in nnx.to_flat_state(adapters) if p[-1] == "lora_b"]
+    # q and gate on every layer; v only where a layer has its own value projection.
+    with_v = sum(cfg.kv_shared_source(i) is None and not cfg.layer_k_eq_v(i) for i in range(cfg.num_layers))
+    assert len(b_leaves) == 2 * cfg.num_layers + with_v
+    assert all(not np.any(np.asarray(v[...])) for v in b_leaves)
+    np.testing.assert_array_equal(np.asarray(_forward(model)(tokens, mask)), base)
+
+
+def test_lora_matches_keras_hub_lora(flavour):
+    """Random adapters on q, v, gate: keras-hub's enable_lora and ours agree."""
+    cfg, _, params, _ = flavour
+    backbone = random_backbone(next(k for k, v in FLAVOURS.items() if v == cfg))  # the same weights, own copy
+    backbone.enable_lora(3, target_layer_names=["query", "value", "ffw_gating"])
+    rng = np.random.default_rng(7)
+    ours_names = {"query": "attn.q_proj", "value": "attn.v_proj", "ffw_gating": "mlp.gate_proj"}
+    adapters = {}
+    for i, block in enumerate(backbone.transformer_layers):
+        for layer in (block.attention.query_dense, block.attention.value_dense, block.gating_ffw):
+            if layer is None:
+                continue
+            a = rng.normal(0.0, 0.1, size=tuple(layer.lora_kernel_a.shape)).astype(np.float32)
+            b = rng.normal(0.0, 0.1, size=tuple(layer.lora_kernel_b.shape)).astype(np.float32)
+            layer.lora_kernel_a.assign(a)
+            layer.lora_kernel_b.assign(b)
+            adapters[f"layers.{i}.{ours_names[layer.name]}.lora_a"] = a
+            adapters[f"layers.{i}.{ours_names[layer.name]}.lora_b"] = b
+    theirs = keras_logits(backbone, TOKENS, MASK)
+    model = from_params(cfg, {**params, **adapters}, lora=LoRAConfig(rank=3, alpha=None, targets=("q", "v", "gate")))
+    ours = np.asarray(_forward(model)(jnp.asarray(TOKENS), jnp.asarray(MASK.astype(bool))), np.float32)
+    real = MASK.astype(bool)
+    np.testing.assert_allclose(ours[real], theirs[real], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["tiny_gemma4", "tiny_gemma4_global"])
+def test_shared_head_prefix_and_concatenation_agree(name):
+    """`prefix=` and `head=` (the shared instruction head) give the rows what running the head
+    and the row as one sequence gives, K/V-shared layers included."""
+    cfg = get_config(name, **FP32, remat="none")
+    model = build_model(cfg, rngs=nnx.Rngs(3))
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):  # non-trivial gains
+        if path[-1] in ("scale", "layer_scalar"):
+            var.set_value(var[...] + 0.3 * jax.random.normal(jax.random.key(len(path)), var.shape))
+    head = jnp.asarray([2, 40, 41, 42, 43, 44], jnp.int32)
+    rows = jnp.asarray(TOKENS[:, :7])
+    mask = jnp.asarray(MASK[:, :7].astype(bool)).at[1, 5:].set(False)
+    full = model.hidden_states(jnp.concatenate([jnp.broadcast_to(head, (2, 6)), rows], axis=1),
+                               jnp.concatenate([jnp.ones((2, 6), bool), mask], axis=1))[:, 6:]
+    with_prefix = model.hidden_states(rows, mask, prefix=model.prefix(head))
+    with_head = model.hidden_states(rows, mask, head=head)
+    real = np.asarray(mask)
+    np.testing.assert_allclose(np.asarray(with_prefix)[real], np.asarray(full)[real], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(with_head)[real], np.asarray(full)[real], atol=1e-5)
+
+
+def test_named_configs_layer_facts():
+    e2b = get_config("gemma4_2b")
+    assert [i for i in range(35) if e2b.is_global_layer(i)] == [4, 9, 14, 19, 24, 29, 34]
+    assert [e2b.kv_shared_source(i) for i in (14, 15, 18, 19, 34)] == [None, 13, 13, 14, 14]
+    assert (e2b.layer_mlp_dim(14), e2b.layer_mlp_dim(15)) == (6144, 12_288)
+    assert (e2b.layer_head_dim(3), e2b.layer_head_dim(4), e2b.layer_kv_heads(4)) == (256, 512, 1)
+    e4b = get_config("gemma4_4b")
+    assert [e4b.kv_shared_source(i) for i in (23, 24, 29, 41)] == [None, 22, 23, 23]
+    assert e4b.layer_mlp_dim(30) == 10_240
+    g31 = get_config("gemma4_31b")
+    assert (g31.layer_kv_heads(4), g31.layer_kv_heads(5), g31.layer_k_eq_v(5), g31.layer_head_dim(5)) == (16, 4, True, 512)
+    assert not g31.scan_layers and not get_config("gemma4_31b", scan_layers=True).scan_layers
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(num_kv_shared_layers=7), "num_kv_shared_layers"),
+    (dict(num_kv_shared_layers=5), "num_kv_shared_layers"),  # layer 2 (global) would have no source
+    (dict(num_global_kv_heads=3), "num_global_kv_heads"),
+    (dict(rope_partial_global=0.0), "rope_partial_global"),
+    (dict(layer_types=("full_attention",) * 5), "layer_types"),
+    (dict(global_head_dim=7), "global_head_dim"),
+])
+def test_bad_gemma4_config_is_a_one_line_error(changes, field):
+    with pytest.raises(ValueError) as e:
+        get_config("tiny_gemma4", **changes)
+    msg = str(e.value)
+    assert "\n" not in msg and "'tiny_gemma4'" in msg and field in msg
+
+
+def test_gemma4_fields_are_refused_on_other_families():
+    with pytest.raises(ValueError, match="per_layer_input_dim is a Gemma 4 field"):
+        get_config("tiny_gemma3", per_layer_input_dim=4)
+
+
+def test_every_parameter_has_logical_axis_names():
+    model = build_model(get_config("tiny_gemma4", **FP32), lora=LoRAConfig(targets=("q", "k", "down")),
+                        rngs=nnx.Rngs(0))
+    known = {"vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "per_layer", None}
+    seen = set()
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        names = var.get_metadata()["out_sharding"]
+        assert len(names) == var.value.ndim and set(names) <= known, path
+        seen.update(names)
+    assert "per_layer" in seen
