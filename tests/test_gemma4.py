@@ -253,3 +253,26 @@ def test_every_parameter_has_logical_axis_names():
         assert len(names) == var.value.ndim and set(names) <= known, path
         seen.update(names)
     assert "per_layer" in seen
+
+
+def test_a_gemma4_classifier_learns_and_reloads_to_the_same_scores(tmp_path):
+    """Downstream accepts Gemma 4: the classifier's train step, packing, shared head and
+    save/load run on the 2B-like flavour (per-layer inputs and K/V sharing included)."""
+    from conftest import LABELS, VERBALIZERS, spam_ham
+
+    from toolkit.classifier import AgileClassifier
+
+    texts, labels = spam_ham(24)
+    clf = AgileClassifier(LABELS, model="random:tiny_gemma4", verbalizers=VERBALIZERS, max_length=48,
+                          progress=False, param_dtype="float32",
+                          train={"epochs": 3, "learning_rate": 0.05, "warmup_ratio": 0.0, "batch_size": 4})
+    clf.zero_shot = True  # score the untrained model first
+    zero_shot = clf.predict_proba(texts)
+    clf.fit(texts, labels)
+    probs = clf.predict_proba(texts)
+    truth = np.array([LABELS.index(y) for y in labels])
+    assert (probs.argmax(-1) == truth).mean() == 1.0
+    assert np.abs(probs - zero_shot).max() > 0.3  # the adapters moved the scores
+    clf.save(tmp_path / "clf")
+    again = AgileClassifier.load(tmp_path / "clf").predict_proba(texts)
+    np.testing.assert_allclose(again, probs, atol=1e-6)
