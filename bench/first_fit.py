@@ -222,7 +222,7 @@ def aot_compile(model: str, scan_layers: bool, batch: int, length: int) -> dict[
 
     from toolkit.config import TrainConfig
     from toolkit.models.configs import get_config
-    from toolkit.models.gemma import build_model
+    from toolkit.models.build import build_model
     from toolkit.models.lora import LoRAConfig
     from toolkit.train.loop import make_optimizer
     from toolkit.train.step import make_train_step, split_model

@@ -81,7 +81,8 @@ def abstract(args: argparse.Namespace) -> dict[str, Any]:
     from jax.sharding import AbstractMesh
 
     from toolkit.models.configs import get_config
-    from toolkit.models.gemma import FROZEN_FILTER, build_model
+    from toolkit.models.build import build_model
+    from toolkit.models.gemma import FROZEN_FILTER
     from toolkit.train.mesh import MESH_AXES, state_shardings
 
     sizes = tuple(int(x) for x in args.abstract_mesh.split(","))

@@ -42,7 +42,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     from toolkit.config import MeshConfig
     from toolkit.models.configs import get_config
-    from toolkit.models.gemma import build_model
+    from toolkit.models.build import build_model
     from toolkit.models.lora import LoRAConfig
     from toolkit.train import loop
     from toolkit.train.flops import mfu, train_flops_per_token

@@ -12,7 +12,8 @@ from flax import nnx
 
 from toolkit.models import layout
 from toolkit.models.configs import get_config, named_configs
-from toolkit.models.gemma import Gemma, flat_state, from_params, merged_params
+from toolkit.models.build import from_params
+from toolkit.models.gemma import Gemma, flat_state, merged_params
 from toolkit.models.lora import LoRAConfig
 from toolkit.weights.errors import WeightImportError
 

@@ -19,7 +19,8 @@ import pytest
 from flax import nnx
 
 from toolkit.models.configs import ModelConfig, get_config
-from toolkit.models.gemma import build_model, flat_state, from_params
+from toolkit.models.build import build_model, from_params
+from toolkit.models.gemma import flat_state
 from toolkit.models.gemma4 import Gemma4
 from toolkit.models.lora import LoRAConfig
 from toolkit.weights.keras_gemma4 import config_from_backbone, params_from_backbone

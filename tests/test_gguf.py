@@ -400,7 +400,8 @@ def test_missing_package_says_how_to_install(tmp_path, monkeypatch):
 @pytest.mark.parametrize("family", ["gemma", "gemma3"])
 def test_lazy_loading_builds_the_same_model_and_checks_each_tensor_as_it_loads(tmp_path, family):
     """The loader's path: each tensor is dequantized only when the model copies it."""
-    from toolkit.models.gemma import flat_state, from_params
+    from toolkit.models.build import from_params
+    from toolkit.models.gemma import flat_state
     from toolkit.models.layout import Deferred
 
     cfg = get_config(f"tiny_{family}")

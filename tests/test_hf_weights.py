@@ -17,7 +17,7 @@ from conftest import LABELS, VERBALIZERS, no_temp_files
 from toolkit.classifier import AgileClassifier
 from toolkit.export import export
 from toolkit.models.configs import get_config
-from toolkit.models.gemma import from_params
+from toolkit.models.build import from_params
 from toolkit.weights.errors import WeightImportError
 from toolkit.weights.hf import config_from_hf, config_to_hf, load_hf
 from toolkit.weights.loader import load_pretrained

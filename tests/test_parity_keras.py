@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import keras_fixtures as kf
-from toolkit.models.gemma import from_params
+from toolkit.models.build import from_params
 from toolkit.models.lora import LoRAConfig
 from toolkit.weights.keras_preset import load_keras_preset
 

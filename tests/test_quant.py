@@ -13,7 +13,8 @@ import keras_fixtures as kf
 from conftest import LABELS, VERBALIZERS, spam_ham
 from toolkit.models import quant
 from toolkit.models.configs import get_config
-from toolkit.models.gemma import FROZEN_FILTER, Gemma, from_params, frozen_params
+from toolkit.models.build import from_params
+from toolkit.models.gemma import FROZEN_FILTER, Gemma, frozen_params
 from toolkit.models.lora import LoRAConfig
 
 MAX_BYTES = {"int8": 0.3, "int4": 0.17}  # of the fp32 base: issue 16's bar

@@ -15,7 +15,8 @@ from toolkit.data import packing
 from toolkit.data.pipeline import make_packed_epoch, packed_steps
 from toolkit.models import layout
 from toolkit.models.configs import get_config
-from toolkit.models.gemma import Gemma, flat_state, from_params
+from toolkit.models.build import from_params
+from toolkit.models.gemma import Gemma, flat_state
 from toolkit.models.lora import LoRAConfig
 from toolkit.train.loop import fit, place_parts, predict_proba
 from toolkit.train.mesh import make_mesh

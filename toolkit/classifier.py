@@ -229,7 +229,8 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
     def _ensure_model(self) -> None:
         if self._loaded:
             return
-        from toolkit.models.gemma import frozen_params, from_params
+        from toolkit.models.build import from_params
+        from toolkit.models.gemma import frozen_params
         from toolkit.train.loop import place_parts
         from toolkit.train.mesh import make_mesh, state_shardings
         from toolkit.train.step import split_model

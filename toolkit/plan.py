@@ -92,7 +92,8 @@ def plan(model: Any, *, mode: str = "lora", base_quant: str = "none", batch: int
 
     from toolkit.config import MeshConfig, TrainConfig
     from toolkit.models.configs import get_config
-    from toolkit.models.gemma import FROZEN_FILTER, build_model
+    from toolkit.models.build import build_model
+    from toolkit.models.gemma import FROZEN_FILTER
     from toolkit.models.lora import LoRAConfig
     from toolkit.train import mesh as mesh_lib
     from toolkit.train.optim import make_optimizer

@@ -159,7 +159,7 @@ def load(directory: str | Path, *, progress: bool = True, mesh: Any = None) -> A
     """Rebuild the classifier saved in `directory` (of whichever kind it is); `mesh`
     overrides the saved mesh (a model trained on a pod can score on one CPU)."""
     from toolkit.models.configs import ModelConfig
-    from toolkit.models.gemma import from_params
+    from toolkit.models.build import from_params
     from toolkit.models.tokenizer import Tokenizer
 
     from toolkit.storage import local_copy

@@ -23,7 +23,7 @@ Every parameter carries logical axis names (vocab, embed, heads, kv_heads,
 head_dim, mlp) for the mesh rule table; nothing here knows about meshes.
 
 Gemma 4 (`toolkit.models.gemma4.Gemma4`) reuses these pieces in its own tree;
-`build_model(config)` picks the class by family, and `from_params` uses it.
+`toolkit.models.build` (`build_model`, `from_params`) picks the class by family.
 """
 
 from __future__ import annotations
@@ -180,20 +180,25 @@ class Attention(nnx.Module):
         if cfg.use_qk_norm:
             q = self.q_norm(q)
         k, v = self.keys_values(x, positions, inv_freq)
-        if prefix is not None:
-            b = x.shape[0]
-            k = jnp.concatenate([jnp.broadcast_to(prefix[0], (b, *prefix[0].shape[1:])).astype(k.dtype), k], axis=1)
-            v = jnp.concatenate([jnp.broadcast_to(prefix[1], (b, *prefix[1].shape[1:])).astype(v.dtype), v], axis=1)
-        kpos = positions if key_positions is None else key_positions
-        mask = mask & (jnp.abs(positions[:, :, None] - kpos[:, None, :]) < window)
         q = apply_rope(q, positions, inv_freq)
-        scale = cfg.query_pre_attn_scalar**-0.5
-        if cfg.attn_logit_softcap is None:
-            # cuDNN flash attention on GPU, XLA's fused attention elsewhere.
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale)
-        else:  # Gemma 2's logit soft-cap: written out
-            out = _attention_softcapped(q, k, v, mask, scale, cfg)
-        return self.o_proj(out)
+        return self.o_proj(attend(cfg, q, k, v, positions, mask, window, prefix, key_positions))
+
+
+def attend(cfg: ModelConfig, q: Array, k: Array, v: Array, positions: Array, mask: Array, window: Array | int,
+           prefix: tuple[Array, Array] | None = None, key_positions: Array | None = None) -> Array:
+    """Attention of post-RoPE queries over keys/values, after the shared `prefix` ones when given;
+    `mask` before windowing, as `Attention.__call__` takes it (Gemma 1-3 and 4 alike)."""
+    if prefix is not None:
+        b = q.shape[0]
+        k = jnp.concatenate([jnp.broadcast_to(prefix[0], (b, *prefix[0].shape[1:])).astype(k.dtype), k], axis=1)
+        v = jnp.concatenate([jnp.broadcast_to(prefix[1], (b, *prefix[1].shape[1:])).astype(v.dtype), v], axis=1)
+    kpos = positions if key_positions is None else key_positions
+    mask = mask & (jnp.abs(positions[:, :, None] - kpos[:, None, :]) < window)
+    scale = cfg.query_pre_attn_scalar**-0.5
+    if cfg.attn_logit_softcap is None:
+        # cuDNN flash attention on GPU, XLA's fused attention elsewhere.
+        return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale)
+    return _attention_softcapped(q, k, v, mask, scale, cfg)  # Gemma 2's logit soft-cap: written out
 
 
 def _attention_softcapped(q: Array, k: Array, v: Array, mask: Array, scale: float, cfg: ModelConfig) -> Array:
@@ -484,15 +489,6 @@ class Gemma(nnx.Module):
         return self.project(self.hidden_states(tokens, padding_mask))
 
 
-def build_model(config: ModelConfig, *, lora: LoRAConfig | None = None, rngs: nnx.Rngs) -> Gemma:
-    """The model class of `config.family`: `Gemma` (1, 2, 3) or `toolkit.models.gemma4.Gemma4`."""
-    if config.family == "gemma4":
-        from toolkit.models.gemma4 import Gemma4
-
-        return Gemma4(config, lora=lora, rngs=rngs)
-    return Gemma(config, lora=lora, rngs=rngs)
-
-
 def flat_state(model: nnx.Module, filter_: Any = nnx.Param) -> dict[str, Array]:
     """The model's variables of `filter_` as a flat `{"a.b.c": array}` dict in the exchange
     format (`layers.{i}.*`, one tensor per layer, whatever the model's own layout)."""
@@ -560,95 +556,3 @@ def set_flat(model: nnx.Module, flat: Mapping[str, np.ndarray], filter_: Any, *,
     cfg = model.config  # type: ignore[attr-defined]
     for k, value in layout.to_model(flat, cfg.num_layers, _scanned(model)).items():
         vars_[k].set_value(jnp.asarray(value, vars_[k][...].dtype))
-
-
-def from_params(
-    config: ModelConfig,
-    params: Mapping[str, np.ndarray],
-    *,
-    lora: LoRAConfig | None = None,
-    seed: int = 0,
-    source: str = "params",
-    shardings: Callable[[nnx.State], nnx.State] | None = None,
-) -> Gemma:
-    """Build a model (`build_model`: Gemma or Gemma4 by family) from a flat exchange-format weight
-    dict without ever random-initialising the base.
-
-    The base is created abstractly (no memory), then filled from `params`; only
-    the LoRA adapters are initialised, under jit so the base init is dead code.
-    `params` may also carry `...lora_a` / `...lora_b` entries, which then
-    replace the fresh adapters. Shape or key mismatches raise naming `source`
-    and the tensor.
-
-    `shardings(abstract frozen state) -> state of shardings` (the caller's mesh
-    rules; this module knows no mesh) places each frozen tensor shard by shard:
-    every device receives only its slice, cut on the host
-    (`jax.make_array_from_callback`, which on a pod asks each host only for its
-    own devices' slices). A base bigger than one device then loads onto an FSDP
-    mesh. Without it, tensors land on the default device.
-    """
-    from toolkit.weights.errors import WeightImportError
-
-    def build() -> Gemma:
-        return build_model(config, lora=lora, rngs=nnx.Rngs(seed))
-
-    abstract = nnx.eval_shape(build)
-    quantized = quantized_weights(abstract)  # float tensors given, stored quantized: {name: contracted axes}
-    graphdef, base_state, other_state = nnx.split(abstract, FROZEN_FILTER, ...)
-    # Adapters and RNG streams are small: initialise them for real, under jit so
-    # that XLA drops the (unused) random init of the base.
-    other_state = jax.jit(lambda: nnx.split(build(), FROZEN_FILTER, ...)[2])()
-    lora_state = nnx.state(nnx.merge(graphdef, base_state, other_state), nnx.LoRAParam)
-    scanned = config.scan_layers
-    base_vars = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(base_state)}
-    lora_vars = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(lora_state)}
-    float_shapes = {k: v.shape for k, v in base_vars.items() if not _is_scale(k, quantized)}
-    if quantized:  # the tensors given are float: take their shapes from the float model
-        float_model = nnx.eval_shape(lambda: build_model(config.replace(base_quant="none"), lora=lora,
-                                                         rngs=nnx.Rngs(seed)))
-        for path, v in nnx.to_flat_state(nnx.state(float_model, FROZEN_FILTER)):
-            if ".".join(map(str, path)) in quantized:
-                float_shapes[".".join(map(str, path))] = v.shape
-    expected = layout.exchange_shapes(float_shapes, scanned)
-    lora_expected = layout.exchange_shapes({k: v.shape for k, v in lora_vars.items()}, scanned)
-    missing = sorted(set(expected) - set(params))
-    if missing:
-        raise WeightImportError(f"{source}: missing tensors for {config.name}: {', '.join(missing[:8])}"
-                                + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else ""))
-    unknown = sorted(set(params) - set(expected) - set(lora_expected))
-    if unknown:
-        raise WeightImportError(f"{source}: tensors not in a {config.name} model"
-                                f"{' with this LoRA config' if any('lora' in u for u in unknown) else ''}: "
-                                f"{', '.join(unknown[:8])}")
-    for name, value in params.items():
-        shape = expected[name] if name in expected else lora_expected[name]  # () is a shape too
-        if tuple(value.shape) != tuple(shape):
-            raise WeightImportError(f"{source}: tensor {name} has shape {tuple(value.shape)} but "
-                                    f"{config.name} expects {tuple(shape)}")
-    lora_given = {k: v for k, v in params.items() if k in lora_expected}
-    if lora_given and set(lora_given) != set(lora_expected):
-        raise WeightImportError(f"{source}: adapter tensors are incomplete: "
-                                f"{', '.join(sorted(set(lora_expected) - set(lora_given))[:8])} missing")
-    base_shardings = ({".".join(map(str, p)): v.get_value() if isinstance(v, nnx.Variable) else v
-                       for p, v in nnx.to_flat_state(shardings(base_state))} if shardings is not None else {})
-    values = layout.to_model(params, config.num_layers, scanned)
-    for name in [n for n in values if n in quantized]:  # one tensor at a time: its float copy is transient
-        values[name], values[name + quant.SCALE_SUFFIX] = quant.quantize(
-            np.asarray(values[name], np.float32), quantized[name], config.base_quant)
-    for name, value in values.items():
-        var = base_vars[name] if name in base_vars else lora_vars[name]
-        if name in base_shardings:
-            var.set_value(_sharded(value, var.dtype, base_shardings[name]))
-        else:  # host copy made in the variable's dtype (a Deferred tensor is built in it)
-            var.set_value(jnp.asarray(np.asarray(value, dtype=var.dtype)))
-    return nnx.merge(graphdef, base_state, other_state)
-
-
-def _is_scale(name: str, quantized: Mapping[str, Any]) -> bool:
-    return name.endswith(quant.SCALE_SUFFIX) and name[: -len(quant.SCALE_SUFFIX)] in quantized
-
-
-def _sharded(value: np.ndarray, dtype: Any, sharding: Any) -> Array:
-    """A global array on `sharding`, each device's slice copied from the host alone."""
-    host = np.asarray(value, dtype=jnp.dtype(dtype))  # one host copy, already in the stored dtype
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])

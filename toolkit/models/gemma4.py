@@ -73,11 +73,11 @@ from toolkit.models.gemma import (
     Embedder,
     Gemma,
     RMSNorm,
-    _attention_softcapped,
     _param,
     _remat_layer,
     _targets,
     apply_rope,
+    attend,
     rope_inv_freq,
     row_masks,
 )
@@ -142,21 +142,9 @@ class Gemma4Attention(nnx.Module):
         """Attention of `x`'s queries over `kv` (this layer's, or its source's on a shared layer),
         after `prefix` keys/values (1, P, ...) when given; `mask` and `key_positions` as in
         `toolkit.models.gemma.Attention`."""
-        cfg = self.cfg
         q = apply_rope(self.q_norm(self.q_proj(x)), positions, inv_freq)
-        k, v = kv
-        if prefix is not None:
-            b = x.shape[0]
-            k = jnp.concatenate([jnp.broadcast_to(prefix[0], (b, *prefix[0].shape[1:])).astype(k.dtype), k], axis=1)
-            v = jnp.concatenate([jnp.broadcast_to(prefix[1], (b, *prefix[1].shape[1:])).astype(v.dtype), v], axis=1)
-        kpos = positions if key_positions is None else key_positions
-        mask = mask & (jnp.abs(positions[:, :, None] - kpos[:, None, :]) < window)
-        scale = cfg.query_pre_attn_scalar**-0.5  # 1.0 for Gemma 4
-        if cfg.attn_logit_softcap is None:
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale)
-        else:
-            out = _attention_softcapped(q, k, v, mask, scale, cfg)
-        return self.o_proj(out)
+        # query_pre_attn_scalar is 1.0 for Gemma 4: unscaled attention
+        return self.o_proj(attend(self.cfg, q, *kv, positions, mask, window, prefix, key_positions))
 
 
 class Gemma4Layer(nnx.Module):

@@ -17,7 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from toolkit.models.gemma import Gemma, build_model, from_params
+from toolkit.models.build import build_model, from_params
+from toolkit.models.gemma import Gemma
 from toolkit.models.lora import LoRAConfig
 from toolkit.models.tokenizer import Tokenizer
 from toolkit.weights.errors import WeightImportError
@@ -102,7 +103,7 @@ def load_pretrained(
 
     `shardings(abstract frozen state) -> shardings` (e.g. the mesh rule table's
     `toolkit.train.mesh.state_shardings`) places the frozen base shard by shard
-    as it loads; see `toolkit.models.gemma.from_params`. `base_quant` ("int8" / "int4")
+    as it loads; see `toolkit.models.build.from_params`. `base_quant` ("int8" / "int4")
     stores the frozen projections and embedding quantized, each tensor quantized as it
     is placed (toolkit/models/quant.py)."""
     if str(spec).startswith(RANDOM_PREFIX):
