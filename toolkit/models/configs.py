@@ -15,6 +15,8 @@ from typing import Any
 from toolkit.models import quant
 
 FAMILIES = ("gemma", "gemma2", "gemma3", "gemma4")
+# How a mixture-of-experts layer runs its experts (`toolkit.models.moe.dispatch_impl`).
+MOE_DISPATCH = ("auto", "dense", "sorted")
 
 LOCAL, GLOBAL = "sliding_attention", "full_attention"  # Gemma 4's explicit layer types (HF / keras-hub names)
 
@@ -81,8 +83,7 @@ class ModelConfig:
     # The frozen base's projections and embedding stored as int8 / packed int4 with
     # float scales, dequantized in each matmul (QLoRA; toolkit/models/quant.py).
     base_quant: str = "none"
-    # Gemma 4 only (defaults: off, so Gemma 1-3 configs are unchanged). A mixture-of-experts
-    # block (26B-A4B) would add its fields here.
+    # Gemma 4 only (defaults: off, so Gemma 1-3 configs are unchanged).
     layer_types: tuple[str, ...] | None = None
     global_head_dim: int | None = None
     num_global_kv_heads: int | None = None
@@ -91,6 +92,14 @@ class ModelConfig:
     use_double_wide_mlp: bool = False
     per_layer_input_dim: int = 0
     per_layer_vocab_size: int | None = None
+    # Mixture of experts (26B-A4B; `toolkit.models.moe`): `num_experts` > 0 adds, beside every
+    # layer's dense MLP, a router choosing `experts_per_token` GeGLU experts of width
+    # `expert_mlp_dim`. `moe_dispatch` is a run-time choice: "auto" (grouped matmul on
+    # accelerators, dense einsum on CPU), "sorted" or "dense".
+    num_experts: int = 0
+    experts_per_token: int = 8
+    expert_mlp_dim: int = 0
+    moe_dispatch: str = "auto"
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -141,6 +150,19 @@ class ModelConfig:
             raise bad(f"per_layer_input_dim={self.per_layer_input_dim} must be >= 0 (0: no per-layer inputs)")
         if self.per_layer_vocab_size is not None and self.per_layer_vocab_size <= 0:
             raise bad(f"per_layer_vocab_size={self.per_layer_vocab_size} must be positive (or None: vocab_size)")
+        if self.num_experts < 0:
+            raise bad(f"num_experts={self.num_experts} must be >= 0 (0: a dense model)")
+        if self.num_experts:
+            if not 1 <= self.experts_per_token <= self.num_experts:
+                raise bad(f"experts_per_token={self.experts_per_token} must be in [1, num_experts="
+                          f"{self.num_experts}]")
+            if self.expert_mlp_dim <= 0:
+                raise bad(f"expert_mlp_dim={self.expert_mlp_dim} must be positive with num_experts > 0")
+            if self.base_quant != "none":
+                raise bad(f"base_quant={self.base_quant!r} does not cover the stacked experts yet; "
+                          "use base_quant=none for a mixture-of-experts model")
+        if self.moe_dispatch not in MOE_DISPATCH:
+            raise bad(f"moe_dispatch={self.moe_dispatch!r} is not one of {MOE_DISPATCH}")
         if not 0 <= self.num_kv_shared_layers < n:
             raise bad(f"num_kv_shared_layers={self.num_kv_shared_layers} must be in [0, num_layers={n})")
         for i in range(n - self.num_kv_shared_layers, n):
@@ -290,6 +312,16 @@ _NAMED: dict[str, ModelConfig] = {
         _gemma4("gemma4_31b", num_layers=60, num_heads=32, num_kv_heads=16, num_global_kv_heads=4,
                 embed_dim=5376, head_dim=256, global_head_dim=512, mlp_dim=21_504, sliding_window=1024,
                 sliding_window_pattern=6, rope_partial_global=0.25, max_seq_len=262_144),
+        # 26B-A4B (mixture of experts): 30 layers (keras-hub's gemma4_26b_a4b preset
+        # description) and google/gemma-4-26B-A4B's config.json text_config: hidden_size 2816,
+        # 16 heads, 8 K/V heads (2 on global layers, K=V), head_dim 256 / global 512,
+        # intermediate_size 2112 beside 128 experts of moe_intermediate_size 704, top_k_experts
+        # 8, sliding_window 1024, five local layers to one global. That is 25.2B parameters, 3.8B
+        # active per token (`toolkit.flops`), the published "26B total, 4B active".
+        _gemma4("gemma4_26b_a4b", num_layers=30, num_heads=16, num_kv_heads=8, num_global_kv_heads=2,
+                embed_dim=2816, head_dim=256, global_head_dim=512, mlp_dim=2112, sliding_window=1024,
+                sliding_window_pattern=6, rope_partial_global=0.25, max_seq_len=262_144, num_experts=128,
+                experts_per_token=8, expert_mlp_dim=704),
         # Tiny random configs of each family, for tests: every code path of the
         # full size (MQA/GQA, soft-capping, local/global layers, QK-norm) at a
         # size that compiles in seconds on a CPU.
@@ -311,6 +343,11 @@ _NAMED: dict[str, ModelConfig] = {
         _gemma4("tiny_gemma4_global", vocab_size=512, num_layers=6, num_heads=4, num_kv_heads=2,
                 num_global_kv_heads=1, embed_dim=32, head_dim=8, global_head_dim=16, mlp_dim=64,
                 sliding_window=4, sliding_window_pattern=3, rope_partial_global=0.25, max_seq_len=128),
+        # Gemma 4, 26B-A4B-like: 8 experts, 2 per token, beside a dense MLP, with K=V global layers.
+        _gemma4("tiny_gemma4_moe", vocab_size=512, num_layers=6, num_heads=4, num_kv_heads=2,
+                num_global_kv_heads=1, embed_dim=32, head_dim=8, global_head_dim=16, mlp_dim=48,
+                sliding_window=4, sliding_window_pattern=3, rope_partial_global=0.25, max_seq_len=128,
+                num_experts=8, experts_per_token=2, expert_mlp_dim=16),
     ]
 }
 

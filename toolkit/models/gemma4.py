@@ -1,5 +1,5 @@
 """Gemma 4's text decoder (dense) as a Flax NNX module tree, matching keras-hub 0.32's
-`Gemma4Backbone` (text part; no vision or audio tower, no mixture-of-experts yet).
+`Gemma4Backbone` (text part; no vision or audio tower).
 
 What differs from Gemma 1-3 (`toolkit.models.gemma`, whose pieces this reuses):
 
@@ -24,6 +24,9 @@ What differs from Gemma 1-3 (`toolkit.models.gemma`, whose pieces this reuses):
 * Each layer's output is multiplied by its `layer_scalar` (a frozen scalar
   in keras-hub and HF, loaded from the checkpoint).
 * The final logits are soft-capped (30), as in Gemma 2.
+* The 26B-A4B (`num_experts` > 0) runs a mixture of experts beside every dense MLP
+  (`toolkit.models.moe`): `x += post_ffw(post_dense(mlp(pre_ffw(x))) +
+  post_moe(experts(pre_moe(x))))`, routed by the raw residual stream.
 
 Layers differ in shape by type, so they are unrolled (an `nnx.List`):
 `config.scan_layers` is forced False for the family (`ModelConfig`); remat
@@ -45,6 +48,8 @@ still applies per layer. The flat exchange names (`toolkit.models.layout`):
     layers.{i}.mlp.{gate,up}_proj.kernel        (embed, mlp_i)                     gate goes through GeLU
     layers.{i}.mlp.down_proj.kernel             (mlp_i, embed)
     layers.{i}.post_ffw_norm.scale              (embed,)
+    layers.{i}.{post_ffw_norm_dense,pre_ffw_norm_moe,post_ffw_norm_moe}.scale  (embed,)  26B-A4B
+    layers.{i}.experts.*                        see toolkit.models.moe              26B-A4B
     layers.{i}.per_layer_gate.kernel            (embed, P)                         2B/4B
     layers.{i}.per_layer_up_proj.kernel         (P, embed)                         2B/4B
     layers.{i}.post_per_layer_norm.scale        (embed,)                           2B/4B
@@ -82,6 +87,7 @@ from toolkit.models.gemma import (
     row_masks,
 )
 from toolkit.models.lora import Einsum, LoRAConfig
+from toolkit.models.moe import MoE
 
 Array = jax.Array
 KV = tuple[Array, Array]
@@ -157,8 +163,12 @@ class Gemma4Layer(nnx.Module):
         self.post_attention_norm = RMSNorm(d, "embed", **_norm_kw(cfg))
         self.pre_ffw_norm = RMSNorm(d, "embed", **_norm_kw(cfg))
         self.mlp = MLP(cfg, lora=lora, rngs=rngs, mlp_dim=cfg.layer_mlp_dim(i))
-        # A mixture-of-experts block (26B-A4B) would sit beside `mlp` here, with its own pre
-        # and post norms, its output summed with the MLP's before `post_ffw_norm`.
+        self.has_experts = cfg.num_experts > 0
+        if self.has_experts:  # 26B-A4B: experts beside the dense MLP, each path with its own norms
+            self.post_ffw_norm_dense = RMSNorm(d, "embed", **_norm_kw(cfg))
+            self.pre_ffw_norm_moe = RMSNorm(d, "embed", **_norm_kw(cfg))
+            self.experts = MoE(cfg, rngs=rngs)
+            self.post_ffw_norm_moe = RMSNorm(d, "embed", **_norm_kw(cfg))
         self.post_ffw_norm = RMSNorm(d, "embed", **_norm_kw(cfg))
         self.per_layer_dim = cfg.per_layer_input_dim
         if self.per_layer_dim:
@@ -181,7 +191,10 @@ class Gemma4Layer(nnx.Module):
             raise ValueError("a K/V-shared Gemma 4 layer needs its source layer's keys and values")
         a = self.attn(h, positions, mask, inv_freq, window, kv, prefix, key_positions)
         x = x + self.post_attention_norm(a)
-        x = x + self.post_ffw_norm(self.mlp(self.pre_ffw_norm(x)))
+        f = self.mlp(self.pre_ffw_norm(x))
+        if self.has_experts:
+            f = self.post_ffw_norm_dense(f) + self.post_ffw_norm_moe(self.experts(x, self.pre_ffw_norm_moe(x)))
+        x = x + self.post_ffw_norm(f)
         if self.per_layer_dim:
             g = jax.nn.gelu(self.per_layer_gate(x), approximate=True) * per_layer_input.astype(x.dtype)
             x = x + self.post_per_layer_norm(self.per_layer_up_proj(g))

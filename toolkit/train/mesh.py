@@ -1,6 +1,6 @@
 """Device meshes, and the one table that maps the models' logical axes to mesh axes.
 
-Models name their axes (vocab, embed, heads, kv_heads, head_dim, mlp) and
+Models name their axes (vocab, embed, heads, kv_heads, head_dim, mlp, expert) and
 know nothing of devices; a run names its mesh (data, fsdp, tensor). The rule
 table below is the only place the two meet, so the same model shards on one
 CPU, a GPU host or a TPU pod without a change.
@@ -32,6 +32,10 @@ LOGICAL_RULES: dict[str, tuple[str, ...]] = {
     "kv_heads": ("tensor",),
     "mlp": ("tensor",),
     "head_dim": (),
+    # Whole experts of a mixture-of-experts layer (toolkit.models.moe) over the fsdp axis:
+    # expert parallelism where the frozen weights are already split, with no fourth mesh
+    # axis. An expert's own embed dim then stays whole (a mesh axis is used once).
+    "expert": ("fsdp",),
 }
 
 

@@ -4,8 +4,8 @@
 `ModelConfig`; `params_from_backbone(backbone)` reads its text weights into the
 flat exchange layout of `toolkit.models.gemma4` (fp32 numpy, keras-hub's kernel
 orientation and norm gains as they are). A vision or audio tower, if the
-backbone has one, is ignored. Mixture-of-experts backbones (26B-A4B),
-bidirectional (embedding) backbones and keras-hub's "assistant" mode (every
+backbone has one, is ignored. Mixture-of-experts backbones (26B-A4B) map
+onto `toolkit.models.moe`'s stacked experts; bidirectional (embedding) backbones and keras-hub's "assistant" mode (every
 layer K/V-shared) are refused.
 
 This works on a built backbone (e.g. `keras_hub.models.Gemma4Backbone.from_preset`
@@ -32,8 +32,6 @@ def config_from_backbone(backbone: Any, *, name: str = "keras_gemma4", max_seq_l
     if cls != BACKBONE:
         raise ValueError(f"{name}: backbone is a {cls}, not a {BACKBONE}")
     c = backbone.get_config()
-    if c.get("enable_moe_block"):
-        raise ValueError(f"{name}: mixture-of-experts Gemma 4 (enable_moe_block, 26B-A4B) is not supported yet")
     if c.get("use_bidirectional_attention") or c.get("is_embedding_model"):
         raise ValueError(f"{name}: bidirectional / embedding Gemma 4 backbones are not supported (ours is causal)")
     n = int(c["num_layers"])
@@ -77,6 +75,9 @@ def config_from_backbone(backbone: Any, *, name: str = "keras_gemma4", max_seq_l
         per_layer_input_dim=int(c.get("hidden_size_per_layer_input") or 0),
         per_layer_vocab_size=_opt_int(c.get("vocab_size_per_layer_input")),
     )
+    if c.get("enable_moe_block"):
+        kw.update(num_experts=int(c["num_experts"]), experts_per_token=int(c["num_experts_per_token"]),
+                  expert_mlp_dim=int(c["expert_intermediate_dim"]))
     return ModelConfig(**kw)
 
 
@@ -121,6 +122,15 @@ def _text_variables(backbone: Any, config: ModelConfig) -> Iterator[tuple[str, t
         yield f"{p}.mlp.up_proj.kernel", _k(block.gating_ffw_2)
         yield f"{p}.mlp.down_proj.kernel", _k(block.ffw_linear)
         yield f"{p}.post_ffw_norm.scale", _v(block.post_ffw_norm.scale)
+        if config.num_experts:
+            router, bank = block.moe_router, block.moe_expert_bank
+            yield f"{p}.post_ffw_norm_dense.scale", _v(block.post_ffw_norm_dense.scale)
+            yield f"{p}.pre_ffw_norm_moe.scale", _v(block.pre_ffw_norm_moe.scale)
+            yield f"{p}.post_ffw_norm_moe.scale", _v(block.post_ffw_norm_moe_path.scale)
+            yield f"{p}.experts.router_scale", _v(router.per_dim_scale)
+            yield f"{p}.experts.router_proj", _k(router.proj)
+            for w in ("gate_proj", "up_proj", "down_proj", "per_expert_scale"):
+                yield f"{p}.experts.{w}", _v(getattr(bank, w))
         if config.per_layer_input_dim:
             yield f"{p}.per_layer_gate.kernel", _k(block.per_layer_input_gate)
             yield f"{p}.per_layer_up_proj.kernel", _k(block.per_layer_up_proj)
