@@ -3,7 +3,7 @@ tests and bench/export_roundtrip.py run in a fresh process, so nothing of our mo
 
     python bench/keras_scorer.py SPEC.json   ->  prints {"task": ..., "probs": [[...], ...]}
 
-SPEC: {"preset": dir, "task": "Gemma3CausalLM" | "GemmaCausalLM", "lora": .lora.h5 or null,
+SPEC: {"preset": dir, "task": "Gemma3CausalLM" | "GemmaCausalLM" | "Gemma4CausalLM", "lora": .lora.h5 or null,
 "rank": int, "target_layer_names": [...], "head": str, "tail": str, "texts": [...],
 "class_words": [...]}. Each prompt is bos + tokens(head) + tokens(text) + tokens(tail),
 the pieces tokenised apart as the classifier does; the score of a text is the softmax
@@ -43,7 +43,11 @@ def main() -> None:
     for i, x in enumerate(prompt_ids):
         tokens[i, : len(x)] = x
     mask = (np.arange(lengths.max())[None, :] < lengths[:, None]).astype(np.int32)
-    hidden = backbone({"token_ids": tokens, "padding_mask": mask})
+    inputs = {"token_ids": tokens, "padding_mask": mask}
+    if "position_ids" in backbone.input:  # Gemma 4 takes its positions as an input
+        inputs["position_ids"] = np.ascontiguousarray(np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32),
+                                                                      tokens.shape))
+    hidden = backbone(inputs)
     last = keras.ops.convert_to_numpy(hidden)[np.arange(len(lengths)), lengths - 1][:, None, :]
     logits = np.asarray(keras.ops.convert_to_numpy(backbone.token_embedding(last, reverse=True)),
                         np.float64)[:, 0, class_ids]

@@ -155,6 +155,12 @@ def _backbone_kwargs(kind: str) -> dict[str, Any]:
             local_rope_scaling_factor=1.0,
             global_rope_scaling_factor=1.0,
         )
+    if kind == "gemma4":  # the 2B-like flavour: per-layer inputs, K/V sharing, double-wide MLPs
+        from toolkit.models.configs import get_config
+        from toolkit.weights.keras_gemma4 import backbone_kwargs
+
+        cfg = get_config("tiny_gemma4", vocab_size=VOCAB_SIZE, param_dtype="float32", dtype="float32")
+        return dict(backbone_kwargs(cfg), dtype="float32")
     raise ValueError(f"unknown kind {kind!r}; choose from {KINDS}")
 
 
@@ -163,6 +169,18 @@ def build_causal_lm(kind: str, seed: int = 0):
     import keras_hub
 
     kwargs = _backbone_kwargs(kind)
+    if kind == "gemma4":
+        tokenizer = keras_hub.models.Gemma4Tokenizer(proto=spm_proto(), has_vision_tokens=False,
+                                                     has_audio_tokens=False, has_video_tokens=False)
+        backbone = keras_hub.models.Gemma4Backbone(**kwargs)
+        pre = keras_hub.models.Gemma4CausalLMPreprocessor(tokenizer=tokenizer, image_converter=None, sequence_length=32)
+        lm = keras_hub.models.Gemma4CausalLM(backbone=backbone, preprocessor=pre)
+        randomize(backbone, seed)
+        rng = np.random.default_rng(seed + 100)
+        for v in backbone.weights:  # Gemma 4 stores norm gains and layer scalars as they are: keep them ~1
+            if v.path.endswith("scale") or v.path.endswith("layer_scalar"):
+                v.assign(rng.uniform(0.5, 1.5, size=tuple(v.shape)).astype(np.float32))
+        return lm
     if kind == "gemma3":
         tokenizer = keras_hub.models.Gemma3Tokenizer(proto=spm_proto())
         backbone = keras_hub.models.Gemma3Backbone(**kwargs)
@@ -193,7 +211,7 @@ def randomize(backbone, seed: int = 0) -> None:
     for v in backbone.weights:
         shape = tuple(v.shape)
         path = v.path
-        if path.endswith("scale"):
+        if path.endswith("scale") or not shape:  # norm gains; Gemma 4's scalar layer_scalar
             val = rng.uniform(-0.5, 0.5, size=shape)
         elif path.endswith("embeddings"):
             val = rng.normal(0.0, shape[1] ** -0.5, size=shape)

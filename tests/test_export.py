@@ -18,7 +18,7 @@ from toolkit.export import ExportError, export
 
 WORDS = ["win", "a", "prize", "now", "the", "meeting", "is", "at", "noon", "free", "money", "see", "you",
          "lunch", "report", "looks", "good", "click", "here", "sea"]
-TASKS = {"gemma": "GemmaCausalLM", "gemma3": "Gemma3CausalLM"}
+TASKS = {"gemma": "GemmaCausalLM", "gemma3": "Gemma3CausalLM", "gemma4": "Gemma4CausalLM"}
 
 
 def _texts(n: int, seed: int) -> list[str]:
@@ -26,7 +26,7 @@ def _texts(n: int, seed: int) -> list[str]:
     return [" ".join(rng.choice(WORDS, size=rng.integers(2, 6))) for _ in range(n)]
 
 
-@pytest.fixture(scope="module", params=["gemma", "gemma3"])
+@pytest.fixture(scope="module", params=["gemma", "gemma3", "gemma4"])
 def trained(request, tmp_path_factory):
     """A tiny keras-hub preset of the family, a classifier trained on it a few steps, saved."""
     tmp = tmp_path_factory.mktemp(f"export_{request.param}")
@@ -65,7 +65,7 @@ def test_keras_preset_export_scores_like_ours_in_keras_hub(trained):
                  "tokenizer.json", "assets/tokenizer/vocabulary.spm", "classifier.json"):
         assert (out / name).is_file(), name
     assert json.loads((out / "config.json").read_text())["class_name"] == \
-        {"gemma": "GemmaBackbone", "gemma3": "Gemma3Backbone"}[kind]
+        {"gemma": "GemmaBackbone", "gemma3": "Gemma3Backbone", "gemma4": "Gemma4Backbone"}[kind]
     texts = _texts(20, 1)
     ours = clf.predict_proba(texts)
     theirs = _keras_scores(_spec(clf, texts, preset=str(out), task=TASKS[kind]), tmp)

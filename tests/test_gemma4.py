@@ -24,13 +24,13 @@ from flax import nnx
 
 from conftest import ROOT, subprocess_env
 from toolkit.models import moe
-from toolkit.models.configs import ModelConfig, get_config
+from toolkit.models.configs import get_config
 from toolkit.models.build import build_model, from_params
 from toolkit.models.gemma import flat_state
 from toolkit.models.gemma4 import Gemma4
 from toolkit.models.lora import LoRAConfig
 from toolkit.train.flops import decoder_params
-from toolkit.weights.keras_gemma4 import config_from_backbone, params_from_backbone
+from toolkit.weights.keras_gemma4 import backbone_kwargs, config_from_backbone, params_from_backbone
 
 ATOL = 1e-4
 FP32 = dict(param_dtype="float32", dtype="float32")
@@ -45,26 +45,6 @@ FLAVOURS = {
 TOKENS = np.array([[2, 17, 250, 33, 48, 99, 7, 301, 12, 5],
                    [2, 400, 3, 88, 123, 9, 61, 0, 0, 0]], dtype=np.int32)
 MASK = np.array([[1] * 10, [1] * 7 + [0] * 3], dtype=np.int32)
-
-
-def keras_kwargs(cfg: ModelConfig) -> dict:
-    """keras-hub Gemma4Backbone arguments for our config (text only)."""
-    return dict(
-        vocabulary_size=cfg.vocab_size, image_size=16, num_layers=cfg.num_layers, num_query_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads, hidden_dim=cfg.embed_dim, intermediate_dim=cfg.mlp_dim,
-        head_dim=cfg.head_dim, global_head_dim=cfg.global_head_dim, attention_logit_soft_cap=cfg.attn_logit_softcap,
-        final_logit_soft_cap=cfg.final_logit_softcap, use_sliding_window_attention=cfg.sliding_window is not None,
-        sliding_window_size=cfg.sliding_window or 512, sliding_window_pattern=cfg.sliding_window_pattern or 6,
-        layer_types=list(cfg.layer_types) if cfg.layer_types else None,
-        global_rope_wavelength=cfg.rope_base_global, local_rope_wavelength=cfg.rope_base_local,
-        global_rope_scaling_factor=cfg.rope_scale_global, local_rope_scaling_factor=cfg.rope_scale_local,
-        global_rope_partial_rotary_factor=cfg.rope_partial_global, num_kv_shared_layers=cfg.num_kv_shared_layers,
-        num_global_key_value_heads=cfg.num_global_kv_heads, hidden_size_per_layer_input=cfg.per_layer_input_dim,
-        vocab_size_per_layer_input=cfg.per_layer_vocab_size, use_double_wide_mlp=cfg.use_double_wide_mlp,
-        layer_norm_epsilon=cfg.norm_eps, dtype="float32", enable_moe_block=cfg.num_experts > 0,
-        num_experts=cfg.num_experts or None, expert_intermediate_dim=cfg.expert_mlp_dim or None,
-        num_experts_per_token=cfg.experts_per_token,
-    )
 
 
 def randomize(backbone, seed: int) -> None:
@@ -101,7 +81,7 @@ def flavour(request):
 def random_backbone(flavour: str):
     import keras_hub
 
-    backbone = keras_hub.models.Gemma4Backbone(**keras_kwargs(FLAVOURS[flavour]))
+    backbone = keras_hub.models.Gemma4Backbone(**backbone_kwargs(FLAVOURS[flavour]), dtype="float32")
     randomize(backbone, seed=sorted(FLAVOURS).index(flavour))
     return backbone
 
@@ -115,11 +95,13 @@ def _forward(model):
     return lambda t, m: _apply(model, t, m)
 
 
+@pytest.mark.slow
 def test_config_from_backbone_is_ours(flavour):
     cfg, backbone, _, _ = flavour
     assert config_from_backbone(backbone, name=cfg.name, max_seq_len=cfg.max_seq_len).replace(**FP32) == cfg
 
 
+@pytest.mark.slow
 def test_logits_match_keras_hub(flavour):
     cfg, _, params, theirs = flavour
     model = from_params(cfg, params, source="keras")
@@ -136,6 +118,7 @@ def test_logits_match_keras_hub(flavour):
         np.testing.assert_array_equal(np.asarray(back[k]), v)
 
 
+@pytest.mark.slow
 def test_greedy_continuations_match_keras_hub(flavour):
     cfg, backbone, params, _ = flavour
     forward = _forward(from_params(cfg, params, source="keras"))
@@ -159,6 +142,7 @@ def test_greedy_continuations_match_keras_hub(flavour):
     np.testing.assert_array_equal(ours, theirs)
 
 
+@pytest.mark.slow
 def test_lora_with_zero_b_is_the_base(flavour):
     cfg, _, params, _ = flavour
     tokens, mask = jnp.asarray(TOKENS), jnp.asarray(MASK.astype(bool))
@@ -174,6 +158,7 @@ def test_lora_with_zero_b_is_the_base(flavour):
     np.testing.assert_array_equal(np.asarray(_forward(model)(tokens, mask)), base)
 
 
+@pytest.mark.slow
 def test_lora_matches_keras_hub_lora(flavour):
     """Random adapters on q, v, gate: keras-hub's enable_lora and ours agree."""
     cfg, _, params, _ = flavour
@@ -200,6 +185,7 @@ def test_lora_matches_keras_hub_lora(flavour):
 
 
 @pytest.mark.parametrize("name", ["tiny_gemma4", "tiny_gemma4_global"])
+@pytest.mark.slow
 def test_shared_head_prefix_and_concatenation_agree(name):
     """`prefix=` and `head=` (the shared instruction head) give the rows what running the head
     and the row as one sequence gives, K/V-shared layers included."""
@@ -264,6 +250,7 @@ def test_gemma4_fields_are_refused_on_other_families():
         get_config("tiny_gemma3", per_layer_input_dim=4)
 
 
+@pytest.mark.slow
 def test_every_parameter_has_logical_axis_names():
     model = build_model(get_config("tiny_gemma4", **FP32), lora=LoRAConfig(targets=("q", "k", "down")),
                         rngs=nnx.Rngs(0))
@@ -277,6 +264,7 @@ def test_every_parameter_has_logical_axis_names():
 
 
 @pytest.mark.parametrize("name", ["tiny_gemma4", "tiny_gemma4_moe"])
+@pytest.mark.slow
 def test_a_gemma4_classifier_learns_and_reloads_to_the_same_scores(tmp_path, name):
     """Downstream accepts Gemma 4: the classifier's train step, packing, shared head and
     save/load run on the 2B-like flavour (per-layer inputs and K/V sharing included) and the

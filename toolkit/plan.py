@@ -25,6 +25,7 @@ numbers for its own run (`describe`).
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Sequence
 
 from toolkit.config import TRAINABLE as MODES  # lora, head, full: what train.trainable takes
@@ -113,6 +114,9 @@ def plan(model: Any, *, mode: str = "lora", base_quant: str = "none", batch: int
                          f"--xla_force_host_platform_device_count={n} before JAX starts: launch/plan.py does)")
     run_time = dict(param_dtype=param_dtype, dtype=dtype, remat=remat, base_quant=base_quant)
     cfg = model.replace(**run_time) if not isinstance(model, str) else get_config(model, **run_time)
+    if cfg.num_experts and cfg.moe_dispatch == "auto":
+        # Plans are for accelerators: compile their grouped-matmul dispatch, not the CPU einsum.
+        cfg = cfg.replace(moe_dispatch="sorted")
     lora = (lora or LoRAConfig()) if mode == "lora" else None
     m = mesh_lib.make_mesh(MeshConfig(data=mesh[0], fsdp=mesh[1], tensor=mesh[2]), devices=devices[:n])
     abstract = nnx.eval_shape(lambda: build_model(cfg, lora=lora, rngs=nnx.Rngs(0)))
@@ -149,6 +153,7 @@ def plan(model: Any, *, mode: str = "lora", base_quant: str = "none", batch: int
             return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
         b = sh.batch
+        t0 = time.perf_counter()
         batch_spec = {"tokens": jax.ShapeDtypeStruct((batch, length), jnp.int32, sharding=b),
                       "lengths": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=b),
                       "labels": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=b),
@@ -163,7 +168,10 @@ def plan(model: Any, *, mode: str = "lora", base_quant: str = "none", batch: int
             lowered = step.lower(abstract_of(trainable, train_s), abstract_of(opt, opt_s),
                                  abstract_of(frozen, frozen_s), abstract_of(rest, rest_s), batch_spec, class_ids, None)
         analysis = lowered.compile().memory_analysis()
+        out["compile_seconds"] = round(time.perf_counter() - t0, 1)  # lowering + XLA, on this machine
         out["compiled_temp"] = int(analysis.temp_size_in_bytes) if analysis is not None else None
+        # What the compiled program takes as inputs on one device (weights, optimizer, batch).
+        out["compiled_arguments"] = int(analysis.argument_size_in_bytes) if analysis is not None else None
         if mode == "head":  # no backward pass: the forward's working set is all there is
             out["activations"] = out["compiled_temp"]
     out["total"] = int(sum(out[k] or 0 for k in PARTS))

@@ -34,6 +34,10 @@ def backbone_spec(config: ModelConfig) -> dict[str, Any]:
     """keras-hub's `{"class_name", "config"}` for `config`, or an ExportError naming what it cannot hold."""
     from toolkit.weights.keras_preset import keras_backbone_config
 
+    if config.family == "gemma4":
+        from toolkit.weights.keras_gemma4 import BACKBONE, backbone_kwargs
+
+        return {"class_name": BACKBONE, "config": backbone_kwargs(config)}
     try:
         return keras_backbone_config(config)
     except WeightImportError as e:
@@ -43,7 +47,7 @@ def backbone_spec(config: ModelConfig) -> dict[str, Any]:
 
 def causal_lm(config: ModelConfig, params: Mapping[str, np.ndarray], tokenizer_proto: bytes, *,
               sequence_length: int, dtype: str = "float32"):
-    """A keras-hub Gemma / Gemma 3 CausalLM holding `params`, with our tokenizer and prompt length."""
+    """A keras-hub Gemma / Gemma 3 / Gemma 4 CausalLM holding `params`, with our tokenizer and prompt length."""
     from toolkit.quiet import import_quietly
     from toolkit.weights.keras_preset import set_backbone_weights
 
@@ -51,8 +55,16 @@ def causal_lm(config: ModelConfig, params: Mapping[str, np.ndarray], tokenizer_p
 
     spec = backbone_spec(config)
     backbone = getattr(keras_hub.models, spec["class_name"])(**spec["config"], dtype=dtype)
-    set_backbone_weights(backbone, config, params)
     m = keras_hub.models
+    if config.family == "gemma4":  # text only: no vision, audio or video tokens or converters
+        from toolkit.weights import keras_gemma4
+
+        keras_gemma4.set_backbone_weights(backbone, config, params)
+        tokenizer = m.Gemma4Tokenizer(proto=tokenizer_proto, has_vision_tokens=False, has_audio_tokens=False,
+                                      has_video_tokens=False)
+        pre = m.Gemma4CausalLMPreprocessor(tokenizer=tokenizer, image_converter=None, sequence_length=sequence_length)
+        return m.Gemma4CausalLM(backbone=backbone, preprocessor=pre)
+    set_backbone_weights(backbone, config, params)
     if spec["class_name"] == "Gemma3Backbone":  # text-only: no image converter, no vision tokens
         tokenizer = m.Gemma3Tokenizer(proto=tokenizer_proto, has_vision_tokens=False)
         pre = m.Gemma3CausalLMPreprocessor(tokenizer=tokenizer, image_converter=None, sequence_length=sequence_length)
@@ -75,7 +87,12 @@ def lora_layer_indices(config: ModelConfig, targets: tuple[str, ...]) -> dict[st
     keras_hub = import_quietly("keras_hub")
 
     spec = backbone_spec(config)
-    c = dict(spec["config"], vocabulary_size=8, hidden_dim=8, intermediate_dim=8, head_dim=2)
+    if config.family == "gemma4":
+        from toolkit.weights.keras_gemma4 import skeleton_kwargs
+
+        c = skeleton_kwargs(config)
+    else:
+        c = dict(spec["config"], vocabulary_size=8, hidden_dim=8, intermediate_dim=8, head_dim=2)
     backbone = getattr(keras_hub.models, spec["class_name"])(**c, dtype="float32")
     names = [KERAS_LAYER_NAMES[t] for t in targets]
     backbone.enable_lora(1, target_layer_names=names)

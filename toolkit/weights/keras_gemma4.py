@@ -8,15 +8,18 @@ backbone has one, is ignored. Mixture-of-experts backbones (26B-A4B) map
 onto `toolkit.models.moe`'s stacked experts; bidirectional (embedding) backbones and keras-hub's "assistant" mode (every
 layer K/V-shared) are refused.
 
-This works on a built backbone (e.g. `keras_hub.models.Gemma4Backbone.from_preset`
-or a test's random one); reading a preset directory's h5 file directly, as
-`toolkit.weights.keras_preset` does for Gemma 1-3, is not wired up yet. A
+`load_preset(dir)` has keras-hub build a preset directory's backbone and reads it
+(Gemma 1-3 presets are read from their h5 file directly, `toolkit.weights.keras_preset`);
+`backbone_kwargs` and `set_backbone_weights` go the other way, for exports. A
 backbone with keras LoRA enabled yields merged kernels (keras' `kernel`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -137,6 +140,74 @@ def _text_variables(backbone: Any, config: ModelConfig) -> Iterator[tuple[str, t
             yield f"{p}.post_per_layer_norm.scale", _v(block.post_per_layer_input_norm.scale)
         yield f"{p}.layer_scalar", _v(block.layer_scalar)
     yield "final_norm.scale", _v(backbone.layer_norm.scale)
+
+
+def backbone_kwargs(config: ModelConfig) -> dict[str, Any]:
+    """keras-hub `Gemma4Backbone` arguments for `config` (text only): the inverse of
+    `config_from_backbone`, used to export a preset and in the parity tests."""
+    if config.family != "gemma4":
+        raise ValueError(f"{config.name}: family {config.family!r} is not gemma4")
+    return dict(
+        vocabulary_size=config.vocab_size, image_size=16, num_layers=config.num_layers,
+        num_query_heads=config.num_heads, num_key_value_heads=config.num_kv_heads, hidden_dim=config.embed_dim,
+        intermediate_dim=config.mlp_dim, head_dim=config.head_dim, global_head_dim=config.global_head_dim,
+        attention_logit_soft_cap=config.attn_logit_softcap, final_logit_soft_cap=config.final_logit_softcap,
+        use_sliding_window_attention=config.sliding_window is not None,
+        sliding_window_size=config.sliding_window or 512, sliding_window_pattern=config.sliding_window_pattern or 6,
+        layer_types=list(config.layer_types) if config.layer_types else None,
+        global_rope_wavelength=config.rope_base_global, local_rope_wavelength=config.rope_base_local,
+        global_rope_scaling_factor=config.rope_scale_global, local_rope_scaling_factor=config.rope_scale_local,
+        global_rope_partial_rotary_factor=config.rope_partial_global,
+        num_kv_shared_layers=config.num_kv_shared_layers, num_global_key_value_heads=config.num_global_kv_heads,
+        hidden_size_per_layer_input=config.per_layer_input_dim,
+        vocab_size_per_layer_input=config.per_layer_vocab_size, use_double_wide_mlp=config.use_double_wide_mlp,
+        layer_norm_epsilon=config.norm_eps, enable_moe_block=config.num_experts > 0,
+        num_experts=config.num_experts or None, expert_intermediate_dim=config.expert_mlp_dim or None,
+        num_experts_per_token=config.experts_per_token, vision_encoder=None, audio_encoder=None,
+    )
+
+
+def skeleton_kwargs(config: ModelConfig) -> dict[str, Any]:
+    """`backbone_kwargs` with every width tiny: the same layers in the same order (what
+    keras-hub's LoRA file indexes by) without allocating a full-size model."""
+    c = dict(backbone_kwargs(config), vocabulary_size=8, hidden_dim=8, intermediate_dim=8, head_dim=2)
+    if config.global_head_dim:
+        c["global_head_dim"] = 2
+    if config.per_layer_input_dim:
+        c.update(hidden_size_per_layer_input=2, vocab_size_per_layer_input=8)
+    if config.num_experts:
+        c["expert_intermediate_dim"] = 2
+    return c
+
+
+def set_backbone_weights(backbone: Any, config: ModelConfig, params: Mapping[str, np.ndarray]) -> None:
+    """Assign our flat weights to a built `Gemma4Backbone` (the inverse of `params_from_backbone`,
+    through the same name table), in place; a missing or misshapen tensor raises naming it."""
+    for key, (_, var) in _text_variables(backbone, config):
+        if key not in params:
+            raise ValueError(f"{config.name}: tensor {key} is missing; keras-hub's Gemma4Backbone needs it")
+        value = np.asarray(params[key], np.float32)
+        if tuple(value.shape) != tuple(var.shape):
+            raise ValueError(f"{config.name}: tensor {key} has shape {tuple(value.shape)}, keras expects "
+                             f"{tuple(var.shape)}")
+        var.assign(value.astype(var.dtype))
+
+
+def load_preset(preset_dir: str | os.PathLike, *, name: str | None = None) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """A keras-hub Gemma 4 preset directory's text decoder: built by keras-hub itself
+    (`Gemma4Backbone.from_preset`), then read into our config and flat weights. A vision or
+    audio tower in the preset is left out, and said so on stderr in one line."""
+    from toolkit.quiet import import_quietly
+
+    keras_hub = import_quietly("keras_hub")
+    backbone = keras_hub.models.Gemma4Backbone.from_preset(str(preset_dir), dtype="float32")
+    towers = [t for t, enc in (("vision", backbone.vision_encoder), ("audio", backbone.audio_encoder))
+              if enc is not None]
+    if towers:
+        print(f"{preset_dir}: loading the text decoder of this Gemma 4 preset; its {' and '.join(towers)} "
+              "encoder is not used", file=sys.stderr)
+    config = config_from_backbone(backbone, name=name or Path(preset_dir).name)
+    return config, params_from_backbone(backbone, config)
 
 
 def params_from_backbone(backbone: Any, config: ModelConfig | None = None) -> dict[str, np.ndarray]:

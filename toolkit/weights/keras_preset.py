@@ -57,7 +57,7 @@ WEIGHTS_FILE = "model.weights.h5"
 SHARDED_WEIGHTS_FILE = "model.weights.json"
 TOKENIZER_FILE = "assets/tokenizer/vocabulary.spm"
 
-GEMMA_BACKBONES = ("GemmaBackbone", "Gemma3Backbone")
+GEMMA_BACKBONES = ("GemmaBackbone", "Gemma3Backbone", "Gemma4Backbone")  # 4: read through keras-hub
 
 # keras-hub constructor defaults, for configs written by older versions that
 # lack the newer keys.
@@ -115,9 +115,17 @@ def load_keras_preset(
     if not root.is_dir():
         raise WeightImportError(f"keras preset {root} is not a directory (expected a keras-hub preset directory)")
     backbone = read_backbone_config(root)
-    config = keras_config_to_model_config(backbone, name=_preset_name(root), source=root / CONFIG_FILE)
-    with _WeightsFile(root) as weights:
-        params = _read_params(weights, config, backbone["class_name"])
+    if backbone["class_name"] == "Gemma4Backbone":
+        from toolkit.weights.keras_gemma4 import load_preset
+
+        try:
+            config, params = load_preset(root, name=_preset_name(root))
+        except ValueError as e:
+            raise WeightImportError(f"{root}: {e}") from e
+    else:
+        config = keras_config_to_model_config(backbone, name=_preset_name(root), source=root / CONFIG_FILE)
+        with _WeightsFile(root) as weights:
+            params = _read_params(weights, config, backbone["class_name"])
     tokenizer = root / TOKENIZER_FILE
     return config, params, tokenizer if tokenizer.is_file() else None
 
@@ -158,6 +166,8 @@ def keras_config_to_model_config(
     raw = backbone.get("config")
     if cls not in GEMMA_BACKBONES or not isinstance(raw, Mapping):
         raise WeightImportError(f"{source}: backbone class_name {cls!r} is not a Gemma backbone")
+    if cls == "Gemma4Backbone":  # keras-hub builds it: toolkit.weights.keras_gemma4.load_preset
+        raise WeightImportError(f"{source}: a Gemma 4 config is read by toolkit.weights.keras_gemma4, not from JSON")
     missing = [k for k in _REQUIRED if raw.get(k) is None]
     if missing:
         raise WeightImportError(f"{source}: config field(s) {missing} missing from the {cls} config")
