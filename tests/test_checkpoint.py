@@ -20,6 +20,7 @@ def _state(step):
     return {"w": jnp.full((3,), float(step)), "rng": jax.random.key(step)}
 
 
+@pytest.mark.slow
 def test_best_step_is_ranked_by_the_metric_and_survives_reopen_and_later_saves(tmp_path):
     cfg = CheckpointSection(keep=1)
     ck = Checkpointer(tmp_path / "ck", cfg)

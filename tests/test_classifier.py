@@ -29,6 +29,7 @@ def fitted(tiny_tokenizer):
     return clf.fit(texts, labels, eval_texts=texts[:6], eval_labels=labels[:6])
 
 
+@pytest.mark.slow
 def test_fit_learns_and_records_history(fitted):
     assert len(fitted.history) == 6 and fitted.history[-1]["train_loss"] < fitted.history[0]["train_loss"]
     assert "eval_roc_auc" in fitted.history[-1]
@@ -53,6 +54,7 @@ def test_evaluate_writes_metrics_plots_and_error_table(fitted, tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
 
 
+@pytest.mark.slow
 def test_save_and_load_give_the_same_scores(fitted, tmp_path):
     texts, _ = _data(6)
     path = fitted.save(tmp_path / "clf")
@@ -76,6 +78,7 @@ def test_bad_training_data_is_named(fitted, texts, labels, message):
         fitted.fit(texts, labels)
 
 
+@pytest.mark.slow
 def test_multi_token_label_is_rejected_with_its_pieces(tiny_tokenizer):
     base = Gemma(get_config("tiny_gemma3", param_dtype="float32"), rngs=nnx.Rngs(0))
     clf = AgileClassifier(("spam", "ham"), model=(base, tiny_tokenizer), max_length=64, progress=False,

@@ -51,6 +51,7 @@ def test_every_user_error_the_handler_knows_exists_where_it_looks(module, name):
     assert isinstance(cls, type) and issubclass(cls, Exception), f"{module}.{name} is gone"
 
 
+@pytest.mark.slow
 def test_tensorflow_starts_quietly_unless_asked(tmp_path):
     """TensorFlow's C++ start-up lines (CUDA probing on a CPU machine, oneDNN notices) are
     written before its log level is read; the toolkit imports it with them dropped."""

@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 PROBE = """
@@ -30,6 +32,7 @@ def _probe(env: dict[str, str], min_compile_seconds: float) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_default_cache_is_under_the_toolkit_cache_and_receives_programs(tmp_path):
     out = _probe({"AGILE_TOOLKIT_CACHE": str(tmp_path / "root")}, 0)
     cache = tmp_path / "root" / "jax-compilation"
@@ -37,6 +40,7 @@ def test_default_cache_is_under_the_toolkit_cache_and_receives_programs(tmp_path
     assert any(cache.iterdir()), "the jitted function was not written to the cache"
 
 
+@pytest.mark.slow
 def test_a_configured_cache_wins_and_keeps_its_own_settings(tmp_path):
     mine = tmp_path / "mine"
     out = _probe({"AGILE_TOOLKIT_CACHE": str(tmp_path / "root"), "JAX_COMPILATION_CACHE_DIR": str(mine),

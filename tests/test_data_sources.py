@@ -399,6 +399,7 @@ def test_tfds_explicit_keys_and_bad_split(tfds_dir):
         load_tfds("agile_toolkit_tiny_reviews", "validation", data_dir=tfds_dir)
 
 
+@pytest.mark.slow
 def test_tfds_unknown_name(tmp_path):
     with pytest.raises(DataError, match=r"TFDS has no dataset named 'no_such_dataset_xyz'.*data_dir="):
         load_tfds("no_such_dataset_xyz", data_dir=tmp_path)
@@ -416,6 +417,7 @@ def test_tfds_offline_unprepared_dataset_says_how_to_prepare_it(tmp_path, monkey
         load_tfds("agile_toolkit_needs_download", data_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_a_shipped_config_without_the_test_bed_fails_in_one_line_then_reads_the_data_root(tmp_path, monkeypatch):
     """sweeps/ethos_270m.yaml names no data path: with no $AGILE_TOOLKIT_DATA, an empty cache
     and no network (a dead proxy) the train CLI stops with one line saying where to put the

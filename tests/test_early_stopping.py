@@ -38,6 +38,7 @@ def _classifier(**stopping) -> AgileClassifier:
                                   "early_stopping": {"metric": "eval_roc_auc", **stopping}})
 
 
+@pytest.mark.slow
 def test_the_fit_stops_after_patience_and_keeps_the_best_epochs_adapters(tmp_path):
     texts, labels = spam_ham(24)
     script = Scripted([0.6, 0.8, 0.7, 0.65, 0.9])  # best at epoch 2; with patience 2 it stops after epoch 4
@@ -64,6 +65,7 @@ def test_the_fit_stops_after_patience_and_keeps_the_best_epochs_adapters(tmp_pat
         np.testing.assert_array_equal(ours[name], value)
 
 
+@pytest.mark.slow
 def test_min_delta_counts_a_small_gain_as_no_gain():
     texts, labels = spam_ham(16)
     clf = _classifier(patience=1, min_delta=0.05)
@@ -71,6 +73,7 @@ def test_min_delta_counts_a_small_gain_as_no_gain():
     assert len(clf.history) == 2 and clf.history[-1]["kept_epoch"] == 1
 
 
+@pytest.mark.slow
 def test_early_stopping_needs_eval_rows():
     texts, labels = spam_ham(16)
     with pytest.raises(ValueError, match="train.early_stopping needs rows to score each epoch"):

@@ -23,6 +23,7 @@ def _weights(clf: AgileClassifier) -> dict[str, np.ndarray]:
     return frozen_params(clf._model())
 
 
+@pytest.mark.slow
 def test_full_with_a_zero_learning_rate_leaves_every_weight_unchanged():
     from toolkit.config import TrainConfig
 

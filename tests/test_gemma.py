@@ -55,6 +55,7 @@ def test_layer_pattern_matches_each_family():
     assert all(get_config("gemma_7b").is_global_layer(i) for i in range(28))
 
 
+@pytest.mark.slow
 def test_every_parameter_has_logical_axis_names():
     model = Gemma(get_config("tiny_gemma3", **FP32), lora=LoRAConfig(targets=("q", "down")), rngs=nnx.Rngs(0))
     known = {"layers", "vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", None}
@@ -74,6 +75,7 @@ def model(request):
     return Gemma(get_config(request.param, **FP32), rngs=nnx.Rngs(1))
 
 
+@pytest.mark.slow
 def test_future_tokens_do_not_change_the_past(model):
     a = jnp.array([[3, 4, 5, 6, 7, 8]])
     b = a.at[0, 4:].set(99)
@@ -82,6 +84,7 @@ def test_future_tokens_do_not_change_the_past(model):
     assert not np.allclose(ha[:, 4:], hb[:, 4:], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_right_padding_leaves_real_positions_unchanged(model):
     real = jnp.array([[3, 4, 5]])
     padded = jnp.array([[3, 4, 5, 0, 0], [9, 9, 9, 9, 9]])
@@ -103,6 +106,7 @@ def test_sliding_window_hides_tokens_beyond_the_window():
     assert not np.allclose(g.hidden_states(a)[:, 3], g.hidden_states(b)[:, 3], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_project_onto_a_few_rows_equals_slicing_full_logits():
     m = Gemma(get_config("tiny_gemma2", **FP32), rngs=nnx.Rngs(0))
     h = m.hidden_states(jnp.array([[3, 4, 5]]))[:, -1]
@@ -117,6 +121,7 @@ def _with_random_b(model):
     return model
 
 
+@pytest.mark.slow
 def test_fresh_lora_is_a_no_op_and_merging_folds_it_in():
     cfg = get_config("tiny_gemma3", **FP32)
     lora = LoRAConfig(rank=3, alpha=6.0, targets=("q", "k", "v", "o", "gate", "up", "down"))
@@ -132,6 +137,7 @@ def test_fresh_lora_is_a_no_op_and_merging_folds_it_in():
     np.testing.assert_allclose(merged(tokens), out, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_gradients_exist_only_for_lora_params():
     cfg = get_config("tiny_gemma", **FP32)
     model = _with_random_b(Gemma(cfg, lora=LoRAConfig(rank=2, targets=("q", "up")), rngs=nnx.Rngs(0)))
@@ -155,6 +161,7 @@ def test_lora_config_rejects_unknown_targets_and_bad_values():
     assert LoRAConfig(rank=8, alpha=16).scale == 2.0
 
 
+@pytest.mark.slow
 def test_from_params_names_the_missing_extra_or_misshapen_tensor():
     cfg = get_config("tiny_gemma", **FP32)
     params = {k: np.asarray(v) for k, v in flat_state(Gemma(cfg, rngs=nnx.Rngs(0))).items()}
@@ -170,6 +177,7 @@ def test_from_params_names_the_missing_extra_or_misshapen_tensor():
         from_params(cfg, bad, source="ckpt.h5")
 
 
+@pytest.mark.slow
 def test_bf16_base_keeps_lora_in_fp32():
     m = Gemma(get_config("tiny_gemma"), lora=LoRAConfig(), rngs=nnx.Rngs(0))
     dtypes = {str(v.value.dtype) for _, v in nnx.to_flat_state(nnx.state(m, nnx.LoRAParam))}
@@ -179,6 +187,7 @@ def test_bf16_base_keeps_lora_in_fp32():
 
 
 @pytest.mark.parametrize("name", ["tiny_gemma", "tiny_gemma2", "tiny_gemma3"])
+@pytest.mark.slow
 def test_shared_prefix_gives_the_same_states_as_the_full_sequence(name):
     # The head (6 tokens) is longer than the tiny sliding window (4), so local
     # layers must window across the prefix boundary correctly.

@@ -50,6 +50,7 @@ def our_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+@pytest.mark.slow
 def test_270m_config_is_the_named_one(loaded_270m):
     cfg, _ = loaded_270m
     assert cfg == get_config("gemma3_270m")
@@ -128,6 +129,7 @@ def _logits(cfg: ModelConfig, p: dict[str, np.ndarray], ids: list[int]) -> np.nd
     return _rms(x, p["final_norm.scale"], eps).astype(np.float32) @ p["embedder.input_embedding"].T
 
 
+@pytest.mark.slow
 def test_270m_weights_model_english(gemma_tokenizer, loaded_270m):
     cfg, params = loaded_270m
     tok = gemma_tokenizer

@@ -25,6 +25,7 @@ def trained():
     return clf, texts, labels
 
 
+@pytest.mark.slow
 def test_a_head_that_has_not_moved_is_the_zero_shot_classifier():
     """With a learning rate of (almost) 0 the head stays at the class tokens' embedding rows,
     so its scores are the zero-shot classifier's (tiny_gemma2: with the final soft-cap)."""
@@ -35,6 +36,7 @@ def test_a_head_that_has_not_moved_is_the_zero_shot_classifier():
     np.testing.assert_allclose(head.predict_proba(texts), zero_shot.predict_proba(texts), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_head_learns_and_keeps_its_history(trained):
     clf, texts, labels = trained
     history = clf.history

@@ -97,6 +97,7 @@ def checkpoints(tmp_path_factory) -> dict[str, tuple[Path, np.ndarray]]:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.slow
 def test_logits_match_transformers(checkpoints, family):
     directory, theirs = checkpoints[family]
     _assert_close(_ours(directory), theirs)
@@ -223,6 +224,7 @@ def trained(checkpoints, tmp_path_factory):
     return clf, clf.save(tmp_path_factory.mktemp("hf_trained") / "classifier")
 
 
+@pytest.mark.slow
 def test_export_hf_loads_in_transformers_with_our_logits(trained, tmp_path):
     clf, saved = trained
     out = export(saved, tmp_path / "hf", format="hf")
@@ -242,6 +244,7 @@ def test_export_hf_loads_in_transformers_with_our_logits(trained, tmp_path):
     assert again.class_names == clf.class_names
 
 
+@pytest.mark.slow
 def test_export_hf_in_bfloat16_halves_the_file(trained, tmp_path):
     _, saved = trained
     full = export(saved, tmp_path / "fp32", format="hf")

@@ -119,6 +119,7 @@ def test_offline_uses_an_already_cached_versioned_preset(tmp_path, monkeypatch):
     assert download_preset(f"kaggle://{handle}", cache_dir=tmp_path) == cached
 
 
+@pytest.mark.slow
 def test_a_hanging_kagglehub_is_cut_off(monkeypatch):
     import kagglehub
 

@@ -99,6 +99,7 @@ def _expected_shapes(cfg) -> dict[str, tuple[int, ...]]:
 
 
 @pytest.mark.parametrize("kind", kf.KINDS)
+@pytest.mark.slow
 def test_config_matches_the_tiny_named_architecture(presets, kind):
     cfg, _, tokenizer = load_keras_preset(presets[kind])
     want = get_config(TINY[kind])
@@ -169,6 +170,7 @@ def test_bfloat16_sharded_preset_is_decoded(tmp_path):
         np.testing.assert_array_equal(params[key], value, err_msg=key)
 
 
+@pytest.mark.slow
 def test_lora_is_merged_into_the_kernel_when_keras_saves(presets, tmp_path):
     """Keras writes `kernel + A @ B` to model.weights.h5, never the adapters themselves."""
     backbone = kf.load_backbone(presets["gemma"])
@@ -234,6 +236,7 @@ def test_missing_tensor_is_named(presets, tmp_path):
     assert "layers.2.attn.k_norm.scale" in msg and "missing" in msg
 
 
+@pytest.mark.slow
 def test_non_gemma_backbone(bert_preset):
     with pytest.raises(WeightImportError, match=r"config\.json.*'BertBackbone' is not a Gemma backbone"):
         load_keras_preset(bert_preset)

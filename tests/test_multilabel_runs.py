@@ -88,6 +88,7 @@ def test_task_and_data_must_agree():
 
 
 @needs_ethos
+@pytest.mark.slow
 def test_a_category_with_no_training_row_is_refused_before_any_file(tmp_path):
     r = train_cli(CONFIG, *TINY, f"output_dir={tmp_path}", "data.train_size=4", "classifier.categories=[disability]")
     assert r.returncode != 0
@@ -96,6 +97,7 @@ def test_a_category_with_no_training_row_is_refused_before_any_file(tmp_path):
 
 
 @needs_ethos
+@pytest.mark.slow
 def test_a_multilabel_run_from_yaml_trains_saves_predicts_and_exports(tmp_path):
     out = tmp_path / "runs"
     r = train_cli(CONFIG, *TINY, f"output_dir={out}", "data.train_size=48", "data.validation_size=48",

@@ -50,6 +50,7 @@ def _assert_close(ours: np.ndarray, theirs: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("kind", kf.KINDS)
+@pytest.mark.slow
 def test_logits_match_keras_hub(presets, kind):
     theirs = kf.keras_logits(presets[kind], TOKENS, MASK)
     ours = _ours(presets[kind])
@@ -59,6 +60,7 @@ def test_logits_match_keras_hub(presets, kind):
 
 
 @pytest.mark.parametrize("kind", kf.KINDS)
+@pytest.mark.slow
 def test_logits_match_keras_hub_with_lora(presets, kind):
     targets = ("q", "k", "v", "o", "gate", "up", "down")
     backbone = kf.load_backbone(presets[kind])

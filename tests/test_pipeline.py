@@ -33,12 +33,14 @@ def test_every_row_appears_once_per_epoch_with_its_label_and_tokens():
     assert sorted(seen) == list(range(len(IDS)))
 
 
+@pytest.mark.slow
 def test_same_seed_same_order_new_epoch_new_order():
     order = lambda bs: np.concatenate([b.index for b in bs])  # noqa: E731
     assert (order(_epoch()) == order(_epoch())).all()
     assert not (order(_epoch()) == order(_epoch(epoch=1))).all()
 
 
+@pytest.mark.slow
 def test_hosts_get_disjoint_slices_of_the_same_global_batches():
     full = _epoch()
     hosts = [_epoch(process_index=p, process_count=2) for p in range(2)]
@@ -47,6 +49,7 @@ def test_hosts_get_disjoint_slices_of_the_same_global_batches():
         assert (np.concatenate([h0.index, h1.index]) == g.index).all()
 
 
+@pytest.mark.slow
 def test_resume_by_skipping_batches_replays_the_rest_exactly():
     full = _epoch(epoch=2)
     rest = _epoch(epoch=2, skip_batches=3)

@@ -15,6 +15,7 @@ from conftest import ROOT, subprocess_env
 from toolkit.plan import plan
 
 
+@pytest.mark.slow
 def test_each_part_is_what_the_model_and_its_optimizer_hold():
     from toolkit.config import TrainConfig
     from toolkit.models.configs import get_config
@@ -41,6 +42,7 @@ def test_each_part_is_what_the_model_and_its_optimizer_hold():
     assert int4["frozen"] <= 0.6 * lora["frozen"] and int4["trainable"] == lora["trainable"]
 
 
+@pytest.mark.slow
 def test_full_trains_everything_and_head_compiles_only_the_forward():
     full = plan("tiny_gemma3", mode="full", batch=4, length=32, compile=False)
     assert full["frozen"] == 0 and full["trainable"] > 0 and full["optimizer"] >= 2 * full["trainable"]

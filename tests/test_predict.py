@@ -43,6 +43,7 @@ def _leftovers(directory: Path, output: Path) -> list[str]:
 
 @pytest.mark.parametrize("src_name, dst_name", [("in.csv", "out.csv"), ("in.jsonl", "out.parquet"),
                                                 ("in.parquet", "out.jsonl"), ("in.tsv", "out.tsv")])
+@pytest.mark.slow
 def test_every_format_keeps_the_input_columns_and_adds_the_scores(clf, tmp_path, src_name, dst_name):
     df = _frame(10)
     src, dst = tmp_path / src_name, tmp_path / dst_name
@@ -61,6 +62,7 @@ def test_every_format_keeps_the_input_columns_and_adds_the_scores(clf, tmp_path,
     assert _leftovers(tmp_path, dst) == [dst.name]  # no parts folder left
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_bytes_and_no_partial_output_ever_exists(tmp_path):
     src = tmp_path / "in.csv"
     _frame(1200).to_csv(src, index=False)

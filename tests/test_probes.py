@@ -128,6 +128,7 @@ CLI_PROBES = [
 
 
 @pytest.mark.parametrize("overrides, message", [p[1:] for p in CLI_PROBES], ids=[p[0] for p in CLI_PROBES])
+@pytest.mark.slow
 def test_cli_mistake_is_one_line_exit_2_and_leaves_the_disk_unchanged(setup, overrides, message):
     write(setup, "badlabel.csv", "text,label\nfine text,no\nother text,maybe\nmore text,yes\n" * 1
           + "".join(f"row {i},{'no' if i % 2 else 'yes'}\n" for i in range(20)))
@@ -146,6 +147,7 @@ def test_cli_mistake_is_one_line_exit_2_and_leaves_the_disk_unchanged(setup, ove
     assert snapshot(setup) == before  # no stub run dir, no lock, no temp file; `done` byte-identical
 
 
+@pytest.mark.slow
 def test_a_failed_rerun_leaves_a_finished_run_byte_identical(setup):
     done = setup / "runs" / "done"
     before = snapshot(done)
@@ -159,6 +161,7 @@ def test_a_failed_rerun_leaves_a_finished_run_byte_identical(setup):
     assert sorted(p.name for p in (setup / "runs").iterdir()) == ["done"]  # nothing beside it either
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_a_run_and_leaves_no_copy(setup):
     code, err = run_train(setup / "cfg.yaml", "name=replaced")
     assert code == 0, err
@@ -171,6 +174,7 @@ def test_overwrite_replaces_a_run_and_leaves_no_copy(setup):
     assert not [p.name for p in (setup / "runs").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_two_writers_into_one_run_dir_one_runs_the_other_gets_the_lock_error(setup):
     cmd = [sys.executable, str(ROOT / "launch/train.py"), "--config", str(setup / "cfg.yaml"), "--quiet",
            "name=race"]

@@ -43,6 +43,7 @@ def test_quantize_keeps_every_weight_within_half_a_step_and_int4_packs_two_per_b
 
 @pytest.mark.parametrize("name", ["tiny_gemma", "tiny_gemma2", "tiny_gemma3"])
 @pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.slow
 def test_a_quantized_model_computes_with_its_dequantized_weights_in_a_fraction_of_the_bytes(name, mode):
     lora = LoRAConfig(rank=2, targets=("q", "v", "down"))
     cfg = get_config(name, param_dtype="float32")

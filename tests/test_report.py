@@ -47,6 +47,7 @@ def _browser(html: Path, tmp: Path) -> tuple[dict[str, str], Path]:
     return dict(re.findall(r'([\w-]+)="([^"]*)"', body.group(1))), shot
 
 
+@pytest.mark.slow
 def test_quickstart_report_renders_in_headless_chromium(tmp_path):
     sweep = tmp_path / "quickstart"
     shutil.copytree(QUICKSTART, sweep)
@@ -112,6 +113,7 @@ def test_report_compares_two_model_sizes_from_a_real_sweep(ci_sweep, tmp_path):
     assert len(panels) == 9 and report.blocks[-1].runsets[0].filters == f"Metric('Group') == '{ci_sweep.name}'"
 
 
+@pytest.mark.slow
 def test_report_errors_name_the_problem_and_leave_no_half_written_report(tmp_path):
     run = tmp_path / "a_run"
     run.mkdir()

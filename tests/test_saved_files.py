@@ -18,6 +18,7 @@ from toolkit.saved_files import SavedFileError
 V1 = Path(__file__).parent / "data" / "saved_classifier_v1"
 
 
+@pytest.mark.slow
 def test_a_classifier_saved_by_an_earlier_version_loads_and_scores_the_same():
     expected = json.loads((V1 / "expected.json").read_text())
     clf = AgileClassifier.load(V1 / "classifier", progress=False)

@@ -70,9 +70,8 @@ def _close(a, b, rel=1e-5):
     np.testing.assert_allclose(a, b, rtol=0, atol=rel * scale)
 
 
-# One family in the quick lane (`-m "not slow"`), all three in the full suite.
-@pytest.mark.parametrize("name", ["tiny_gemma", pytest.param("tiny_gemma2", marks=pytest.mark.slow),
-                                  pytest.param("tiny_gemma3", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tiny_gemma", "tiny_gemma2", "tiny_gemma3"])
 def test_scanned_equals_unrolled_logits_loss_and_lora_gradients(name):
     scanned, unrolled = _pair(name)
     assert "layers.attn.q_proj.kernel" in {".".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(scanned))}
@@ -106,7 +105,8 @@ def _packed_from(batch, width):
     return {k: jnp.asarray(v) for k, v in b.device_dict().items()}, b.index
 
 
-@pytest.mark.parametrize("name", [pytest.param("tiny_gemma2", marks=pytest.mark.slow), "tiny_gemma3"])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tiny_gemma2", "tiny_gemma3"])
 def test_packed_batches_equal_unpacked_loss_gradients_and_scores(name):
     model, _ = _pair(name)
     b = _batch(n=6, t=9, seed=1)
@@ -182,6 +182,7 @@ def test_packed_epochs_split_rows_between_hosts_and_resume_by_skipping():
     np.testing.assert_array_equal(resumed[0].index, whole[2].index)
 
 
+@pytest.mark.slow
 def test_one_compiled_train_step_serves_every_prompt_and_label_set():
     parts = split_model(Gemma(get_config("tiny_gemma3", **FP32), lora=LORA, rngs=nnx.Rngs(0)))
     tx = optax.sgd(0.1)

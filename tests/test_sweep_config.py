@@ -91,6 +91,7 @@ def test_bad_sweep_sections_are_named(tmp_path, sweep, message):
     assert message in str(e.value)
 
 
+@pytest.mark.slow
 def test_tune_search_space_and_asha_horizon():
     from ray import tune
 
@@ -104,6 +105,7 @@ def test_tune_search_space_and_asha_horizon():
     assert max_epochs(cfg) == 5
 
 
+@pytest.mark.slow
 def test_the_driver_side_never_imports_jax():
     code = ("import sys; sys.path.insert(0, %r)\n"
             "from toolkit.sweep.config import load_sweep\n"

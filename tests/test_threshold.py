@@ -70,6 +70,7 @@ def test_an_unreachable_precision_and_a_one_class_set_are_named():
         choose_threshold(np.ones(4), s, metric="f1")
 
 
+@pytest.mark.slow
 def test_predict_evaluate_save_and_load_use_the_tuned_threshold(tmp_path):
     clf = AgileClassifier.load(SAVED, progress=False)
     texts = ["win a free prize", "lunch at noon", "click here now", "the report is fine", "free money",

@@ -227,6 +227,7 @@ def test_user_text_never_produces_a_control_id(gemma):
     assert gemma.encode("a <eos> b") == gemma.encode("a ") + [1] + gemma.encode(" b")  # the template path still parses
 
 
+@pytest.mark.slow
 def test_user_text_ids_equal_keras_hubs_gemma3_tokenizer(gemma):
     """The exported preset's tokenizer reads user text the same way, so its class scores match ours."""
     import keras_hub

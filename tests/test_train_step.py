@@ -40,6 +40,7 @@ def _batch(n=6, t=10, seed=0):
             "labels": jnp.asarray(rng.integers(0, 3, size=n), jnp.int32), "weights": jnp.ones(n)}
 
 
+@pytest.mark.slow
 def test_optimizer_state_holds_only_lora_params():
     parts = _parts()
     tx, _ = make_optimizer(TrainConfig(), 10)
@@ -64,6 +65,7 @@ def test_steps_lower_the_loss_and_leave_the_base_untouched():
     assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, np.asarray(b)), frozen_before, parts.frozen))
 
 
+@pytest.mark.slow
 def test_filler_rows_have_no_effect_on_loss():
     parts = _parts()
     model = nnx.merge(parts.eval_graph, parts.lora, parts.frozen, parts.rest)
@@ -73,6 +75,7 @@ def test_filler_rows_have_no_effect_on_loss():
                                rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_lm_loss_is_full_vocabulary_cross_entropy_at_the_label_position():
     parts = _parts()
     model = nnx.merge(parts.eval_graph, parts.lora, parts.frozen, parts.rest)
@@ -86,6 +89,7 @@ def test_lm_loss_is_full_vocabulary_cross_entropy_at_the_label_position():
     assert loss_and_logits(model, b, CLASS_IDS, loss="class")[0] < value  # fewer competitors
 
 
+@pytest.mark.slow
 def test_score_step_is_softmax_of_class_rows_at_the_last_real_token():
     parts = _parts()
     score = make_score_step(parts.eval_graph)
@@ -115,6 +119,7 @@ def test_dropout_is_on_in_training_and_off_when_scoring():
     assert not np.allclose(t1, t2)
 
 
+@pytest.mark.slow
 def test_fit_learns_a_separable_task_and_reports_history():
     parts = _placed(_parts(targets=("q", "v", "o", "up", "down")))
     rng = np.random.default_rng(1)
@@ -128,6 +133,7 @@ def test_fit_learns_a_separable_task_and_reports_history():
     assert (probs.argmax(1) == y).mean() >= 0.9
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message():
     parts = _placed(_parts())
     ids = [[2, 30, 31, 7]] * 8
@@ -138,6 +144,7 @@ def test_nan_loss_stops_with_a_clear_message():
             max_length=8, progress=False)
 
 
+@pytest.mark.slow
 def test_steps_between_log_points_never_read_from_the_device():
     """Metrics stay on device between reads (every `log_every_steps` and at the epoch's
     end), so the host never waits for a step before dispatching the next. The
@@ -168,6 +175,7 @@ def test_steps_between_log_points_never_read_from_the_device():
     assert hist[0]["host_reads"] == -(-steps // 4)  # one per log point (the last at the epoch's end)
 
 
+@pytest.mark.slow
 def test_scoring_and_loss_with_a_shared_head_equal_the_full_prompt():
     parts = _parts()
     head = [2, 30, 31, 32, 33]
@@ -199,6 +207,7 @@ def _run_steps(parts, batch, n=3, accum=1):
     return lora, losses
 
 
+@pytest.mark.slow
 def test_lora_dropout_trains_and_draws_new_masks_each_step():
     parts = _parts(dropout=0.3)
     batch = _batch()
@@ -214,6 +223,7 @@ def test_lora_dropout_trains_and_draws_new_masks_each_step():
     assert np.isfinite(losses).all() and len(set(losses)) == 3
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_large_batch():
     batch = _batch(n=8)
     full, l_full = _run_steps(_parts(), batch, accum=1)
@@ -224,6 +234,7 @@ def test_gradient_accumulation_equals_one_large_batch():
 
 
 @pytest.mark.parametrize("remat", ["dots", "full"])
+@pytest.mark.slow
 def test_remat_changes_memory_not_results(remat):
     batch = _batch()
     ref, l_ref = _run_steps(_parts(dropout=0.2), batch)
@@ -236,6 +247,7 @@ def test_remat_changes_memory_not_results(remat):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_shared_head_gets_one_lora_dropout_mask_per_batch_and_rows_their_own(monkeypatch):
     """LoRAConfig's documented trade-off: the instruction head runs once per batch, so its
     adapters' inputs get one dropout mask (shape (1, P, .)), the rows' tokens one each;
