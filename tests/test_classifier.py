@@ -37,6 +37,7 @@ def test_fit_learns_and_records_history(fitted):
     assert (fitted.predict(texts) == np.array(labels)).mean() >= 0.9
 
 
+@pytest.mark.slow
 def test_inputs_may_be_lists_arrays_or_series(fitted):
     texts, _ = _data(6)
     p_list = fitted.predict_proba(texts)
@@ -45,6 +46,7 @@ def test_inputs_may_be_lists_arrays_or_series(fitted):
     assert p_list.shape == (6, 2) and np.allclose(p_list.sum(1), 1, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_evaluate_writes_metrics_plots_and_error_table(fitted, tmp_path):
     texts, labels = _data(10)
     m = fitted.evaluate(texts, labels, out_dir=tmp_path)
@@ -71,6 +73,7 @@ def test_save_and_load_give_the_same_scores(fitted, tmp_path):
     (["ok", "fine"], ["spam"], "2 texts but 1 labels"),
     ([], [], "empty"),
 ])
+@pytest.mark.slow
 def test_bad_training_data_is_named(fitted, texts, labels, message):
     from toolkit.data.sources import DataError
 

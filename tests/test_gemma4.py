@@ -302,7 +302,8 @@ def test_sorted_dispatch_matches_dense_without_a_token_by_expert_tensor():
     assert idx.shape == (t, k) and len(set(np.asarray(idx).ravel())) == e  # every expert used
 
     def run(impl):
-        return jax.value_and_grad(lambda x: jnp.sum(jnp.sin(moe.experts(x, idx, w, gate, up, down, scale, impl))))(x)
+        return jax.jit(jax.value_and_grad(lambda x: jnp.sum(jnp.sin(moe.experts(x, idx, w, gate, up, down, scale,
+                                                                                 impl)))))(x)
 
     (dense, g_dense), (sorted_, g_sorted) = run("dense"), run("sorted")
     np.testing.assert_allclose(sorted_, dense, rtol=1e-5)

@@ -45,6 +45,7 @@ def test_the_head_learns_and_keeps_its_history(trained):
     assert clf.evaluate(texts, labels)["accuracy"] > 0.9  # 3 spam and 3 ham phrasings, seen in training
 
 
+@pytest.mark.slow
 def test_a_saved_head_classifier_scores_the_same_and_cannot_be_merged_for_export(trained, tmp_path):
     clf, texts, _ = trained
     saved = clf.save(tmp_path / "head")

@@ -219,6 +219,7 @@ def test_a_held_lock_names_its_holder_and_a_stale_one_is_taken_over(tmp_path):
         DirLock(target).acquire()
 
 
+@pytest.mark.slow
 def test_export_refuses_a_held_target_and_cleans_a_killed_exports_temp_dir(setup, capsys):
     out = setup / "exports" / "x"
     with DirLock(out):

@@ -87,6 +87,7 @@ def test_scanned_equals_unrolled_logits_loss_and_lora_gradients(name):
             _close(gs[k], gu[k], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_exchange_format_round_trips_through_the_scanned_layout():
     scanned, unrolled = _pair("tiny_gemma3")
     a, b = flat_state(scanned, nnx.Param), flat_state(unrolled, nnx.Param)

@@ -50,6 +50,7 @@ def test_clone_keeps_every_argument_as_given():
     assert ml2.get_params()["lora"] == lora and ml2.max_length == 48 and ml2.category_names == ("a", "b")
 
 
+@pytest.mark.slow
 def test_scoring_before_fit_is_refused_unless_zero_shot_is_asked_for():
     from sklearn.exceptions import NotFittedError
     from sklearn.utils.validation import check_is_fitted
