@@ -31,6 +31,7 @@ import numpy as np
 
 VOCAB_SIZE = 512
 KINDS = ("gemma", "gemma2", "gemma3")
+GEMMA4_GAINS = (0.5, 1.5)  # random norm gains / layer scalars around 1 (`randomize`)
 
 # keras-hub attention/MLP sublayer name -> our projection name (layer-relative).
 KERAS_TO_OURS = {
@@ -175,11 +176,7 @@ def build_causal_lm(kind: str, seed: int = 0):
         backbone = keras_hub.models.Gemma4Backbone(**kwargs)
         pre = keras_hub.models.Gemma4CausalLMPreprocessor(tokenizer=tokenizer, image_converter=None, sequence_length=32)
         lm = keras_hub.models.Gemma4CausalLM(backbone=backbone, preprocessor=pre)
-        randomize(backbone, seed)
-        rng = np.random.default_rng(seed + 100)
-        for v in backbone.weights:  # Gemma 4 stores norm gains and layer scalars as they are: keep them ~1
-            if v.path.endswith("scale") or v.path.endswith("layer_scalar"):
-                v.assign(rng.uniform(0.5, 1.5, size=tuple(v.shape)).astype(np.float32))
+        randomize(backbone, seed, gains=GEMMA4_GAINS)
         return lm
     if kind == "gemma3":
         tokenizer = keras_hub.models.Gemma3Tokenizer(proto=spm_proto())
@@ -203,16 +200,18 @@ def _fan_in(path: str, shape: tuple[int, ...]) -> int:
     return shape[0]
 
 
-def randomize(backbone, seed: int = 0) -> None:
+def randomize(backbone, seed: int = 0, gains: tuple[float, float] = (-0.5, 0.5)) -> None:
     """Give every variable a random value: kernels ~ N(0, 1/fan_in), the
-    embedding ~ N(0, 1/embed) (so scaled inputs are O(1)), norm scales
-    ~ U(-0.5, 0.5) (keras initialises them to 0, i.e. a unit gain)."""
+    embedding ~ N(0, 1/embed) (so scaled inputs are O(1)), norm scales and
+    scalars ~ U(gains): U(-0.5, 0.5) for Gemma 1-3, whose norms store scale - 1
+    (keras initialises them to 0, a unit gain); Gemma 4 stores the gain and its
+    layer scalars as they are, so it takes gains=GEMMA4_GAINS."""
     rng = np.random.default_rng(seed)
     for v in backbone.weights:
         shape = tuple(v.shape)
         path = v.path
         if path.endswith("scale") or not shape:  # norm gains; Gemma 4's scalar layer_scalar
-            val = rng.uniform(-0.5, 0.5, size=shape)
+            val = rng.uniform(*gains, size=shape)
         elif path.endswith("embeddings"):
             val = rng.normal(0.0, shape[1] ** -0.5, size=shape)
         else:

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import keras_fixtures as kf
 from conftest import ROOT, subprocess_env
 from toolkit.models import moe
 from toolkit.models.configs import get_config
@@ -47,23 +48,6 @@ TOKENS = np.array([[2, 17, 250, 33, 48, 99, 7, 301, 12, 5],
 MASK = np.array([[1] * 10, [1] * 7 + [0] * 3], dtype=np.int32)
 
 
-def randomize(backbone, seed: int) -> None:
-    """Every weight random: kernels ~ N(0, 1/fan_in), embeddings ~ N(0, 1/dim), norm gains and
-    layer scalars ~ U(0.5, 1.5) (Gemma 4 stores the gain itself; keras initialises it to 1)."""
-    rng = np.random.default_rng(seed)
-    for v in backbone.weights:
-        shape, path = tuple(v.shape), v.path
-        if path.endswith("scale") or path.endswith("layer_scalar"):
-            val = rng.uniform(0.5, 1.5, size=shape)
-        elif path.endswith("embeddings"):
-            val = rng.normal(0.0, shape[1] ** -0.5, size=shape)
-        else:
-            fan_in = shape[0] * shape[1] if path.endswith("attention_output/kernel") else (
-                shape[1] if len(shape) == 3 else shape[0])
-            val = rng.normal(0.0, fan_in ** -0.5, size=shape)
-        v.assign(val.astype(np.float32))
-
-
 def keras_logits(backbone, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
     positions = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), tokens.shape)
     x = backbone({"token_ids": tokens.astype(np.int32), "padding_mask": mask.astype(np.int32),
@@ -82,7 +66,7 @@ def random_backbone(flavour: str):
     import keras_hub
 
     backbone = keras_hub.models.Gemma4Backbone(**backbone_kwargs(FLAVOURS[flavour]), dtype="float32")
-    randomize(backbone, seed=sorted(FLAVOURS).index(flavour))
+    kf.randomize(backbone, seed=sorted(FLAVOURS).index(flavour), gains=kf.GEMMA4_GAINS)
     return backbone
 
 

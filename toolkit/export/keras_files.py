@@ -87,12 +87,11 @@ def lora_layer_indices(config: ModelConfig, targets: tuple[str, ...]) -> dict[st
     keras_hub = import_quietly("keras_hub")
 
     spec = backbone_spec(config)
+    c = dict(spec["config"], vocabulary_size=8, hidden_dim=8, intermediate_dim=8, head_dim=2)
     if config.family == "gemma4":
-        from toolkit.weights.keras_gemma4 import skeleton_kwargs
+        from toolkit.weights.keras_gemma4 import skeleton_widths
 
-        c = skeleton_kwargs(config)
-    else:
-        c = dict(spec["config"], vocabulary_size=8, hidden_dim=8, intermediate_dim=8, head_dim=2)
+        c.update(skeleton_widths(config))
     backbone = getattr(keras_hub.models, spec["class_name"])(**c, dtype="float32")
     names = [KERAS_LAYER_NAMES[t] for t in targets]
     backbone.enable_lora(1, target_layer_names=names)

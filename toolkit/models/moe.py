@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from toolkit.models.configs import MOE_DISPATCH, ModelConfig
+from toolkit.models.gemma import _param
 
 Array = jax.Array
 
@@ -48,8 +49,7 @@ def _rms(x: Array, eps: float) -> Array:
 
 def _weight(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int, axes: tuple[str | None, ...],
             dtype: jnp.dtype) -> nnx.Param:
-    value = jax.random.normal(rngs.params(), shape, jnp.float32) * fan_in**-0.5
-    return nnx.Param(value.astype(dtype), sharding_names=axes, eager_sharding=False)
+    return _param((jax.random.normal(rngs.params(), shape, jnp.float32) * fan_in**-0.5).astype(dtype), axes)
 
 
 def route(x: Array, per_dim_scale: Array, proj: Array, k: int, eps: float) -> tuple[Array, Array]:
@@ -104,12 +104,12 @@ class MoE(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         e, d, f = cfg.num_experts, cfg.embed_dim, cfg.expert_mlp_dim
         dt = jnp.dtype(cfg.param_dtype)
-        self.router_scale = nnx.Param(jnp.ones((d,), dt), sharding_names=("embed",), eager_sharding=False)
+        self.router_scale = _param(jnp.ones((d,), dt), ("embed",))
         self.router_proj = _weight(rngs, (d, e), d, ("embed", "expert"), dt)
         self.gate_proj = _weight(rngs, (e, d, f), d, ("expert", "embed", "mlp"), dt)
         self.up_proj = _weight(rngs, (e, d, f), d, ("expert", "embed", "mlp"), dt)
         self.down_proj = _weight(rngs, (e, f, d), f, ("expert", "mlp", "embed"), dt)
-        self.per_expert_scale = nnx.Param(jnp.ones((e,), dt), sharding_names=("expert",), eager_sharding=False)
+        self.per_expert_scale = _param(jnp.ones((e,), dt), ("expert",))
         self.k, self.eps, self.impl = cfg.experts_per_token, cfg.norm_eps, cfg.moe_dispatch
         self.dtype = jnp.dtype(cfg.dtype)
 

@@ -167,10 +167,11 @@ def backbone_kwargs(config: ModelConfig) -> dict[str, Any]:
     )
 
 
-def skeleton_kwargs(config: ModelConfig) -> dict[str, Any]:
-    """`backbone_kwargs` with every width tiny: the same layers in the same order (what
-    keras-hub's LoRA file indexes by) without allocating a full-size model."""
-    c = dict(backbone_kwargs(config), vocabulary_size=8, hidden_dim=8, intermediate_dim=8, head_dim=2)
+def skeleton_widths(config: ModelConfig) -> dict[str, Any]:
+    """Tiny values for Gemma 4's own widths, on top of the ones every family's skeleton
+    shrinks (`toolkit.export.keras_files.lora_layer_indices`): the same layers in the same
+    order (what keras-hub's LoRA file indexes by) without allocating a full-size model."""
+    c: dict[str, Any] = {}
     if config.global_head_dim:
         c["global_head_dim"] = 2
     if config.per_layer_input_dim:
