@@ -22,7 +22,6 @@ Prints one JSON object (and writes it atomically to `--out`):
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import sys
 import time
@@ -32,6 +31,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from toolkit.xla_env import force_host_devices  # noqa: E402  (no JAX import)
 
 RESULT = ROOT / "bench" / "results" / "sharded_load.json"
 
@@ -120,7 +121,7 @@ def main() -> None:
     ap.add_argument("--base-quant", default="none", choices=QUANT_MODES, help="the frozen base's storage")
     ap.add_argument("--out", default=str(RESULT), help="where the JSON goes ('-' = stdout only)")
     args = ap.parse_args()
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"  # before JAX starts
+    force_host_devices(args.devices)  # before JAX starts
     result = {"benchmark": "sharded_load", "load": load(args), "abstract": abstract(args)}
     from bench.emit import emit
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -28,11 +27,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from toolkit.xla_env import force_host_devices  # noqa: E402  (no JAX import)
+
 
 def worker(args: argparse.Namespace) -> dict:
     devices, mesh_spec = args.worker.split(":")
     if int(devices) > 1:
-        os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        force_host_devices(int(devices))
     sys.path.insert(0, str(ROOT))
     import jax
     import jax.numpy as jnp

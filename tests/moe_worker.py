@@ -18,9 +18,11 @@ from pathlib import Path
 def main() -> int:
     dispatch = sys.argv[1] if len(sys.argv) > 1 else "dense"
     name = sys.argv[2] if len(sys.argv) > 2 else "tiny_gemma4_moe"
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from toolkit.xla_env import force_host_devices
+
+    force_host_devices(8)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
     import jax
     import jax.numpy as jnp

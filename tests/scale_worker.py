@@ -28,9 +28,11 @@ def main() -> int:
     p.add_argument("--num-processes", type=int, default=None)
     p.add_argument("--coordinator", default=None)
     args = p.parse_args()
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from toolkit.xla_env import force_host_devices
+
+    force_host_devices(args.devices)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
     from toolkit.config import DistributedSection, MeshConfig, TrainConfig
     from toolkit.train.distributed import initialize

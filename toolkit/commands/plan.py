@@ -16,11 +16,11 @@ import argparse
 import itertools
 import json
 import math
-import os
 
 from toolkit import cli
 from toolkit.models.quant import MODES as QUANT_MODES
 from toolkit.plan import MODES  # no JAX at import: XLA_FLAGS are set below, before it starts
+from toolkit.xla_env import force_host_devices
 
 
 def _mesh(text: str) -> tuple[int, int, int]:
@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     need = max(math.prod(m) for m in args.mesh)
     if "jax" not in __import__("sys").modules:  # fake CPU devices for the mesh, before JAX starts
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   f" --xla_force_host_platform_device_count={need}").strip()
+        force_host_devices(need)
     from toolkit.config import ConfigError
     from toolkit.models.configs import named_configs
     from toolkit.plan import describe, plan
