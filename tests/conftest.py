@@ -45,8 +45,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # unrolled test takes 63 s of CPU instead of 125 s. Matmuls and convolutions call the same
 # precompiled kernels either way; only the fused elementwise code is less optimised.
 # Inherited by every subprocess and Ray worker (`subprocess_env`); never set for users.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
-if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+# AGILE_TOOLKIT_TEST_XLA_FLAGS replaces it (empty: XLA's defaults).
+TEST_XLA_FLAGS = os.environ.get("AGILE_TOOLKIT_TEST_XLA_FLAGS", "--xla_backend_optimization_level=0")
+if TEST_XLA_FLAGS and TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
 import keras_fixtures as kf  # noqa: E402

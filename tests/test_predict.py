@@ -112,7 +112,7 @@ def _bad(tmp_path: Path, name: str, content: bytes) -> Path:
     ("a column predict writes", lambda d: _bad(d, "in.csv", b"text,predicted\nfine,x\n"), [],
      r"in.csv: column 'predicted' is one that predict writes"),
     ("not a classifier", lambda d: _bad(d, "in.csv", b"text\nfine\n"), ["--classifier", "{tmp}"],
-     r"is not an agile-toolkit checkpoint"),
+     r"^error: --classifier \S+ is not an agile-toolkit checkpoint"),
     ("another kind", lambda d: _bad(d, "in.csv", b"text\nfine\n"), ["--classifier", "{tmp}/kind"],
      r"kind 'regression' is not one of"),
     ("weights missing", lambda d: _bad(d, "in.csv", b"text\nfine\n"), ["--classifier", "{tmp}/nobase"],

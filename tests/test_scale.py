@@ -66,7 +66,7 @@ def test_meshes_really_shard_the_frozen_weights(eight_devices):
 def test_two_processes_of_four_devices_train_like_one_device(eight_devices, tmp_path):
     out = tmp_path / "mp.npz"
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, str(WORKER), "--devices", "4", "--meshes", "2x2x2,8x1x1",
+    procs = [subprocess.Popen([sys.executable, str(WORKER), "--devices", "4", "--meshes", "2x2x2",
                                "--process-id", str(i), "--num-processes", "2",
                                "--coordinator", f"127.0.0.1:{port}", "--out", str(out)],
                               env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -78,8 +78,8 @@ def test_two_processes_of_four_devices_train_like_one_device(eight_devices, tmp_
             p.kill()
     assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
     ref = _results(eight_devices, REF)
-    for mesh in ("2x2x2", "8x1x1"):
-        _assert_same_training(_results(out, mesh), ref, f"2 processes, mesh {mesh}")
+    # 2x2x2 splits every axis, data, fsdp and tensor, across the two processes at once.
+    _assert_same_training(_results(out, "2x2x2"), ref, "2 processes, mesh 2x2x2")
 
 
 def test_gemma_7b_shapes_get_a_valid_sharding_on_16_devices():

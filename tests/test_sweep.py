@@ -1,6 +1,6 @@
 """Sweeps on a real Ray: `ray job submit` to a local head (the suite's shared sweep,
-tests/conftest.py), a 2-process JAX trial, a trial whose worker is killed mid-run and an
-interrupted sweep that resumes (sweeps/ci.yaml: random tiny Gemmas)."""
+tests/conftest.py), a 2-process multilabel JAX trial, a trial whose worker is killed mid-run
+and an interrupted sweep that resumes (sweeps/ci.yaml: random tiny Gemmas)."""
 
 from __future__ import annotations
 
@@ -70,14 +70,24 @@ def test_the_sweep_writes_its_table_and_plot_and_one_wandb_run_per_trial(ci_swee
         assert s["test/f1"] == pytest.approx(t["test_f1"])
 
 
-def test_a_trial_runs_as_a_two_process_jax_job(tmp_path):
-    out = tmp_path / "runs"
-    r = subprocess.run(_sweep(out, "sweep.resources.num_workers=2", "sweep.space={}", "--num-cpus", "3"),
-                       capture_output=True, text=True, timeout=900, env=subprocess_env(), cwd=tmp_path)
+@pytest.fixture(scope="module")
+def two_process_multilabel(tmp_path_factory) -> dict:
+    """One single-trial sweep that is both a 2-process JAX job and a multilabel task (one
+    question per category): two behaviours that need a trial of their own, in one trial."""
+    tmp = tmp_path_factory.mktemp("two_process_multilabel")
+    out = tmp / "runs"
+    r = subprocess.run(_sweep(out, "sweep.resources.num_workers=2", "sweep.space={}", "--num-cpus", "3",
+                              "data.source=ethos_multilabel", "classifier.task=multilabel",
+                              "classifier.categories=[violence, race, religion]", "data.label_names=null"),
+                       capture_output=True, text=True, timeout=900, env=subprocess_env(), cwd=tmp)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
     summary = _results(out)
     _check_finished_trials(summary, 1)
-    run_dir = Path(summary["trials"][0]["run_dir"])
+    return summary
+
+
+def test_a_trial_runs_as_a_two_process_jax_job(two_process_multilabel):
+    run_dir = Path(two_process_multilabel["trials"][0]["run_dir"])
     assert json.loads((run_dir / "metrics.json").read_text())["num_processes"] == 2
     logs = [json.loads(p.read_text()) for p in (run_dir / "inputs").glob("rank-*.json")]
     assert sorted(log["rank"] for log in logs) == [0, 1]
@@ -89,6 +99,15 @@ def test_a_trial_runs_as_a_two_process_jax_job(tmp_path):
     # together about one global batch: a packed step fills a fixed token budget
     # (batch_size 8 x the mean length + 10%), so it holds 8 examples give or take a few
     assert 4 <= len(a["rows"]) + len(b["rows"]) <= 12
+
+
+def test_a_multilabel_sweep_ranks_trials_by_macro_roc_auc(two_process_multilabel):
+    summary = two_process_multilabel
+    (trial,) = summary["trials"]
+    assert summary["best_trial"] == trial["trial"]
+    metrics = json.loads((Path(trial["run_dir"]) / "metrics.json").read_text())
+    assert list(metrics["per_category"]) == ["violence", "race", "religion"]
+    assert trial["test_roc_auc"] == pytest.approx(metrics["roc_auc_macro"])
 
 
 def _kill_a_worker_mid_run(sweep_dir: Path, done: threading.Event, killed: list) -> None:
@@ -113,13 +132,14 @@ def _kill_a_worker_mid_run(sweep_dir: Path, done: threading.Event, killed: list)
 def test_a_killed_worker_resumes_from_its_checkpoint_and_the_sweep_completes(tmp_path):
     out = tmp_path / "runs"
     done, killed = threading.Event(), []
-    # 600 rows, batch 1: many steps per epoch; killed during epoch 3 of 4.
+    # 200 rows, batch 1: 200 steps per epoch, seconds each, against a 50 ms watcher poll;
+    # killed during epoch 3 of 4.
     watcher = threading.Thread(target=_kill_a_worker_mid_run, args=(out / "ci_sweep", done, killed), daemon=True)
     watcher.start()
     try:
         # One trial (an empty space): the kill and the restart are the point, not the grid.
         r = subprocess.run(_sweep(out, "train.epochs=4", "sweep.space={}", "sweep.scheduler.name=fifo",
-                                  "data.train_size=600", "train.batch_size=1", "train.log_every_steps=100",
+                                  "data.train_size=200", "train.batch_size=1", "train.log_every_steps=100",
                                   "--num-cpus", "2"),
                            capture_output=True, text=True, timeout=900, env=subprocess_env(), cwd=tmp_path)
     finally:
@@ -177,19 +197,3 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path):
     assert len(summary["trials"]) == 2 and all(t["status"] == "finished" for t in summary["trials"])
     assert metrics_path.stat().st_mtime_ns == first_mtime  # the finished trial was not rerun
     assert len(list((out / "ci_sweep" / "trials" / first / "inputs").glob("rank-0-*.json"))) == 1
-
-
-def test_a_multilabel_sweep_ranks_trials_by_macro_roc_auc(tmp_path):
-    out = tmp_path / "runs"
-    r = subprocess.run(_sweep(out, "data.source=ethos_multilabel", "classifier.task=multilabel",
-                              "classifier.categories=[violence, race, religion]", "data.label_names=null",
-                              "sweep.space={}"),
-                       capture_output=True, text=True, timeout=900, env=subprocess_env(), cwd=tmp_path)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
-    summary = _results(out)
-    _check_finished_trials(summary, 1)
-    (trial,) = summary["trials"]
-    assert summary["best_trial"] == trial["trial"]
-    metrics = json.loads((Path(trial["run_dir"]) / "metrics.json").read_text())
-    assert list(metrics["per_category"]) == ["violence", "race", "religion"]
-    assert trial["test_roc_auc"] == pytest.approx(metrics["roc_auc_macro"])

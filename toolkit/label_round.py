@@ -50,7 +50,7 @@ def _classifier(classifier: Any, config: str | None, overrides: Sequence[str]) -
             return classifier  # already in memory
         from toolkit.export.source import load_classifier
 
-        return load_classifier(classifier, progress=False)[0]
+        return load_classifier(classifier, progress=False, flag="--classifier")[0]
     from toolkit.classifier import AgileClassifier
     from toolkit.config import load_config
 

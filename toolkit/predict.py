@@ -247,7 +247,7 @@ def predict_file(classifier: Any, input: str | Path, output: str | Path, *, text
     if isinstance(classifier, (str, Path)):
         from toolkit.export.source import load_classifier
 
-        classifier, _ = load_classifier(classifier, progress=False)
+        classifier, _ = load_classifier(classifier, progress=False, flag="--classifier")
     _check_no_clash(classifier, next(_chunks(src, in_fmt, text_column, 1, delimiter)).columns, src)
     was, classifier.progress = classifier.progress, False  # one bar: predict's own, over rows
     work.mkdir(parents=True, exist_ok=True)

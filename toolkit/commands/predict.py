@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from toolkit.export.source import load_classifier
     from toolkit.predict import predict_file
 
-    clf, where = load_classifier(args.classifier, progress=False)
+    clf, where = load_classifier(args.classifier, progress=False, flag="--classifier")
     stats = predict_file(clf, args.input, args.output, text_column=args.text_column, chunk_rows=args.chunk_rows,
                          resume=args.resume, overwrite=args.overwrite, delimiter=args.delimiter,
                          progress=not args.quiet)

@@ -37,13 +37,15 @@ def orbax_dir(path: Path) -> Path | None:
     return None
 
 
-def load_classifier(path: str | Path, *, progress: bool = True) -> tuple[Any, str]:
-    """(classifier, where it came from) for any of the directory kinds above."""
+def load_classifier(path: str | Path, *, progress: bool = True, flag: str = "--checkpoint") -> tuple[Any, str]:
+    """(classifier, where it came from) for any of the directory kinds above. `flag` is the
+    option the path came from, named in the errors (`agile-export --checkpoint`,
+    `agile-predict --classifier`)."""
     from toolkit.classifier import AgileClassifier
 
     root = location(path)  # a local folder, or an object-store URI (gs://...)
     if not root.is_dir():
-        raise ExportError(f"--checkpoint {root}: no such directory; expected {describe_kinds()}")
+        raise ExportError(f"{flag} {root}: no such directory; expected {describe_kinds()}")
     found = classifier_dir(root)
     if found is not None:
         try:
@@ -54,7 +56,7 @@ def load_classifier(path: str | Path, *, progress: bool = True) -> tuple[Any, st
     if ckpt is not None:
         return from_orbax(ckpt, progress=progress)
     listing = sorted(p.name for p in root.iterdir())[:8]
-    raise ExportError(f"--checkpoint {root} is not an agile-toolkit checkpoint: expected {describe_kinds()}; "
+    raise ExportError(f"{flag} {root} is not an agile-toolkit checkpoint: expected {describe_kinds()}; "
                       f"it holds {listing or 'nothing'}")
 
 
