@@ -23,7 +23,7 @@ import pytest
 from flax import nnx
 
 import keras_fixtures as kf
-from conftest import ROOT, TEST_XLA_FLAGS, subprocess_env
+from conftest import ROOT, subprocess_env
 from toolkit.models import moe
 from toolkit.models.configs import get_config
 from toolkit.models.build import build_model, from_params
@@ -33,11 +33,7 @@ from toolkit.models.lora import LoRAConfig
 from toolkit.train.flops import decoder_params
 from toolkit.weights.keras_gemma4 import backbone_kwargs, config_from_backbone, params_from_backbone
 
-# Issue 21's bar, met under XLA's default compile flags (`AGILE_TOOLKIT_TEST_XLA_FLAGS= pytest
-# tests/test_gemma4.py`). The suite's -O0 build (conftest.TEST_XLA_FLAGS) emits other code for
-# the transcendental functions, and the 2B-like flavour (per-layer inputs, two softcaps) then
-# differs from keras-hub by up to 2.2e-4 (measured): a wrong weight or mask differs by O(1).
-ATOL = 3e-4 if TEST_XLA_FLAGS else 1e-4
+ATOL = 1e-4
 FP32 = dict(param_dtype="float32", dtype="float32")
 # The 31B-like flavour also scales its RoPE (keras-hub's linear scaling), both types.
 FLAVOURS = {

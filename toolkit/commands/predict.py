@@ -30,14 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
 
-    from toolkit.export.source import load_classifier
     from toolkit.predict import predict_file
 
-    clf, where = load_classifier(args.classifier, progress=False, flag="--classifier")
-    stats = predict_file(clf, args.input, args.output, text_column=args.text_column, chunk_rows=args.chunk_rows,
-                         resume=args.resume, overwrite=args.overwrite, delimiter=args.delimiter,
-                         progress=not args.quiet)
-    print(f"scored {stats.rows} rows with {where} -> {stats.output} "
+    # The path, not a loaded classifier: predict_file checks the input file and the output
+    # first, so a bad row fails in a second instead of after loading the model.
+    stats = predict_file(args.classifier, args.input, args.output, text_column=args.text_column,
+                         chunk_rows=args.chunk_rows, resume=args.resume, overwrite=args.overwrite,
+                         delimiter=args.delimiter, progress=not args.quiet)
+    print(f"scored {stats.rows} rows with {args.classifier} -> {stats.output} "
           f"({stats.rows_per_s:.1f} rows/s{f'; {stats.resumed_rows} rows from an earlier run' if stats.resumed_rows else ''})")
     return 0
 
