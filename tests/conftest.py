@@ -44,8 +44,8 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # Measured on a 2-core machine with `--xla_backend_optimization_level=0`: tiny programs
 # compile 2-4x faster (a tiny init 4.6 s -> 1.0 s), the real 270M's elementwise code runs
 # slower (its keras-hub parity test ~25 s -> 69 s), the full suite (two sweeps folded into
-# one) took 39 min 10 s
-# against 39 min 24 s, and Gemma 4's keras-hub parity moved from under 1e-4 to 2.2e-4.
+# one) took 39 min 10 s against 39 min 24 s, and Gemma 4's keras-hub parity moved from
+# under 1e-4 to 2.2e-4.
 TEST_XLA_FLAGS = os.environ.get("AGILE_TOOLKIT_TEST_XLA_FLAGS", "").strip()
 if TEST_XLA_FLAGS and TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
@@ -93,7 +93,9 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     flags, this suite's compile settings, are kept)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     env.pop("RAY_ADDRESS", None)
-    env["XLA_FLAGS"] = with_host_devices(env.get("XLA_FLAGS", ""), None)  # the compile flags stay
+    flags = with_host_devices(env.pop("XLA_FLAGS", ""), None)  # the suite's other flags stay
+    if flags:
+        env["XLA_FLAGS"] = flags
     # Ray runs its workers at nice 15, so beside two busy pytest workers a trial got ~3% of
     # a core and the sweeps, the suite's longest path, crawled: here they compete evenly.
     env["RAY_worker_niceness"] = "0"
