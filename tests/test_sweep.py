@@ -1,6 +1,6 @@
 """Sweeps on a real Ray: `ray job submit` to a local head (the suite's shared sweep,
-tests/conftest.py), a 2-process multilabel JAX trial, a trial whose worker is killed mid-run
-and an interrupted sweep that resumes (sweeps/ci.yaml: random tiny Gemmas)."""
+tests/conftest.py), a 2-process multilabel JAX trial, and one sweep whose first trial's worker
+is killed mid-run and whose driver is interrupted, then resumed (sweeps/ci.yaml: random tiny Gemmas)."""
 
 from __future__ import annotations
 
@@ -129,35 +129,6 @@ def _kill_a_worker_mid_run(sweep_dir: Path, done: threading.Event, killed: list)
         time.sleep(0.05)
 
 
-def test_a_killed_worker_resumes_from_its_checkpoint_and_the_sweep_completes(tmp_path):
-    out = tmp_path / "runs"
-    done, killed = threading.Event(), []
-    # 200 rows, batch 1: 200 steps per epoch, seconds each, against a 50 ms watcher poll;
-    # killed during epoch 3 of 4.
-    watcher = threading.Thread(target=_kill_a_worker_mid_run, args=(out / "ci_sweep", done, killed), daemon=True)
-    watcher.start()
-    try:
-        # One trial (an empty space): the kill and the restart are the point, not the grid.
-        r = subprocess.run(_sweep(out, "train.epochs=4", "sweep.space={}", "sweep.scheduler.name=fifo",
-                                  "data.train_size=200", "train.batch_size=1", "train.log_every_steps=100",
-                                  "--num-cpus", "2"),
-                           capture_output=True, text=True, timeout=900, env=subprocess_env(), cwd=tmp_path)
-    finally:
-        done.set()
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
-    assert killed, "no worker was killed"
-    summary = _results(out)
-    trials = {t["trial"]: t for t in summary["trials"]}
-    assert len(trials) == 1 and all(t["status"] == "finished" for t in trials.values())
-    victim = Path(trials[killed[0]]["run_dir"])
-    history = json.loads((victim / "metrics.json").read_text())["history"]
-    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
-    sessions = sorted(json.loads(p.read_text())["step"] for p in (victim / "inputs").glob("rank-0-*.json"))
-    # Two sessions: the first from step 0, the restarted one from a checkpoint (not from scratch).
-    assert len(sessions) == 2 and sessions[0] == 0 and sessions[1] > 0, sessions
-    assert sessions[1] in {h["step"] for h in history}
-
-
 def _terminated_trial(tune_dir: Path) -> str | None:
     """The directory name of a trial that Tune's newest experiment state marks TERMINATED."""
     states = sorted(tune_dir.glob("experiment_state-*.json"))
@@ -171,29 +142,53 @@ def _terminated_trial(tune_dir: Path) -> str | None:
     return f"trial_{done[0]}" if done else None
 
 
-def test_an_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path):
+def test_a_killed_worker_resumes_from_its_checkpoint_and_an_interrupted_sweep_resumes(tmp_path):
+    """One sweep, two failures: the first trial's worker is SIGKILLed mid-run (Ray Train restarts
+    it from its last checkpoint), then, once that trial is finished, the driver gets Ctrl+C while
+    the second runs; `resume=true` finishes the sweep without rerunning the first trial."""
     out = tmp_path / "runs"
-    args = _sweep(out, "sweep.scheduler.name=fifo", "--num-cpus", "2")
-    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=subprocess_env(),
-                              cwd=tmp_path, start_new_session=True)
-    deadline, first = time.time() + 600, None
-    while time.time() < deadline and first is None and driver.poll() is None:
-        # Interrupt only once Tune's own saved state calls a trial TERMINATED: a trial's last
-        # result (`finished` in its result.json) comes seconds before its function returns,
-        # and a Ctrl+C in between rightly leaves it RUNNING, to be resumed.
-        first = _terminated_trial(out / "ci_sweep" / "tune")
-        time.sleep(0.5)
-    assert first, "no trial finished"
-    driver.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and stops
-    driver.communicate(timeout=300)
-    summary_path = out / "ci_sweep" / "results.json"
-    metrics_path = out / "ci_sweep" / "trials" / first / "metrics.json"
-    first_mtime = metrics_path.stat().st_mtime_ns
+    done, killed = threading.Event(), []
+    # Trial 1: 200 rows at batch 1, 200 steps an epoch against a 50 ms watcher poll, killed
+    # in epoch 3 of 4. Trial 2 (16 rows) is the one the Ctrl+C interrupts.
+    watcher = threading.Thread(target=_kill_a_worker_mid_run, args=(out / "ci_sweep", done, killed), daemon=True)
+    watcher.start()
+    args = _sweep(out, "train.epochs=4", 'sweep.space={"data.train_size": {"grid": [200, 16]}}',
+                  "sweep.scheduler.name=fifo", "train.batch_size=1", "train.log_every_steps=100", "--num-cpus", "2")
+    log = tmp_path / "driver.log"  # a file, not a pipe: a restart's traceback could fill a pipe's buffer
+    with log.open("wb") as sink:
+        driver = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=tmp_path,
+                                  start_new_session=True)
+    try:
+        deadline, first = time.time() + 600, None
+        while time.time() < deadline and first is None and driver.poll() is None:
+            # Interrupt only once Tune's own saved state calls a trial TERMINATED: a trial's last
+            # result (`finished` in its result.json) comes seconds before its function returns,
+            # and a Ctrl+C in between rightly leaves it RUNNING, to be resumed.
+            first = _terminated_trial(out / "ci_sweep" / "tune")
+            time.sleep(0.5)
+        assert first, "no trial finished: " + log.read_text(errors="replace")[-3000:]
+        driver.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and stops
+        driver.wait(timeout=300)
+    finally:
+        done.set()
+        if driver.poll() is None:
+            driver.kill()
+    assert killed == [first], (killed, first)  # the long trial was the one killed, and it finished
+    victim = out / "ci_sweep" / "trials" / first
+    history = json.loads((victim / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    sessions = sorted(json.loads(p.read_text())["step"] for p in (victim / "inputs").glob("rank-0-*.json"))
+    # Two sessions: the first from step 0, the restarted one from a checkpoint (not from scratch).
+    assert len(sessions) == 2 and sessions[0] == 0 and sessions[1] > 0, sessions
+    assert sessions[1] in {h["step"] for h in history}
+
+    first_mtime = (victim / "metrics.json").stat().st_mtime_ns
     r = subprocess.run([*args, "resume=true"], capture_output=True, text=True, timeout=900, env=subprocess_env(),
                        cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
-    summary = json.loads(summary_path.read_text())
+    summary = _results(out)
     assert summary["restored"] is True
     assert len(summary["trials"]) == 2 and all(t["status"] == "finished" for t in summary["trials"])
-    assert metrics_path.stat().st_mtime_ns == first_mtime  # the finished trial was not rerun
-    assert len(list((out / "ci_sweep" / "trials" / first / "inputs").glob("rank-0-*.json"))) == 1
+    assert sorted(t["data.train_size"] for t in summary["trials"]) == [16, 200]
+    assert (victim / "metrics.json").stat().st_mtime_ns == first_mtime  # the finished trial was not rerun
+    assert len(list((victim / "inputs").glob("rank-0-*.json"))) == 2  # ... nor restarted a third time
