@@ -4,7 +4,8 @@ Fixtures: `tiny_tokenizer` and `gemma_tokenizer`, and `ci_sweep`, one real Ray s
 (submitted with `ray job submit` to a local head) that every test reading a finished
 sweep's outputs shares. Plain helpers, imported with `from conftest import ...`: the
 repository paths, the spam/ham toy task, the environment for the CLI subprocesses,
-a free port, the train CLI, and the reader of offline W&B runs.
+a free port, a command run in-process (`run_cli`), the train CLI, and the reader of offline
+W&B runs.
 
 Tests that take minutes on a 2-core CPU are marked `slow`; `pytest -m "not slow"`
 leaves them out.
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import io
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -113,10 +116,39 @@ def no_temp_files(directory: Path) -> bool:
     return not [p for p in Path(directory).iterdir() if p.name.startswith(".")]
 
 
-def train_cli(config: Path, *overrides: str, timeout: float = 600, **kw: Any) -> subprocess.CompletedProcess:
-    """`python launch/train.py --config CONFIG --quiet OVERRIDES...`, output captured."""
-    return subprocess.run([sys.executable, str(ROOT / "launch/train.py"), "--config", str(config), "--quiet",
-                           *overrides], capture_output=True, text=True, timeout=timeout, env=subprocess_env(), **kw)
+def run_cli(main: Any, *argv: str) -> subprocess.CompletedProcess:
+    """A command's `main(argv)` run in this process under `toolkit.cli.run` (the console
+    scripts' error handler: the same `error: ...` line and exit code), stdout and stderr
+    captured, warnings logged to stderr as a console script's would be.
+
+    What a test of a command's behaviour needs, without the ~12 s of imports a fresh process
+    pays on a 2-core machine. Tests of what only a fresh process shows (start-up chatter, a
+    kill, the environment it inherits) start one."""
+    from toolkit import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setLevel(logging.WARNING)
+    logging.getLogger().addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.run(main, list(argv))
+    finally:
+        logging.getLogger().removeHandler(handler)
+    return subprocess.CompletedProcess(list(argv), code, out.getvalue(), err.getvalue())
+
+
+def train_cli(config: Path, *overrides: str, timeout: float = 600, fresh_process: bool = False,
+              **kw: Any) -> subprocess.CompletedProcess:
+    """`python launch/train.py --config CONFIG --quiet OVERRIDES...`, output captured: in this
+    process (`run_cli`) unless `fresh_process`."""
+    argv = ["--config", str(config), "--quiet", *overrides]
+    if not fresh_process:
+        from toolkit.commands.train import main
+
+        return run_cli(main, *argv)
+    return subprocess.run([sys.executable, str(ROOT / "launch/train.py"), *argv], capture_output=True, text=True,
+                          timeout=timeout, env=subprocess_env(), **kw)
 
 
 # ------------------------------------------------------------ offline W&B runs
