@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import keras_fixtures as kf
-from conftest import LABELS, ROOT, VERBALIZERS, no_temp_files, train_cli
+from conftest import LABELS, ROOT, VERBALIZERS, no_temp_files, run_cli, train_cli
 from toolkit.classifier import AgileClassifier
 from toolkit.export import ExportError, export
 
@@ -140,9 +140,10 @@ def test_export_cli_refuses_bad_inputs_and_leaves_nothing_behind(trained, tmp_pa
     if kind != "gemma3":
         pytest.skip("one family is enough for the CLI errors")
 
+    from toolkit.commands.export import main
+
     def cli(*args):
-        return subprocess.run([sys.executable, str(ROOT / "launch/export.py"), *args], capture_output=True,
-                              text=True, timeout=600)
+        return run_cli(main, *args)
 
     # Not our checkpoint: a keras preset is a model, not a trained classifier.
     r = cli("--checkpoint", str(preset), "--out", str(tmp_path / "x"))

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import HAM, ROOT, SPAM, subprocess_env
+from conftest import HAM, ROOT, SPAM, run_cli, subprocess_env
 from toolkit.classifier import AgileClassifier
 from toolkit.predict import predict_file
 
@@ -128,9 +128,9 @@ def test_bad_inputs_are_one_line_and_leave_no_output(tmp_path, case, make, extra
     (tmp_path / "nobase" / "base.npz").unlink()
     args = ["--classifier", str(SAVED)] if not extra else [a.format(tmp=tmp_path) for a in extra]
     out = tmp_path / "out.csv"
-    r = subprocess.run([sys.executable, str(ROOT / "launch" / "predict.py"), *args, "--input", str(src),
-                        "--output", str(out), "--quiet"], capture_output=True, text=True, timeout=300,
-                       env=subprocess_env())
+    from toolkit.commands.predict import main
+
+    r = run_cli(main, *args, "--input", str(src), "--output", str(out), "--quiet")
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
     assert re.search(message, lines[0]), lines[0]

@@ -4,16 +4,16 @@ suggesting a text twice or one already labelled."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import HAM, LABELS, ROOT, SPAM, VERBALIZERS, subprocess_env
+from conftest import HAM, LABELS, SPAM, VERBALIZERS, run_cli, train_cli
 from toolkit.classifier import AgileClassifier
 from toolkit.label_round import label_round
 from toolkit.suggest import SuggestError, uncertainty
@@ -79,8 +79,10 @@ def test_bad_suggest_arguments_are_named(zero_shot, pool, k, words):
 
 
 def _label(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "launch" / "label.py"), *args], capture_output=True, text=True,
-                          timeout=600, env=subprocess_env(), cwd=cwd)
+    from toolkit.commands.label import main
+
+    with contextlib.chdir(cwd):
+        return run_cli(main, *args)
 
 
 CONFIG = """name: loop
@@ -113,8 +115,8 @@ def test_a_round_trip_through_label_and_train(tmp_path):
     grown = pd.concat([pd.read_csv(tmp_path / "labeled.csv"),
                        round0.assign(label=round0["text"].map(labels))[["text", "label"]]])
     grown.to_csv(tmp_path / "labeled.csv", index=False)
-    t = subprocess.run([sys.executable, str(ROOT / "launch" / "train.py"), "--config", "run.yaml"],
-                       capture_output=True, text=True, timeout=600, env=subprocess_env(), cwd=tmp_path)
+    with contextlib.chdir(tmp_path):
+        t = train_cli(Path("run.yaml"))
     assert t.returncode == 0, t.stderr[-3000:]
     # Round 1: the trained classifier; nothing labelled or suggested before comes back.
     r = _label("--classifier", str(tmp_path / "runs" / "loop" / "classifier"), "--pool", "pool.csv",
