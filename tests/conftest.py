@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -90,6 +91,32 @@ def loss_and_logits(model, batch, class_ids, loss: str = "class", head=None):
     return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0), logits.reshape(-1, logits.shape[-1])
 
 
+def jit_model(config: Any, *, lora: Any = None, seed: int = 0) -> Any:
+    """`build_model(config, lora=..., rngs=nnx.Rngs(seed))` initialised by one compiled program.
+
+    Built eagerly, a tiny Gemma compiles one program per initialiser shape (~40, ~15 s of a
+    2-core CPU); a test that needs a model, not its eager construction, builds it here."""
+    import jax
+    from flax import nnx
+
+    from toolkit.models.build import build_model
+
+    return nnx.merge(*jax.jit(lambda: nnx.split(build_model(config, lora=lora, rngs=nnx.Rngs(seed))))())
+
+
+def logits_of(model: Any, tokens: Any) -> Any:
+    """`model(tokens)` as one compiled program: run eagerly, an unrolled Gemma's forward compiles
+    one small program per operation (a 6-layer one: ~200, ~35 s of a 2-core CPU)."""
+    return _jit_logits()(model, tokens)
+
+
+@functools.cache
+def _jit_logits() -> Any:
+    from flax import nnx
+
+    return nnx.jit(lambda model, tokens: model(tokens))
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment for a CLI subprocess: this checkout and tests/ first on PYTHONPATH, no
     Ray cluster address and no forced device count inherited from the caller (its other XLA
@@ -136,6 +163,18 @@ def run_cli(main: Any, *argv: str) -> subprocess.CompletedProcess:
     finally:
         logging.getLogger().removeHandler(handler)
     return subprocess.CompletedProcess(list(argv), code, out.getvalue(), err.getvalue())
+
+
+def run_bench(name: str, *argv: str) -> subprocess.CompletedProcess:
+    """`python bench/NAME.py ARGV...` as `run_cli` runs a command: the script's `main(argv)` in
+    this process. For the benchmarks that measure nothing of their own process (peak RSS, a cold
+    start): those run as scripts."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_script_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return run_cli(module.main, *argv)
 
 
 def train_cli(config: Path, *overrides: str, timeout: float = 600, fresh_process: bool = False,

@@ -1,21 +1,19 @@
 """bench/active_learning.py runs on a tiny random model, so a change to suggest or fit cannot break it silently."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, needs_ethos, subprocess_env
+from conftest import needs_ethos, run_bench
 
 
 @needs_ethos
 @pytest.mark.slow
 def test_active_learning_bench_runs_every_strategy_and_round(tmp_path):
     out = tmp_path / "al.json"
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "active_learning.py"), "--model", "random:tiny_gemma3",
-                        "--start", "8", "--step", "8", "--max", "16", "--seeds", "0", "--epochs", "1", "--pool-size", "120",
-                        "--out", str(out)], capture_output=True, text=True, timeout=900, env=subprocess_env())
+    r = run_bench("active_learning", "--model", "random:tiny_gemma3",
+                  "--start", "8", "--step", "8", "--max", "16", "--seeds", "0", "--epochs", "1", "--pool-size", "120",
+                  "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["pool"] == 120 and res["test_rows"] == 198

@@ -1,12 +1,10 @@
 """bench/multilabel.py runs on a tiny random model, so a change to multi-label runs cannot break it silently."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, needs_ethos, subprocess_env
+from conftest import needs_ethos, run_bench
 from toolkit.data.sources import ETHOS_CATEGORIES
 
 
@@ -14,9 +12,8 @@ from toolkit.data.sources import ETHOS_CATEGORIES
 @pytest.mark.slow
 def test_multilabel_bench_scores_both_models_per_category(tmp_path):
     out = tmp_path / "multilabel.json"
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "multilabel.py"), "--model", "random:tiny_gemma3",
-                        "--train-size", "48", "--epochs", "1", "--out", str(out)],
-                       capture_output=True, text=True, timeout=600, env=subprocess_env())
+    r = run_bench("multilabel", "--model", "random:tiny_gemma3",
+                  "--train-size", "48", "--epochs", "1", "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["train_rows"] == 48 and res["test_rows"] == 198 and res["categories"] == list(ETHOS_CATEGORIES)

@@ -8,7 +8,7 @@ import optax
 import pytest
 from flax import nnx
 
-from conftest import loss_and_logits
+from conftest import jit_model, logits_of, loss_and_logits
 
 from toolkit.config import TrainConfig
 from toolkit.data import packing
@@ -29,7 +29,7 @@ CLASS_IDS = jnp.array([5, 9, 11])
 
 def _pair(name):
     """The same weights (random adapters included) as a scanned and an unrolled model."""
-    scanned = Gemma(get_config(name, **FP32), lora=LORA, rngs=nnx.Rngs(0))
+    scanned = jit_model(get_config(name, **FP32), lora=LORA)
     for path, v in nnx.to_flat_state(nnx.state(scanned, nnx.LoRAParam)):
         if path[-1] == "lora_b":
             v.set_value(jax.random.normal(jax.random.key(3), v.shape) * 0.1)
@@ -76,7 +76,7 @@ def test_scanned_equals_unrolled_logits_loss_and_lora_gradients(name):
     scanned, unrolled = _pair(name)
     assert "layers.attn.q_proj.kernel" in {".".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(scanned))}
     tokens = jnp.array([[3, 4, 5, 6, 7, 8, 9, 10, 11, 12]])
-    _close(scanned(tokens), unrolled(tokens))
+    _close(logits_of(scanned, tokens), logits_of(unrolled, tokens))
     b, head = _batch(), make_head([2, 30, 31, 32])
     for h in (None, head):
         (ls, logits_s, gs), (lu, logits_u, gu) = _run(scanned, b, h), _run(unrolled, b, h)
