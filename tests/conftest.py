@@ -4,8 +4,8 @@ Fixtures: `tiny_tokenizer` and `gemma_tokenizer`, and `ci_sweep`, one real Ray s
 (submitted with `ray job submit` to a local head) that every test reading a finished
 sweep's outputs shares. Plain helpers, imported with `from conftest import ...`: the
 repository paths, the spam/ham toy task, the environment for the CLI subprocesses,
-a free port, a command run in-process (`run_cli`), the train CLI, and the reader of offline
-W&B runs.
+a free port, a command or benchmark run in-process (`run_cli`, `run_bench`), the train CLI,
+a compiled forward (`logits_of`), and the reader of offline W&B runs.
 
 Tests that take minutes on a 2-core CPU are marked `slow`; `pytest -m "not slow"`
 leaves them out.
@@ -89,19 +89,6 @@ def loss_and_logits(model, batch, class_ids, loss: str = "class", head=None):
     ce, logits = row_losses(model, batch, class_ids, loss, head)
     w = as_segments(batch)["weights"].astype(jnp.float32)
     return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0), logits.reshape(-1, logits.shape[-1])
-
-
-def jit_model(config: Any, *, lora: Any = None, seed: int = 0) -> Any:
-    """`build_model(config, lora=..., rngs=nnx.Rngs(seed))` initialised by one compiled program.
-
-    Built eagerly, a tiny Gemma compiles one program per initialiser shape (~40, ~15 s of a
-    2-core CPU); a test that needs a model, not its eager construction, builds it here."""
-    import jax
-    from flax import nnx
-
-    from toolkit.models.build import build_model
-
-    return nnx.merge(*jax.jit(lambda: nnx.split(build_model(config, lora=lora, rngs=nnx.Rngs(seed))))())
 
 
 def logits_of(model: Any, tokens: Any) -> Any:

@@ -8,7 +8,7 @@ import optax
 import pytest
 from flax import nnx
 
-from conftest import jit_model, logits_of, loss_and_logits
+from conftest import logits_of, loss_and_logits
 
 from toolkit.config import TrainConfig
 from toolkit.data import packing
@@ -21,6 +21,7 @@ from toolkit.models.lora import LoRAConfig
 from toolkit.train.loop import fit, place_parts, predict_proba
 from toolkit.train.mesh import make_mesh
 from toolkit.train.step import make_head, make_train_step, split_model
+from toolkit.weights.loader import random_init
 
 FP32 = dict(param_dtype="float32", dtype="float32")
 LORA = LoRAConfig(rank=3, alpha=6.0)
@@ -29,7 +30,7 @@ CLASS_IDS = jnp.array([5, 9, 11])
 
 def _pair(name):
     """The same weights (random adapters included) as a scanned and an unrolled model."""
-    scanned = jit_model(get_config(name, **FP32), lora=LORA)
+    scanned = random_init(get_config(name, **FP32), LORA)  # one compiled init, not one per shape
     for path, v in nnx.to_flat_state(nnx.state(scanned, nnx.LoRAParam)):
         if path[-1] == "lora_b":
             v.set_value(jax.random.normal(jax.random.key(3), v.shape) * 0.1)

@@ -52,8 +52,9 @@ def _random_base(name: str, cache_dir: str | Path | None) -> tuple[Any, Tokenize
     return config.replace(vocab_size=tokenizer.vocab_size), tokenizer
 
 
-def _random_init(config: Any, lora: LoRAConfig | None, seed: int, shardings: Any = None) -> Gemma:
-    """Random weights made where they live: with `shardings`, the frozen base is
+def random_init(config: Any, lora: LoRAConfig | None = None, seed: int = 0, shardings: Any = None) -> Gemma:
+    """Random weights made where they live, by compiled programs (built eagerly, a model
+    compiles one program per initialiser shape): with `shardings`, the frozen base is
     initialised straight into its shards (no device ever holds a whole tensor)."""
     import jax
     from flax import nnx
@@ -124,5 +125,5 @@ def load_pretrained(
             tokenizer = Tokenizer.from_spm(spm)
     config = config.replace(**_run_time(param_dtype, dtype, remat, base_quant))
     if params is None:
-        return _random_init(config, lora, seed, shardings), tokenizer
+        return random_init(config, lora, seed, shardings), tokenizer
     return from_params(config, params, lora=lora, seed=seed, source=source, shardings=shardings), tokenizer
