@@ -64,7 +64,7 @@ def main() -> None:
     clf.fit(train["text"].iloc[:args.train].tolist(), train["label"].iloc[:args.train].to_numpy())
     fit_s = time.perf_counter() - t0
     # Texts whose prompt is not truncated (the keras side tokenises the whole text).
-    texts = [t for t in test["text"].tolist() if not clf.encoder.encode(t)[1]][:args.n]
+    texts = [t for t in test["text"].tolist() if not clf.questions.encoders[0].encode(t)[1]][:args.n]
     ours = clf.predict_proba(texts)
     head, tail = clf.prompt_format.head_and_tail(clf.class_names)
     common = {"head": head, "tail": tail, "texts": texts, "class_words": list(clf.class_names), "task": "Gemma3CausalLM"}
@@ -83,7 +83,7 @@ def main() -> None:
                           "rank": info["rank"], "target_layer_names": info["keras_target_layer_names"]}, tmp)
         sizes = {p.name: round(p.stat().st_size / 1e6, 1) for p in (merged / "model.weights.h5",
                                                                     lora / "adapters.lora.h5")}
-    same_tokens = a["prompt_ids"] == [clf.encoder.encode(t)[0] for t in texts]
+    same_tokens = a["prompt_ids"] == [clf.questions.encoders[0].encode(t)[0] for t in texts]
     result = {
         "benchmark": "export_roundtrip", "model": "gemma3_270m (GGUF, fp32)", "train_rows": args.train,
         "texts": len(texts), "fit_seconds": round(fit_s, 1), "export_seconds": round(export_s, 1),

@@ -70,7 +70,7 @@ def test_keras_preset_export_scores_like_ours_in_keras_hub(trained):
     ours = clf.predict_proba(texts)
     theirs = _keras_scores(_spec(clf, texts, preset=str(out), task=TASKS[kind]), tmp)
     assert theirs["task"] == TASKS[kind]
-    assert theirs["prompt_ids"] == [clf.encoder.encode(t)[0] for t in texts]  # same tokens, so weights decide
+    assert theirs["prompt_ids"] == [clf.questions.encoders[0].encode(t)[0] for t in texts]  # same tokens, so weights decide
     assert ours[:, 1].std() > 1e-3  # the trained adapters move the scores: a merge that dropped them would fail
     np.testing.assert_allclose(np.array(theirs["probs"]), ours, atol=1e-4, rtol=0)
     # ... and our own loader reads the same directory, merged weights and all.

@@ -294,10 +294,10 @@ def test_save_refuses_a_file_and_a_foreign_folder(clf, tmp_path):
     ("lora.npz", lambda p: p.write_bytes(p.read_bytes()[:100]), r"lora.npz: not a readable .npz archive"),
     ("classifier.json", lambda p: p.write_text(p.read_text()[:50]), r"classifier.json: not valid JSON"),
     ("classifier.json", lambda p: p.write_text(p.read_text().replace('"learning_rate": 0.0005', '"learning_rate": -1')),
-     r"classifier.json: train.learning_rate: got -1(\.0)?; must be > 0"),
+     r"classifier.json: spec.train.learning_rate: got -1(\.0)?; must be > 0"),
     ("classifier.json", lambda p: p.write_text(json.dumps({k: v for k, v in json.loads(p.read_text()).items()
-                                                           if k != "prompt"})),
-     r"classifier.json: key 'prompt' is missing"),
+                                                           if k != "spec"})),
+     r"classifier.json: key 'spec' is missing"),
 ])
 def test_a_damaged_saved_file_is_named(clf, tmp_path, name, damage, message):
     saved = clf.save(tmp_path / "clf")

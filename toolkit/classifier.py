@@ -18,9 +18,10 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from toolkit import saved_files
-from toolkit.config import MeshConfig, TrainConfig
-from toolkit.data.prompt import PromptEncoder, PromptFormat, class_token_ids
+from toolkit.config import ClassifierSection, MeshConfig, ModelSection, TrainConfig
+from toolkit.data.prompt import PromptFormat, Questions, class_token_ids
 from toolkit.models.lora import LoRAConfig
+from toolkit.spec import IN_MEMORY, ClassifierSpec, classifier_class
 
 
 class PromptFitError(ValueError):
@@ -98,9 +99,6 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
     work; `classes_` is set by `fit` and `load`.
     """
 
-    saved_kind = "single_label"  # classifier.json's "kind" (toolkit.saved_files.KINDS)
-    saved_fields: tuple[str, ...] = ()  # this kind's own classifier.json keys, passed back to __init__
-
     def __init__(
         self,
         labels: Sequence[str],
@@ -144,30 +142,54 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         self._derive()
 
     def _derive(self) -> None:
-        """Validate the arguments and build the typed configs (errors at construction, not at fit)."""
-        self._class_names = _class_names(self.labels)
-        self._lora_config = self.lora if isinstance(self.lora, LoRAConfig) else LoRAConfig(**(self.lora or {}))
-        self._prompt_format = (self.prompt if isinstance(self.prompt, PromptFormat)
-                               else PromptFormat(**(self.prompt or {})))
-        self._train_config = self.train if isinstance(self.train, TrainConfig) else TrainConfig(**(self.train or {}))
-        self._mesh_config = self.mesh if isinstance(self.mesh, MeshConfig) else MeshConfig(**(self.mesh or {}))
-        from toolkit.models.quant import check_mode
-
-        check_mode(self.base_quant)
-        if self._train_config.trainable == "full" and self.base_quant != "none":
+        """Validate the arguments into the spec (errors at construction, not at fit)."""
+        as_type = lambda tp, v: v if isinstance(v, tp) else tp(**(v or {}))  # noqa: E731
+        name = str(self.model) if isinstance(self.model, (str, os.PathLike)) else IN_MEMORY
+        self.spec = ClassifierSpec(
+            classifier=ClassifierSection(labels=_class_names(self.labels), verbalizers=self.verbalizers,
+                                         prompt=as_type(PromptFormat, self.prompt), max_length=self.max_length,
+                                         **self._task_fields()),
+            model=ModelSection(name=name, param_dtype=self.param_dtype, dtype=self.dtype, remat=self.remat,
+                               base_quant=self.base_quant),
+            lora=as_type(LoRAConfig, self.lora), train=as_type(TrainConfig, self.train),
+            mesh=as_type(MeshConfig, self.mesh))
+        if self.spec.train.trainable == "full" and self.base_quant != "none":
             raise ValueError(f"train.trainable=full trains every weight, so the base cannot be stored quantized "
                              f"(base_quant={self.base_quant!r}); use base_quant='none', or trainable lora")
 
+    def _task_fields(self) -> dict[str, Any]:
+        """This kind's own `classifier` section fields (`task` and what goes with it)."""
+        return {}
+
     @classmethod
-    def from_config(cls, cfg: Any, *, progress: bool = True, **kind_args: Any) -> "AgileClassifier":
-        """The classifier a run config (`toolkit.config.RunConfig`) describes: its model,
-        lora, classifier, train and mesh sections; the one place they become arguments
-        (`kind_args`: a subclass's own, such as multi-label categories)."""
-        c = cfg.classifier
-        return cls(labels=c.labels, **kind_args, model=cfg.model.name, lora=cfg.lora, prompt=c.prompt, verbalizers=c.verbalizers,
-                   train=cfg.train, max_length=c.max_length, param_dtype=cfg.model.param_dtype,
-                   dtype=cfg.model.dtype, progress=progress, mesh=cfg.mesh, remat=cfg.model.remat,
-                   base_quant=cfg.model.base_quant)
+    def _task_arguments(cls, section: ClassifierSection) -> dict[str, Any]:
+        """The inverse of `_task_fields`: this kind's own constructor arguments."""
+        return {}
+
+    @classmethod
+    def from_spec(cls, spec: ClassifierSpec, *, model: Any = None, progress: bool = True,
+                  zero_shot: bool = False) -> "AgileClassifier":
+        """The classifier `spec` describes, of the class its `classifier.task` names
+        (`toolkit.spec.CLASSES`); `model`: the (Gemma, Tokenizer) pair of an in-memory base."""
+        kind = classifier_class(spec.task)
+        if not issubclass(kind, cls):
+            raise ValueError(f"{cls.__name__}.from_spec: the spec is a {spec.task} classifier's; "
+                             f"use {kind.__name__}.from_spec")
+        c, m = spec.classifier, spec.model
+        if model is None and m.name == IN_MEMORY:
+            raise ValueError(f"model.name {IN_MEMORY!r}: the base was given in memory; pass model=(gemma, tokenizer)")
+        return kind(labels=c.labels, model=model if model is not None else m.name, lora=spec.lora, prompt=c.prompt,
+                    verbalizers=c.verbalizers, train=spec.train, max_length=c.max_length, param_dtype=m.param_dtype,
+                    dtype=m.dtype, progress=progress, mesh=spec.mesh, remat=m.remat, zero_shot=zero_shot,
+                    base_quant=m.base_quant, **kind._task_arguments(c))
+
+    @classmethod
+    def from_config(cls, cfg: Any, *, categories: Sequence[str] | None = None, progress: bool = True,
+                    zero_shot: bool = False) -> "AgileClassifier":
+        """The classifier a run config (`toolkit.config.RunConfig`) describes, of the kind
+        its `classifier.task` says; `categories`: a multi-label run's data's own, used when
+        `classifier.categories` is unset."""
+        return cls.from_spec(ClassifierSpec.from_config(cfg, categories), progress=progress, zero_shot=zero_shot)
 
     def set_params(self, **params: Any) -> "AgileClassifier":
         """scikit-learn's `set_params`; changing anything but `train` or `progress` reloads the
@@ -181,30 +203,30 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         self._head_weights = None
         return self
 
-    # The typed views of the arguments: what the rest of the toolkit reads.
+    # The spec's parts, under the names the rest of the toolkit reads.
     @property
     def class_names(self) -> tuple[str, ...]:
-        return self._class_names
+        return self.spec.classifier.labels
 
     @property
     def lora_config(self) -> LoRAConfig:
-        return self._lora_config
+        return self.spec.lora
 
     @property
     def prompt_format(self) -> PromptFormat:
-        return self._prompt_format
+        return self.spec.classifier.prompt
 
     @property
     def train_config(self) -> TrainConfig:
-        return self._train_config
+        return self.spec.train
 
     @property
     def mesh_config(self) -> MeshConfig:
-        return self._mesh_config
+        return self.spec.mesh
 
     @property
     def verbalizer_map(self) -> dict[str, str]:
-        return dict(self.verbalizers or {})
+        return dict(self.spec.classifier.verbalizers or {})
 
     @property
     def model_spec(self) -> Any:
@@ -261,7 +283,7 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         except ValueError as e:
             raise PromptFitError("verbalizers", str(e)) from None
         try:
-            self.encoder = PromptEncoder(self.prompt_format, self.class_names, tok, self.max_length)
+            self.questions = Questions(self.prompt_format, self.class_names, tok, self.max_length, self._instructions())
         except ValueError as e:
             raise PromptFitError("max_length" if "max_length" in str(e) else "prompt", str(e)) from None
         self._placement = place_parts(split_model(model, self.train_config.trainable), mesh, model.config)
@@ -291,14 +313,27 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         index = {c: i for i, c in enumerate(self.class_names)}
         return df["text"].tolist(), np.array([index[v] for v in df["label"]], np.int32)
 
-    def _encode(self, texts: list[str]) -> list[list[int]]:
-        """Each prompt's ids after the shared head (which `_head` runs once per batch)."""
-        ids, _ = self.encoder.encode_all(texts)
-        n = len(self.encoder.head_ids)
-        return [x[n:] for x in ids]
+    # What a kind of classifier says about its questions, answers and outputs; the scoring
+    # itself (`questions`, `_proba_ids`) is the same for every kind.
+    def _instructions(self) -> list[str] | None:
+        """Each question's instructions (`toolkit.data.prompt.Questions`); None: one question,
+        the prompt's own."""
+        return None
 
-    def _head(self) -> list[int] | None:
-        return self.encoder.head_ids
+    def _answers(self, y: np.ndarray) -> np.ndarray:
+        """The answer (class token) index of every (question, text) prompt, question-major,
+        from the labels as `_checked` returns them."""
+        return y
+
+    def _outputs(self, probs: np.ndarray) -> np.ndarray:
+        """`predict_proba`'s output from every prompt's answer probabilities (question-major)."""
+        return probs
+
+    def _eval_metrics(self, y: np.ndarray, out: np.ndarray) -> dict[str, Any]:
+        """Metrics of `_outputs` against the labels, as each epoch's eval scores them."""
+        from toolkit.metrics import classification_metrics
+
+        return classification_metrics(y, out, self.class_names)
 
     # -------------------------------------------------------------------- API
     def fit(
@@ -342,8 +377,9 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
                              "(a run config: data.validation_size > 0), or unset it")
         last = [EarlyStop(stopping)] if stopping is not None else []  # after every recorder: see EarlyStop
         t0 = time.perf_counter()
-        self._lora, self.history = fit(self._placement, ids, y, self.class_ids, self.train_config,
-                                       max_length=self.max_length, pad_id=self.tokenizer.pad_id, head=self._head(),
+        self._lora, self.history = fit(self._placement, ids, self._answers(y), self.class_ids, self.train_config,
+                                       max_length=self.max_length, pad_id=self.tokenizer.pad_id,
+                                       head=self.questions.head,
                                        callbacks=[*extra, *callbacks, *last], progress=self.progress)
         self.fit_seconds = time.perf_counter() - t0
         self.classes_ = self._fitted_classes()
@@ -351,19 +387,18 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _training_rows(self, texts: Iterable[str], labels: Iterable[Any], what: str) -> tuple[list[list[int]], np.ndarray]:
-        """(token ids after the shared head, class index) per training row; the model is loaded."""
+        """(every prompt's ids after the shared head, the labels as `_checked` returns them);
+        the model is loaded."""
         texts, y = self._checked(texts, labels, what)
         self._ensure_model()
-        return self._encode(texts), y
+        return self.questions.encode(texts), y
 
     def _epoch_eval(self, ids: list[list[int]], y: np.ndarray, tracker: Any) -> Any:
         """`EpochEval`'s function: metrics on held-out rows; their plots go to an active tracker."""
 
         def evaluate(fit: Any) -> dict[str, Any]:
-            from toolkit.metrics import classification_metrics
-
-            probs = self._proba_ids(ids, fit.lora)
-            m = classification_metrics(y, probs, self.class_names)
+            probs = self._outputs(self._proba_ids(ids, fit.lora))
+            m = self._eval_metrics(y, probs)
             if tracker is not None and tracker.active:
                 out = Path(tempfile.mkdtemp(prefix=f"agile-eval-{fit.epoch + 1}-"))
                 tracker.log_images({f"eval/{k}": v for k, v in self._plots(y, probs, m, out).items()}, step=fit.step)
@@ -389,7 +424,7 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
 
         return predict_proba(self._placement, lora, ids, self.class_ids, batch_size=self.train_config.eval_batch_size,
                              max_length=self.max_length, pad_id=self.tokenizer.pad_id, progress=self.progress,
-                             head=self._head(), packing=self.train_config.packing, with_hidden=with_hidden)
+                             head=self.questions.head, packing=self.train_config.packing, with_hidden=with_hidden)
 
     def _fit_head(self, ids: list[list[int]], y: np.ndarray, eval_texts: Any, eval_labels: Any) -> "AgileClassifier":
         """`train.trainable=head` (`toolkit.train.head`): features once, then a linear head
@@ -397,7 +432,7 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         from toolkit.metrics import classification_metrics
         from toolkit.train.head import fit_head, head_probs
 
-        if hasattr(self, "category_names"):
+        if len(self.questions) > 1:
             raise ValueError("train.trainable=head: single-label classifiers only, for now; use lora for multi-label")
         t0 = time.perf_counter()
         features = self._features(ids)
@@ -424,10 +459,12 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _pool_scores(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(probabilities, last-token hidden states) of each text: what `suggest` ranks by."""
+        """(`predict_proba`'s output, each text's last-token hidden state averaged over its
+        questions) of each text: what `suggest` ranks by."""
         self._check_fitted()
         self._ensure_model()
-        return self._proba_ids(self._encode(texts), self._lora, with_hidden=True)
+        probs, hidden = self._proba_ids(self.questions.encode(texts), self._lora, with_hidden=True)
+        return self._outputs(probs), hidden.reshape(len(self.questions), len(texts), -1).mean(axis=0)
 
     def suggest(self, texts: Iterable[str], k: int, *, strategy: str = "uncertainty",
                 exclude: Iterable[str] = (), seed: int = 0) -> Any:
@@ -456,11 +493,12 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         return {k: str(v) for k, v in paths.items()}
 
     def predict_proba(self, texts: Iterable[str]) -> np.ndarray:
-        """(n, len(labels)) class probabilities: softmax over the class tokens' logits."""
+        """(n, len(labels)) class probabilities: softmax over the class tokens' logits (a
+        multi-label classifier: (n, categories), each category's "yes" probability)."""
         texts, _ = self._checked(texts, None, "predict(texts)")  # a bad argument first: it names what to fix
         self._check_fitted()
         self._ensure_model()
-        return self._proba_ids(self._encode(texts), self._lora)
+        return self._outputs(self._proba_ids(self.questions.encode(texts), self._lora))
 
     def predict(self, texts: Iterable[str]) -> np.ndarray:
         """The class name per text (an array of the labels' type, like `classes_`): the most
@@ -566,10 +604,6 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         if not isinstance(self.model, (str, os.PathLike)):
             files["base"] = frozen_params(model, gather=to_host)
         return files
-
-    def _kind_meta(self) -> dict[str, Any]:
-        """This kind's own classifier.json fields (`saved_fields`)."""
-        return {}
 
     @classmethod
     def load(cls, directory: str | Path, *, progress: bool = True, mesh: Any = None) -> "AgileClassifier":

@@ -524,6 +524,11 @@ def from_dict(cls: type, d: dict[str, Any], where: str = "config", key: str = ""
     except (TypeError, ValueError) as e:
         detail = str(e)
         m = re.match(r"([\w.]+): got ", detail)
+        if m and "." in key and m.group(1).split(".")[0] == key.rpartition(".")[2]:
+            # A section's own message names it as a run config does ("model.remat"); here the
+            # section sits elsewhere ("spec.model"): name the key where it is.
+            detail = f"{key.rpartition('.')[0]}.{detail}"
+            m = re.match(r"([\w.]+): got ", detail)
         raise _fail(where, m.group(1) if m else key, detail if m or not key else f"{key}: {detail}") from None
 
 

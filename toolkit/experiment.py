@@ -112,15 +112,15 @@ def _prepare(cfg: RunConfig, *, progress: bool):
     from toolkit.classifier import AgileClassifier, PromptFitError
 
     splits = load_splits(cfg.data, cfg.classifier.categories)
+    categories = None
     if cfg.data.multilabel:
         from toolkit.data.datasets import category_columns
-        from toolkit.multilabel import MultiLabelClassifier
 
         check_split_categories(cfg, splits)
-        clf = MultiLabelClassifier.from_config(cfg, progress=progress, categories=category_columns(splits.train))
+        categories = category_columns(splits.train)
     else:
         check_split_labels(cfg, splits)
-        clf = AgileClassifier.from_config(cfg, progress=progress)
+    clf = AgileClassifier.from_config(cfg, progress=progress, categories=categories)  # of classifier.task's kind
     try:
         clf._ensure_model()
     except PromptFitError as e:

@@ -55,11 +55,7 @@ def _classifier(classifier: Any, config: str | None, overrides: Sequence[str]) -
     from toolkit.config import load_config
 
     cfg = load_config(config, list(overrides))
-    if cfg.classifier.task == "multilabel":
-        from toolkit.multilabel import MultiLabelClassifier
-
-        return MultiLabelClassifier.from_config(cfg, progress=False, zero_shot=True)
-    return AgileClassifier.from_config(cfg, progress=False, zero_shot=True)
+    return AgileClassifier.from_config(cfg, progress=False, zero_shot=True)  # of the kind classifier.task says
 
 
 def label_round(*, pool: str | Path, k: int, out: str | Path = "to_label.csv", classifier: Any = None,

@@ -12,14 +12,13 @@ decoding and gives no calibrated per-category score for ROC-AUC.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from toolkit.classifier import AgileClassifier, _as_list
-from toolkit.data.prompt import PromptEncoder
+from toolkit.classifier import AgileClassifier
+from toolkit.config import ClassifierSection
 
 
 def with_averages(m: dict[str, Any]) -> dict[str, Any]:
@@ -31,33 +30,21 @@ def with_averages(m: dict[str, Any]) -> dict[str, Any]:
 class MultiLabelClassifier(AgileClassifier):
     """`fit(texts, Y)` with Y an (n, categories) 0/1 matrix; `predict_proba` -> (n, categories)."""
 
-    saved_kind = "multilabel"
-    saved_fields = ("categories", "question")
-
-    def __init__(self, categories: Sequence[str], *, question: str = "Is the following text about {category}",
+    def __init__(self, categories: Sequence[str], *, question: str = ClassifierSection.question,
                  labels: Sequence[str] = ("no", "yes"), **kwargs: Any):
         self.categories = categories
         self.question = question
         super().__init__(labels, **kwargs)
 
-    def _derive(self) -> None:
-        super()._derive()
-        self._category_names = tuple(str(c) for c in self.categories)
-        if not self._category_names:
-            raise ValueError("categories must not be empty")
-        if "{category}" not in self.question:
-            raise ValueError(f"question must contain {{category}}: {self.question!r}")
+    def _task_fields(self) -> dict[str, Any]:
+        if isinstance(self.categories, (str, bytes)) or not self.categories:
+            raise ValueError(f"categories: got {self.categories!r}; must be a non-empty list of category names "
+                             "(classifier.categories, or the data's own category columns)")
+        return {"task": "multilabel", "categories": tuple(str(c) for c in self.categories), "question": self.question}
 
     @classmethod
-    def from_config(cls, cfg: Any, *, progress: bool = True, categories: Sequence[str] | None = None,
-                    **kwargs: Any) -> "MultiLabelClassifier":
-        """The classifier a `classifier.task: multilabel` run config describes; `categories`
-        default to `classifier.categories` (a run passes the data's own when that is unset)."""
-        categories = categories or cfg.classifier.categories
-        if not categories:
-            raise ValueError("classifier.categories: unset, and no categories were passed from the data")
-        return super().from_config(cfg, progress=progress, categories=tuple(categories),
-                                   question=cfg.classifier.question, **kwargs)
+    def _task_arguments(cls, section: Any) -> dict[str, Any]:
+        return {"categories": section.categories, "question": section.question}
 
     @classmethod
     def _get_param_names(cls) -> list[str]:
@@ -70,17 +57,7 @@ class MultiLabelClassifier(AgileClassifier):
 
     @property
     def category_names(self) -> tuple[str, ...]:
-        return self._category_names
-
-    def _ensure_model(self) -> None:
-        if self._loaded:
-            return
-        super()._ensure_model()
-        self.encoders = [
-            PromptEncoder(dataclasses.replace(self.prompt_format, instructions=self.question.format(category=c)),
-                          self.class_names, self.tokenizer, self.max_length)
-            for c in self.category_names
-        ]
+        return self.spec.classifier.categories
 
     def _matrix(self, y: Any, n: int, what: str) -> np.ndarray:
         from toolkit.data.sources import DataError
@@ -95,46 +72,25 @@ class MultiLabelClassifier(AgileClassifier):
             raise DataError(f"{what}: row {r + 1}, category {self.category_names[c]!r}: value {arr[r, c].item()!r} is not 0/1")
         return arr.astype(np.int32)
 
-    def _head(self) -> None:
-        return None  # each category has its own head, and batches mix categories
+    def _checked(self, texts: Iterable[Any], labels: Any, what: str) -> tuple[list[str], np.ndarray | None]:
+        """Validated (texts, (n, categories) 0/1 label matrix or None)."""
+        texts, _ = super()._checked(texts, None, what)
+        return texts, None if labels is None else self._matrix(labels, len(texts), what)
 
-    def _expand(self, texts: list[str]) -> list[list[int]]:
-        """ids for every (category, text) pair, category-major."""
-        return [ids for enc in self.encoders for ids in enc.encode_all(texts)[0]]
+    def _instructions(self) -> list[str]:
+        return [self.question.format(category=c) for c in self.category_names]
 
-    def _training_rows(self, texts: Iterable[str], labels: Any, what: str) -> tuple[list[list[int]], np.ndarray]:
-        """One row per (category, text), category-major, labelled 0/1."""
-        texts, _ = self._checked(texts, None, what)
-        y = self._matrix(labels, len(texts), what)
-        self._ensure_model()
-        return self._expand(texts), y.T.reshape(-1)
+    def _answers(self, y: np.ndarray) -> np.ndarray:
+        return y.T.reshape(-1)  # category-major, as the questions are
 
-    def _epoch_eval(self, ids: list[list[int]], y: np.ndarray, tracker: Any) -> Any:
-        def evaluate(fit: Any) -> dict[str, Any]:
-            from toolkit.metrics import multilabel_metrics
-
-            k = len(self.category_names)
-            probs = self._proba_ids(ids, fit.lora)[:, 1].reshape(k, -1).T
-            m = with_averages(multilabel_metrics(y.reshape(k, -1).T, probs, list(self.category_names)))
-            return {f"eval_{name}": v for name, v in m.items() if isinstance(v, (int, float)) or v is None}
-
-        return evaluate
-
-    def _pool_scores(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(n, categories) "yes" probabilities and each text's hidden state averaged over its questions."""
-        self._check_fitted()
-        self._ensure_model()
-        k, n = len(self.category_names), len(texts)
-        probs, hidden = self._proba_ids(self._expand(texts), self._lora, with_hidden=True)
-        return probs[:, 1].reshape(k, n).T, hidden.reshape(k, n, -1).mean(axis=0)
-
-    def predict_proba(self, texts: Iterable[str]) -> np.ndarray:
+    def _outputs(self, probs: np.ndarray) -> np.ndarray:
         """(n, categories): the probability of "yes" for each category."""
-        texts, _ = self._checked(texts, None, "predict(texts)")  # a bad argument first: it names what to fix
-        self._check_fitted()
-        self._ensure_model()
-        probs = self._proba_ids(self._expand(texts), self._lora)[:, 1]
-        return probs.reshape(len(self.category_names), len(texts)).T
+        return probs[:, 1].reshape(len(self.category_names), -1).T
+
+    def _eval_metrics(self, y: np.ndarray, out: np.ndarray) -> dict[str, Any]:
+        from toolkit.metrics import multilabel_metrics
+
+        return with_averages(multilabel_metrics(y, out, list(self.category_names)))
 
     def thresholds(self) -> np.ndarray:
         """Each category's threshold: tuned (`tune_threshold`) or 0.5."""
@@ -177,8 +133,8 @@ class MultiLabelClassifier(AgileClassifier):
         if positive is not None:
             raise ValueError(f"{what}(positive={positive!r}): a multi-label classifier scores each category's "
                              f"{self.class_names[-1]!r} answer; there is no positive class to choose")
-        texts = _as_list(texts)
-        return self._matrix(labels, len(texts), f"{what}(texts, labels)"), self.predict_proba(texts)
+        texts, y = self._checked(texts, labels, f"{what}(texts, labels)")
+        return y, self.predict_proba(texts)
 
     def _threshold_problem(self, threshold: Any) -> str | None:
         per = threshold.get("per_category") if isinstance(threshold, dict) else None
@@ -195,15 +151,18 @@ class MultiLabelClassifier(AgileClassifier):
         m = with_averages(multilabel_metrics(y, probs, list(self.category_names), threshold=self.thresholds()))
         if out_dir is not None:
             from toolkit.io_utils import write_json
-            from toolkit.plots import plot_pr_curve, plot_roc_curve
 
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
             write_json(out / "metrics.json", m)
-            curves = {c: (y[:, j], probs[:, j]) for j, c in enumerate(self.category_names)}
-            plot_roc_curve(curves, None, out / "roc_curve.png", title="ROC per category")
-            plot_pr_curve(curves, None, out / "pr_curve.png", title="Precision-recall per category")
+            self._plots(y, probs, m, out)
         return m
 
-    def _kind_meta(self) -> dict[str, Any]:
-        return {"categories": list(self.category_names), "question": self.question}
+    def _plots(self, y: np.ndarray, probs: np.ndarray, m: dict[str, Any], out: Path) -> dict[str, str]:
+        """roc_curve.png and pr_curve.png in `out`, one curve per category; {name: path}."""
+        from toolkit.plots import plot_pr_curve, plot_roc_curve
+
+        curves = {c: (y[:, j], probs[:, j]) for j, c in enumerate(self.category_names)}
+        return {"roc_curve": str(plot_roc_curve(curves, None, out / "roc_curve.png", title="ROC per category")),
+                "pr_curve": str(plot_pr_curve(curves, None, out / "pr_curve.png",
+                                              title="Precision-recall per category"))}

@@ -7,8 +7,11 @@ model was given in memory rather than named. Every field of `classifier.json` is
 back through the same dataclasses and strict checks as a YAML config, so an unknown
 or ill-typed key in an old or hand-edited file is an error naming it.
 
-`KINDS` maps the saved `kind` to the class that rebuilds it, by import path, so this
-module imports no classifier class and the classes import each other not at all.
+`classifier.json` holds the classifier's spec whole (`toolkit.spec.ClassifierSpec`):
+the run config's own sections. Its `classifier.task` picks the class that rebuilds
+it from the spec's registry (`toolkit.spec.CLASSES`, by import path), so this module
+imports no classifier class and the classes import each other not at all. Files of
+format 1 (the spec's fields flat at the top level) are still read.
 
 Every read goes through `read_json` / `read_npz`: a truncated `lora.npz` or a damaged
 `classifier.json` is an error naming the file and what to do, not a bare
@@ -18,27 +21,27 @@ Every read goes through `read_json` / `read_npz`: a truncated `lora.npz` or a da
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
-import os
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-FORMAT = "agile-toolkit-classifier/1"
+from toolkit import spec as spec_module
+from toolkit.spec import IN_MEMORY, ClassifierSpec
+
+FORMAT = "agile-toolkit-classifier/2"  # classifier.json holds the spec whole (toolkit.spec)
+FORMAT_V1 = "agile-toolkit-classifier/1"  # the spec's fields flat at the top level; still read
 META = "classifier.json"
 LORA = "lora.npz"
 BASE = "base.npz"
 TOKENIZER = "tokenizer.spm"
 HEAD = "head.npz"  # train.trainable=head: the linear head's weights (classes, embed)
-MODEL_HERE = "."  # classifier.json's "model" when the base weights are the directory itself
-# kind -> "module:Class"; each class names its kind in `saved_kind` and its own fields in `_kind_meta`.
-KINDS = {"single_label": "toolkit.classifier:AgileClassifier",
-         "multilabel": "toolkit.multilabel:MultiLabelClassifier"}
-_COMMON = ("format", "kind", "labels", "model", "lora_merged", "model_config", "lora", "prompt", "verbalizers",
-           "train", "max_length", "mesh", "remat", "param_dtype", "dtype", "history", "threshold", "base_quant")
+_KEYS = ("format", "spec", "model_config", "lora_merged", "history", "threshold")
+_V1_KEYS = ("format", "kind", "labels", "model", "lora_merged", "model_config", "lora", "prompt", "verbalizers",
+            "train", "max_length", "mesh", "remat", "param_dtype", "dtype", "history", "threshold", "base_quant",
+            "categories", "question")
 
 _FIX = "the file is damaged or cut short: save the classifier again, or copy it anew from where it was saved"
 
@@ -84,7 +87,7 @@ def is_saved(directory: Any) -> bool:
 def write(clf: Any, directory: Path, files: dict[str, Any], *, model: str | None = None, lora: bool = True) -> None:
     """Write `clf.host_files()` and the metadata into an existing (temporary) directory.
 
-    `model` overrides the recorded base spec (`MODEL_HERE` for an export that holds a
+    `model` overrides the recorded `model.name` (`toolkit.spec.MODEL_HERE` for an export that holds a
     keras-hub preset with the adapters merged in); `lora=False` leaves the adapters out
     (they are merged into that preset)."""
     if lora:  # the trained state: the adapters, or every weight with train.trainable=full
@@ -94,74 +97,73 @@ def write(clf: Any, directory: Path, files: dict[str, Any], *, model: str | None
     if files["base"] is not None and model is None:
         np.savez(directory / BASE, **files["base"])
     (directory / TOKENIZER).write_bytes(clf.tokenizer.serialized_proto())
-    spec = model if model is not None else (str(clf.model) if isinstance(clf.model, (str, os.PathLike)) else None)
+    spec = clf.spec
+    if model is not None:
+        spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, name=model))
     meta = {
         "format": FORMAT,
-        "kind": clf.saved_kind,
-        "labels": list(clf.class_names),
-        "model": spec,
-        "lora_merged": not lora,
+        "spec": spec.to_dict(),
         "model_config": clf.model_config.to_dict(),
-        "lora": dataclasses.asdict(clf.lora_config),
-        "prompt": dataclasses.asdict(clf.prompt_format),
-        "verbalizers": clf.verbalizer_map,
-        "train": dataclasses.asdict(clf.train_config),
-        "max_length": clf.max_length,
-        "mesh": dataclasses.asdict(clf.mesh_config),
-        "remat": clf.remat,
-        "base_quant": clf.base_quant,
-        "param_dtype": clf.param_dtype,
-        "dtype": clf.dtype,
+        "lora_merged": not lora,
         "history": clf.history,
         "threshold": getattr(clf, "threshold_", None),
-        **clf._kind_meta(),
     }
     (directory / META).write_text(json.dumps(meta, indent=2, default=str))
 
 
-def _kind_class(kind: str, meta_path: Path) -> type:
-    if kind not in KINDS:
-        raise SavedFileError(f"{meta_path}: kind {kind!r} is not one of {sorted(KINDS)}; the folder was saved by "
-                             "another program or a newer agile-toolkit")
-    module, name = KINDS[kind].split(":")
-    return getattr(importlib.import_module(module), name)
+def _spec(meta: dict[str, Any], meta_path: Path) -> ClassifierSpec:
+    """The spec in `meta`, read as strictly as a config: the key at fault is named."""
+    from toolkit.config import ConfigError
 
-
-def _arguments(meta: dict[str, Any], meta_path: Path, extra: tuple[str, ...]) -> dict[str, Any]:
-    """The constructor arguments in `meta`, each section checked like a config's."""
-    from toolkit.config import ConfigError, MeshConfig, TrainConfig, from_dict
-    from toolkit.data.prompt import PromptFormat
-    from toolkit.models.lora_config import LoRAConfig
-
-    unknown = sorted(set(meta) - set(_COMMON) - set(extra))
+    fmt = meta.get("format")
+    if fmt not in (FORMAT, FORMAT_V1):
+        raise SavedFileError(f"{meta_path}: format {fmt!r} is not {FORMAT!r}; the folder was saved by another "
+                             "program or a newer agile-toolkit")
+    known = _KEYS if fmt == FORMAT else _V1_KEYS
+    unknown = sorted(set(meta) - set(known))
     if unknown:
-        raise SavedFileError(f"{meta_path}: unknown key {unknown[0]!r} (known: {', '.join(_COMMON + extra)}); "
+        raise SavedFileError(f"{meta_path}: unknown key {unknown[0]!r} (known: {', '.join(known)}); "
                              "remove it, or save the classifier again")
-    missing = [k for k in ("labels", "model", "lora", "prompt", "train", "max_length", "param_dtype", "dtype")
-               if k not in meta]
+    required = ("spec",) if fmt == FORMAT else ("labels", "model", "lora", "prompt", "train", "max_length",
+                                                 "param_dtype", "dtype")
+    missing = [k for k in required if k not in meta]
     if missing:
         raise SavedFileError(f"{meta_path}: key {missing[0]!r} is missing; the file is damaged or from another "
                              "program: save the classifier again")
     try:
-        return dict(lora=from_dict(LoRAConfig, meta["lora"], str(meta_path), "lora"),
-                    prompt=from_dict(PromptFormat, meta["prompt"], str(meta_path), "prompt"),
-                    train=from_dict(TrainConfig, meta["train"], str(meta_path), "train"),
-                    mesh=from_dict(MeshConfig, meta.get("mesh") or {}, str(meta_path), "mesh"),
-                    verbalizers=meta.get("verbalizers"), max_length=meta["max_length"],
-                    param_dtype=meta["param_dtype"], dtype=meta["dtype"], remat=meta.get("remat", "none"),
-                    base_quant=meta.get("base_quant", "none"),
-                    **{k: meta[k] for k in extra})
-    except ConfigError as e:
-        raise SavedFileError(str(e)) from None
+        if fmt == FORMAT:
+            if not isinstance(meta["spec"], dict):
+                raise SavedFileError(f"{meta_path}: spec: got {meta['spec']!r}; must be a mapping; {_FIX}")
+            return ClassifierSpec.from_dict(meta["spec"], str(meta_path), "spec")
+        return ClassifierSpec.from_dict(_v1_as_spec(meta, meta_path), str(meta_path))
+    except (ConfigError, ValueError) as e:
+        raise SavedFileError(str(e) if str(e).startswith(str(meta_path)) else f"{meta_path}: {e}") from None
+
+
+def _v1_as_spec(meta: dict[str, Any], meta_path: Path) -> dict[str, Any]:
+    """A format-1 file's flat fields, arranged as the spec's sections."""
+    kind = meta.get("kind", "single_label")
+    if kind not in spec_module.CLASSES:
+        raise SavedFileError(f"{meta_path}: kind {kind!r} is not one of {sorted(spec_module.CLASSES)}; the folder "
+                             "was saved by another program or a newer agile-toolkit")
+    task = {k: meta[k] for k in ("categories", "question") if k in meta}
+    return {
+        "classifier": {"labels": meta["labels"], "prompt": meta["prompt"], "verbalizers": meta.get("verbalizers"),
+                       "max_length": meta["max_length"], "task": kind, **task},
+        "model": {"name": IN_MEMORY if meta["model"] is None else meta["model"], "param_dtype": meta["param_dtype"],
+                  "dtype": meta["dtype"], "remat": meta.get("remat", "none"),
+                  "base_quant": meta.get("base_quant", "none")},
+        "lora": meta["lora"], "train": meta["train"], "mesh": meta.get("mesh") or {},
+    }
 
 
 def load(directory: str | Path, *, progress: bool = True, mesh: Any = None) -> Any:
     """Rebuild the classifier saved in `directory` (of whichever kind it is); `mesh`
     overrides the saved mesh (a model trained on a pod can score on one CPU)."""
-    from toolkit.models.configs import ModelConfig
+    from toolkit.config import MeshConfig
     from toolkit.models.build import from_params
+    from toolkit.models.configs import ModelConfig
     from toolkit.models.tokenizer import Tokenizer
-
     from toolkit.storage import local_copy
 
     root = local_copy(directory)  # a gs://... classifier is read from a fresh local copy
@@ -169,25 +171,20 @@ def load(directory: str | Path, *, progress: bool = True, mesh: Any = None) -> A
     if not meta_path.is_file():
         raise FileNotFoundError(f"{root} is not a saved AgileClassifier: {META} is missing")
     meta = read_json(meta_path)
-    if meta.get("format") != FORMAT:
-        raise SavedFileError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}")
-    cls = _kind_class(meta.get("kind", "single_label"), meta_path)
-    kwargs = _arguments(meta, meta_path, cls.saved_fields)
+    spec = _spec(meta, meta_path)
     if mesh is not None:
-        kwargs["mesh"] = mesh
-    if meta["model"] == MODEL_HERE:  # an export: the base is the keras-hub preset / transformers files beside it
-        kwargs["model"] = str(root)
-    elif meta["model"] is not None:
-        kwargs["model"] = meta["model"]
-    else:
+        spec = dataclasses.replace(spec, mesh=mesh if isinstance(mesh, MeshConfig) else MeshConfig(**mesh))
+    base = None
+    if spec.model.name == spec_module.MODEL_HERE:  # an export: the base is the keras-hub preset / transformers files beside it
+        spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, name=str(root)))
+    elif spec.model.name == IN_MEMORY:
         if "model_config" not in meta:
             raise SavedFileError(f"{meta_path}: key 'model_config' is missing; the file is damaged or from another "
                                  "program: save the classifier again")
-        base = from_params(ModelConfig.from_dict(meta["model_config"]), read_npz(root / BASE), source=str(root / BASE))
-        kwargs["model"] = (base, Tokenizer.from_spm(root / TOKENIZER))
+        weights = from_params(ModelConfig.from_dict(meta["model_config"]), read_npz(root / BASE), source=str(root / BASE))
+        base = (weights, Tokenizer.from_spm(root / TOKENIZER))
     try:
-        labels = meta["labels"]
-        clf = cls(labels=tuple(labels) if isinstance(labels, list) else labels, progress=progress, **kwargs)
+        clf = spec_module.classifier_class(spec.task).from_spec(spec, model=base, progress=progress)
     except (TypeError, ValueError) as e:
         raise SavedFileError(f"{meta_path}: {e}") from None
     clf.history = meta.get("history", [])

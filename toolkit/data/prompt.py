@@ -86,6 +86,30 @@ class PromptEncoder:
         return out, cut
 
 
+class Questions:
+    """The prompts a classifier puts to each text, all answered by the same class tokens.
+
+    Single-label: one question, the prompt's own. Multi-label: one yes/no question per
+    category (its `instructions`). With one question every prompt starts with the same
+    head, which the scorer runs once per batch (its keys and values feed every row);
+    with several, a batch mixes questions, so each prompt keeps its own head (`head`
+    is then None)."""
+
+    def __init__(self, fmt: PromptFormat, class_names: Sequence[str], tokenizer: Tokenizer, max_length: int,
+                 instructions: Sequence[str] | None = None):
+        formats = [fmt] if instructions is None else [dataclasses.replace(fmt, instructions=i) for i in instructions]
+        self.encoders = [PromptEncoder(f, class_names, tokenizer, max_length) for f in formats]
+        self.head: list[int] | None = self.encoders[0].head_ids if len(self.encoders) == 1 else None
+
+    def __len__(self) -> int:
+        return len(self.encoders)
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """The ids of every (question, text) prompt, question-major, less the shared head."""
+        cut = len(self.head or ())
+        return [ids[cut:] for enc in self.encoders for ids in enc.encode_all(texts)[0]]
+
+
 def class_token_ids(tokenizer: Tokenizer, class_names: Sequence[str], verbalizers: dict[str, str] | None = None) -> list[int]:
     """The one token id that stands for each class.
 

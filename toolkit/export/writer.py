@@ -32,6 +32,7 @@ from toolkit import saved_files
 from toolkit.export.errors import ExportError
 from toolkit.export.keras_files import KERAS_LAYER_NAMES, backbone_spec, causal_lm, write_lora_h5
 from toolkit.io_utils import remove_stale_temps
+from toolkit.spec import MODEL_HERE
 from toolkit.storage import as_text, has_files, is_uri, location, mirror, writing_dir
 
 FORMATS = ("keras-preset", "hf", "lora")
@@ -139,7 +140,7 @@ def write_keras_preset(clf: Any, files: dict[str, Any], directory: Path, *, merg
                    sequence_length=clf.max_length, dtype=dtype)
     lm.save_to_preset(str(directory))
     del lm
-    saved_files.write(clf, directory, files, model=saved_files.MODEL_HERE, lora=not merge)
+    saved_files.write(clf, directory, files, model=MODEL_HERE, lora=not merge)
 
 
 def write_hf_checkpoint(clf: Any, files: dict[str, Any], directory: Path, *, dtype: str = "float32") -> None:
@@ -149,7 +150,7 @@ def write_hf_checkpoint(clf: Any, files: dict[str, Any], directory: Path, *, dty
 
     write_hf(directory, clf.model_config, merged_params(clf._model()), clf.tokenizer.serialized_proto(),
              dtype=dtype)
-    saved_files.write(clf, directory, files, model=saved_files.MODEL_HERE, lora=False)  # merged above
+    saved_files.write(clf, directory, files, model=MODEL_HERE, lora=False)  # merged above
 
 
 def _frozen(model: Any) -> dict[str, np.ndarray]:
