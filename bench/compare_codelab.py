@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
 
     from toolkit.io_utils import write_json
+    from toolkit.models.configs import Runtime
     from toolkit.weights.loader import load_pretrained
 
     train_df, test_df = kc.load_ethos(args.data_dir)
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"benchmark": "compare_codelab", "model": args.model, "rows": args.rows,
                            "epochs": args.epochs, "matmul_peak_gflops": peak, "environment": kc.environment()}
 
-    base = load_pretrained(args.model, lora=None, param_dtype="float32", dtype="float32")
+    base = load_pretrained(args.model, lora=None, runtime=Runtime(param_dtype="float32", dtype="float32"))
     assert RECIPES["codelab"]["lora"]["rank"] == 4  # the codelab's enable_lora(rank=4)
     out["ours_codelab_config"], _ = ours("codelab", base, texts, y, test_texts, epochs=args.epochs,
                                          peak_gflops=peak)

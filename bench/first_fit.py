@@ -27,7 +27,7 @@ One run measures, and prints as one JSON object (also written atomically to `--o
   (`bench/matmul_peak.py`; passed to the fit as `train.peak_tflops`, so the
   history's `mfu` is relative to it).
 * **AOT compile time** of a big model's train step (`--aot-model`, default
-  gemma_7b), layer-scanned and unrolled (`ModelConfig.scan_layers`):
+  gemma_7b), layer-scanned and unrolled (`Runtime.scan_layers`):
   `jax.jit(step).lower(*abstract args).compile()` on `jax.ShapeDtypeStruct`s,
   the model built with `nnx.eval_shape` (no weights exist), the real step of
   `toolkit.train.step.make_train_step`, a batch of `--aot-batch` x
@@ -221,18 +221,16 @@ def aot_compile(model: str, scan_layers: bool, batch: int, length: int) -> dict[
     from flax import nnx
 
     from toolkit.config import TrainConfig
-    from toolkit.models.configs import get_config
+    from toolkit.models.configs import Runtime, get_config
     from toolkit.models.build import build_model
     from toolkit.models.lora import LoRAConfig
     from toolkit.train.loop import make_optimizer
     from toolkit.train.step import make_train_step, split_model
 
-    try:
-        cfg = get_config(model, scan_layers=scan_layers)
-    except TypeError as e:  # a ModelConfig without the field
-        return {"scan_layers": scan_layers, "compile_s": None, "reason": f"ModelConfig has no scan_layers ({e})"}
+    cfg = get_config(model)
     t0 = time.perf_counter()
-    abstract = nnx.eval_shape(lambda: build_model(cfg, lora=LoRAConfig(), rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: build_model(cfg, runtime=Runtime(scan_layers=scan_layers), lora=LoRAConfig(),
+                                                  rngs=nnx.Rngs(0)))
     parts = split_model(abstract)
     tx, _ = make_optimizer(TrainConfig(), total_steps=100)
     opt_state = jax.eval_shape(tx.init, parts.lora)

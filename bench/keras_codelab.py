@@ -255,12 +255,13 @@ def build_codelab_model(
     """
     from toolkit.models.gemma import merged_params
     from toolkit.weights.keras_preset import keras_backbone_config, set_backbone_weights
+    from toolkit.models.configs import Runtime
     from toolkit.weights.loader import load_pretrained
 
     # For reproducibility purposes (also fixes the LoRA A initialisation).
     keras.utils.set_random_seed(seed)
 
-    ours, tok = load_pretrained(model_name, param_dtype="float32", dtype="float32")
+    ours, tok = load_pretrained(model_name, runtime=Runtime(param_dtype="float32", dtype="float32"))
     spec = keras_backbone_config(ours.config)
     backbone_cls = getattr(keras_hub.models, spec["class_name"])
     backbone = backbone_cls(**spec["config"], dtype="float32")

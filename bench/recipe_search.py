@@ -177,10 +177,11 @@ class Runner:
 
     def __init__(self, model: str):
         from toolkit.compile_cache import enable_compilation_cache
+        from toolkit.models.configs import Runtime
         from toolkit.weights.loader import load_pretrained
 
         enable_compilation_cache()  # folds and seeds share shapes
-        self.base = load_pretrained(model, lora=None, param_dtype="float32", dtype="float32")
+        self.base = load_pretrained(model, lora=None, runtime=Runtime(param_dtype="float32", dtype="float32"))
 
     def run(self, recipe: str, task: dict[str, Any], train: pd.DataFrame, evaluate: pd.DataFrame,
             seed: int) -> dict[str, Any]:

@@ -81,14 +81,15 @@ def abstract(args: argparse.Namespace) -> dict[str, Any]:
     from flax import nnx
     from jax.sharding import AbstractMesh
 
-    from toolkit.models.configs import get_config
+    from toolkit.models.configs import Runtime, get_config
     from toolkit.models.build import build_model
     from toolkit.models.gemma import FROZEN_FILTER
     from toolkit.train.mesh import MESH_AXES, state_shardings
 
     sizes = tuple(int(x) for x in args.abstract_mesh.split(","))
-    cfg = get_config(args.abstract_model, param_dtype="bfloat16", base_quant=args.base_quant)
-    model = nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0)))
+    cfg = get_config(args.abstract_model)
+    rt = Runtime(param_dtype="bfloat16", base_quant=args.base_quant)
+    model = nnx.eval_shape(lambda: build_model(cfg, runtime=rt, rngs=nnx.Rngs(0)))
     frozen = nnx.state(model, FROZEN_FILTER)
     mesh = AbstractMesh(sizes, MESH_AXES)
     shard = dict(nnx.to_flat_state(state_shardings(frozen, mesh)))

@@ -42,7 +42,7 @@ def worker(args: argparse.Namespace) -> dict:
     from flax import nnx
 
     from toolkit.config import MeshConfig
-    from toolkit.models.configs import get_config
+    from toolkit.models.configs import Runtime, get_config
     from toolkit.models.build import build_model
     from toolkit.models.lora import LoRAConfig
     from toolkit.train import loop
@@ -56,10 +56,10 @@ def worker(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(0)
     b, length = args.batch_size, args.length
     if args.random:
-        cfg = get_config(args.model, param_dtype=args.dtype, dtype=args.dtype, remat=args.remat,
-                         scan_layers=not args.unrolled)
+        cfg = get_config(args.model)
+        rt = Runtime(param_dtype=args.dtype, dtype=args.dtype, remat=args.remat, scan_layers=not args.unrolled)
         with jax.default_device(jax.devices()[0]):
-            model = build_model(cfg, lora=lora, rngs=nnx.Rngs(0))
+            model = build_model(cfg, runtime=rt, lora=lora, rngs=nnx.Rngs(0))
         tokens = rng.integers(10, cfg.vocab_size, size=(b, length)).astype(np.int32)
         lengths = np.full(b, length, np.int32)
         head: list[int] | None = None
@@ -68,7 +68,7 @@ def worker(args: argparse.Namespace) -> dict:
         from toolkit.data.sources import ethos_split, load_ethos
         from toolkit.weights.loader import load_pretrained
 
-        model, tok = load_pretrained(args.model, lora=lora, param_dtype=args.dtype, remat=args.remat)
+        model, tok = load_pretrained(args.model, lora=lora, runtime=Runtime(param_dtype=args.dtype, remat=args.remat))
         cfg = model.config
         df = ethos_split(load_ethos(local_dir=ROOT.parent / "shared/data/ethos"))[0]
         enc = PromptEncoder(PromptFormat(instructions="Is the following text hate speech? Answer yes or no"),
@@ -81,7 +81,8 @@ def worker(args: argparse.Namespace) -> dict:
         for i, x in enumerate(rows):
             tokens[i, : len(x)] = x
         lengths = np.array([len(x) for x in rows], np.int32)
-    placement = loop.place_parts(split_model(model), mesh, cfg)
+    placement = loop.place_parts(split_model(model), mesh, cfg, model.runtime)
+    rt, scanned = model.runtime, model.scanned
     del model
     parts = placement.parts
     tx = optax.adamw(1e-4)
@@ -113,7 +114,7 @@ def worker(args: argparse.Namespace) -> dict:
     n_peak = 1 if dev.platform == "cpu" else int(devices)
     stats = dev.memory_stats() if dev.platform != "cpu" else None
     return {"model": cfg.name, "random_weights": args.random, "dtype": args.dtype, "devices": int(devices),
-            "remat": cfg.remat, "scan_layers": cfg.scan_layers,
+            "remat": rt.remat, "scan_layers": scanned,
             "mesh": mesh_spec, "batch_size": b, "tokens_per_step": real, "padded_shape": list(tokens.shape),
             "compile_s": compile_s, "step_s_median": dt, "step_s_min": float(min(times)),
             "tokens_per_s": real / dt, "examples_per_s": b / dt, "achieved_tflops": flops / 1e12,

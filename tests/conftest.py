@@ -24,6 +24,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import types
 import sys
 import tempfile
 import time
@@ -226,6 +227,29 @@ def _group(item: pytest.Item) -> str | None:
     return item.path.stem if _module_fixture(item) else None
 
 
+_E2E_NAMES = {"run_cli", "run_bench", "train_cli", "subprocess"}
+
+
+def _end_to_end(item: pytest.Item) -> bool:
+    """A test that runs a command, a benchmark or a process as a user would (the names its own
+    code calls), or reads the shared sweep: marked `e2e` here, so no test file has to remember to."""
+    if "ci_sweep" in getattr(item, "fixturenames", ()):
+        return True
+    fn = getattr(item, "function", None)
+    todo, seen = [fn.__code__] if fn is not None else [], set()
+    while todo:  # the test's own calls, its nested functions', and those of its module's helpers
+        code = todo.pop()
+        if code in seen:
+            continue
+        seen.add(code)
+        if _E2E_NAMES & set(code.co_names):
+            return True
+        todo += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+        todo += [v.__code__ for n in code.co_names if isinstance(v := fn.__globals__.get(n), types.FunctionType)
+                 and v.__module__ == fn.__module__]
+    return False
+
+
 def pytest_configure(config):
     if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep our order, not biggest group first
         config.option.loadscopereorder = False
@@ -240,6 +264,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(group))
         if group in ("ray-head", "ray-own"):
             item.add_marker(pytest.mark.ray)
+        if _end_to_end(item):
+            item.add_marker(pytest.mark.e2e)
     # Longest first (the order xdist hands out work with --no-loadscope-reorder): the Ray
     # groups, then the slow tests, then the rest, each in collection order.
     # A group's tests stay together (a module fixture is then built once, with or without xdist).

@@ -160,7 +160,7 @@ def _backbone_kwargs(kind: str) -> dict[str, Any]:
         from toolkit.models.configs import get_config
         from toolkit.weights.keras_gemma4 import backbone_kwargs
 
-        cfg = get_config("tiny_gemma4", vocab_size=VOCAB_SIZE, param_dtype="float32", dtype="float32")
+        cfg = get_config("tiny_gemma4", vocab_size=VOCAB_SIZE)
         return dict(backbone_kwargs(cfg), dtype="float32")
     raise ValueError(f"unknown kind {kind!r}; choose from {KINDS}")
 

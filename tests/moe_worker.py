@@ -31,13 +31,13 @@ def main() -> int:
 
     from toolkit.config import MeshConfig
     from toolkit.models.build import build_model
-    from toolkit.models.configs import get_config
+    from toolkit.models.configs import Runtime, get_config
     from toolkit.models.lora import LoRAConfig
     from toolkit.train.mesh import batch_sharding, make_mesh, place, state_shardings
 
-    cfg = get_config(name, param_dtype="float32", dtype="float32", remat="none",
-                     moe_dispatch=dispatch)
-    model = build_model(cfg, lora=LoRAConfig(rank=2, targets=("q", "o", "gate", "down")), rngs=nnx.Rngs(0))
+    cfg = get_config(name)
+    rt = Runtime(param_dtype="float32", dtype="float32", remat="none", moe_dispatch=dispatch)
+    model = build_model(cfg, runtime=rt, lora=LoRAConfig(rank=2, targets=("q", "o", "gate", "down")), rngs=nnx.Rngs(0))
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)):  # B != 0: A gets a gradient
         if path[-1] == "lora_b":
             var.set_value(0.1 * jax.random.normal(jax.random.key(len(path)), var.shape))

@@ -43,7 +43,7 @@ def main() -> int:
     import numpy as np
     from flax import nnx
 
-    from toolkit.models.configs import get_config
+    from toolkit.models.configs import Runtime, get_config
     from toolkit.models.gemma import Gemma
     from toolkit.models import layout
     from toolkit.models.lora import LoRAConfig
@@ -53,7 +53,8 @@ def main() -> int:
     from toolkit.train.step import split_model
 
     # 8 query heads over one KV head, like Gemma 2B: the KV axis cannot split 8 ways.
-    cfg = get_config("tiny_gemma2", param_dtype="float32", num_heads=8, num_kv_heads=1)
+    cfg = get_config("tiny_gemma2", num_heads=8, num_kv_heads=1)
+    rt = Runtime(param_dtype="float32")
     rng = np.random.default_rng(0)
     ids = [list(rng.integers(20, 500, size=int(rng.integers(3, 14)))) for _ in range(24)]
     labels = np.array([i % 2 for i in range(24)])
@@ -74,16 +75,16 @@ def main() -> int:
         d, f, t = (int(x) for x in shape.split("x"))
         devices = jax.devices()[: int(n)] if n else jax.devices()
         mesh = make_mesh(MeshConfig(data=d, fsdp=f, tensor=t), devices=devices)
-        model = Gemma(cfg, lora=LoRAConfig(rank=4, dropout=0.1, targets=("q", "k", "v", "o", "gate", "up", "down")),
+        model = Gemma(cfg, runtime=rt, lora=LoRAConfig(rank=4, dropout=0.1, targets=("q", "k", "v", "o", "gate", "up", "down")),
                       rngs=nnx.Rngs(0))
-        placement = loop.place_parts(split_model(model), mesh, cfg)
+        placement = loop.place_parts(split_model(model), mesh, cfg, rt)
         curve = Curve()
         lora, _ = loop.fit(placement, ids, labels, [5, 9], train, max_length=16, progress=False, head=head,
                            callbacks=[curve])
         results[f"{spec}/loss"] = np.array(curve.loss)
         # Adapters by their exchange names (layers.{i}.attn.q_proj.lora_a): one entry per layer.
         flat = {".".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(to_host(lora))}
-        for name, value in layout.to_exchange(flat, cfg.scan_layers).items():
+        for name, value in layout.to_exchange(flat, model.scanned).items():
             results[f"{spec}/{name}"] = value
         specs = [str(s.spec) for s in jax.tree.leaves(placement.shardings.frozen,
                                                       is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))]

@@ -14,13 +14,13 @@ import keras_fixtures as kf
 from conftest import HAM, LABELS, SPAM, VERBALIZERS, no_temp_files, train_cli
 from conftest import spam_ham as _data
 from toolkit.classifier import AgileClassifier
-from toolkit.models.configs import get_config
+from toolkit.models.configs import Runtime, get_config
 from toolkit.models.gemma import Gemma
 
 
 @pytest.fixture(scope="module")
 def fitted(tiny_tokenizer):
-    base = Gemma(get_config("tiny_gemma3", param_dtype="float32"), rngs=nnx.Rngs(0))
+    base = Gemma(get_config("tiny_gemma3"), runtime=Runtime(param_dtype="float32"), rngs=nnx.Rngs(0))
     clf = AgileClassifier(LABELS, model=(base, tiny_tokenizer), verbalizers=VERBALIZERS,
                           prompt={"instructions": "Classify"}, max_length=64, progress=False,
                           lora={"rank": 4, "targets": ("q", "v", "up", "down")},
@@ -83,7 +83,7 @@ def test_bad_training_data_is_named(fitted, texts, labels, message):
 
 @pytest.mark.slow
 def test_multi_token_label_is_rejected_with_its_pieces(tiny_tokenizer):
-    base = Gemma(get_config("tiny_gemma3", param_dtype="float32"), rngs=nnx.Rngs(0))
+    base = Gemma(get_config("tiny_gemma3"), runtime=Runtime(param_dtype="float32"), rngs=nnx.Rngs(0))
     clf = AgileClassifier(("spam", "ham"), model=(base, tiny_tokenizer), max_length=64, progress=False,
                           prompt={"instructions": "Classify"}, zero_shot=True)
     with pytest.raises(ValueError, match=r"'spam' -> 'spam' tokenises as \["):
@@ -124,7 +124,7 @@ def test_multilabel_one_question_per_category_shares_one_adapter(tiny_tokenizer,
     from toolkit.data.sources import DataError
     from toolkit.multilabel import MultiLabelClassifier
 
-    base = Gemma(get_config("tiny_gemma3", param_dtype="float32"), rngs=nnx.Rngs(0))
+    base = Gemma(get_config("tiny_gemma3"), runtime=Runtime(param_dtype="float32"), rngs=nnx.Rngs(0))
     clf = MultiLabelClassifier(["prize", "meeting"], question="About {category}", labels=("a", "in"),
                                model=(base, tiny_tokenizer), prompt={"instructions": "x"}, max_length=64,
                                progress=False, lora={"rank": 4, "alpha": None, "targets": ("q", "v", "up")},

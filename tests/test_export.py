@@ -169,12 +169,13 @@ def test_export_cli_refuses_bad_inputs_and_leaves_nothing_behind(trained, tmp_pa
 def test_a_family_keras_hub_cannot_hold_is_refused_before_anything_is_written(tiny_tokenizer, tmp_path):
     from flax import nnx
 
-    from toolkit.models.configs import get_config
+    from toolkit.models.configs import Runtime, get_config
     from toolkit.models.gemma import Gemma
 
     # Gemma 3 with 3 local : 1 global layers: our model runs it, keras-hub's Gemma3Backbone fixes 5 : 1.
-    cfg = get_config("tiny_gemma3", param_dtype="float32").replace(sliding_window_pattern=4)
-    clf = AgileClassifier(LABELS, model=(Gemma(cfg, rngs=nnx.Rngs(0)), tiny_tokenizer), verbalizers=VERBALIZERS,
+    cfg = get_config("tiny_gemma3").replace(sliding_window_pattern=4)
+    base = Gemma(cfg, runtime=Runtime(param_dtype="float32"), rngs=nnx.Rngs(0))
+    clf = AgileClassifier(LABELS, model=(base, tiny_tokenizer), verbalizers=VERBALIZERS,
                           prompt={"instructions": "Classify"}, max_length=96, progress=False, lora={"rank": 2})
     saved = clf.save(tmp_path / "odd")
     with pytest.raises(ExportError, match=r"cannot be written as a keras-hub preset: .*5 local : 1 global"):

@@ -11,13 +11,13 @@ import pytest
 from flax import nnx
 
 from toolkit.models import layout
-from toolkit.models.configs import get_config, named_configs
+from toolkit.models.configs import Runtime, get_config, named_configs
 from toolkit.models.build import from_params
 from toolkit.models.gemma import Gemma, flat_state, merged_params
 from toolkit.models.lora import LoRAConfig
 from toolkit.weights.errors import WeightImportError
 
-FP32 = dict(param_dtype="float32", dtype="float32")
+FP32 = Runtime(param_dtype="float32", dtype="float32")
 
 
 def _count(name: str) -> int:
@@ -57,7 +57,7 @@ def test_layer_pattern_matches_each_family():
 
 @pytest.mark.slow
 def test_every_parameter_has_logical_axis_names():
-    model = Gemma(get_config("tiny_gemma3", **FP32), lora=LoRAConfig(targets=("q", "down")), rngs=nnx.Rngs(0))
+    model = Gemma(get_config("tiny_gemma3"), runtime=FP32, lora=LoRAConfig(targets=("q", "down")), rngs=nnx.Rngs(0))
     known = {"layers", "vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", None}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         names = var.get_metadata()["out_sharding"]
@@ -72,7 +72,7 @@ def test_every_parameter_has_logical_axis_names():
 
 @pytest.fixture(scope="module", params=["tiny_gemma", "tiny_gemma2", "tiny_gemma3"])
 def model(request):
-    return Gemma(get_config(request.param, **FP32), rngs=nnx.Rngs(1))
+    return Gemma(get_config(request.param), runtime=FP32, rngs=nnx.Rngs(1))
 
 
 @pytest.mark.slow
@@ -94,21 +94,21 @@ def test_right_padding_leaves_real_positions_unchanged(model):
 
 def test_sliding_window_hides_tokens_beyond_the_window():
     # One local layer with window 2: position t sees t-1 and t only.
-    local = get_config("tiny_gemma3", **FP32).replace(num_layers=1, sliding_window=2)
-    m = Gemma(local, rngs=nnx.Rngs(0))
+    local = get_config("tiny_gemma3").replace(num_layers=1, sliding_window=2)
+    m = Gemma(local, runtime=FP32, rngs=nnx.Rngs(0))
     a = jnp.array([[3, 4, 5, 6]])
     b = a.at[0, 0].set(77)
     ha, hb = m.hidden_states(a), m.hidden_states(b)
     np.testing.assert_allclose(ha[:, 2:], hb[:, 2:], atol=1e-6)
     assert not np.allclose(ha[:, 1], hb[:, 1], atol=1e-3)
     # The same single layer made global sees everything.
-    g = Gemma(local.replace(sliding_window_pattern=1), rngs=nnx.Rngs(0))
+    g = Gemma(local.replace(sliding_window_pattern=1), runtime=FP32, rngs=nnx.Rngs(0))
     assert not np.allclose(g.hidden_states(a)[:, 3], g.hidden_states(b)[:, 3], atol=1e-3)
 
 
 @pytest.mark.slow
 def test_project_onto_a_few_rows_equals_slicing_full_logits():
-    m = Gemma(get_config("tiny_gemma2", **FP32), rngs=nnx.Rngs(0))
+    m = Gemma(get_config("tiny_gemma2"), runtime=FP32, rngs=nnx.Rngs(0))
     h = m.hidden_states(jnp.array([[3, 4, 5]]))[:, -1]
     ids = jnp.array([17, 4, 300])
     np.testing.assert_allclose(m.project(h, ids), m.project(h)[:, ids], rtol=1e-6, atol=1e-6)
@@ -123,24 +123,24 @@ def _with_random_b(model):
 
 @pytest.mark.slow
 def test_fresh_lora_is_a_no_op_and_merging_folds_it_in():
-    cfg = get_config("tiny_gemma3", **FP32)
+    cfg = get_config("tiny_gemma3")
     lora = LoRAConfig(rank=3, alpha=6.0, targets=("q", "k", "v", "o", "gate", "up", "down"))
     tokens = jnp.array([[3, 4, 5, 6]])
-    adapted = Gemma(cfg, lora=lora, rngs=nnx.Rngs(0))
+    adapted = Gemma(cfg, runtime=FP32, lora=lora, rngs=nnx.Rngs(0))
     frozen = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
-    base = from_params(cfg, {k: np.asarray(v) for k, v in flat_state(adapted, frozen).items()})
+    base = from_params(cfg, {k: np.asarray(v) for k, v in flat_state(adapted, frozen).items()}, runtime=FP32)
     np.testing.assert_allclose(adapted(tokens), base(tokens), atol=1e-5)
     _with_random_b(adapted)
     out = adapted(tokens)
     assert not np.allclose(out, base(tokens), atol=1e-3)
-    merged = from_params(cfg, merged_params(adapted))
+    merged = from_params(cfg, merged_params(adapted), runtime=FP32)
     np.testing.assert_allclose(merged(tokens), out, atol=1e-4)
 
 
 @pytest.mark.slow
 def test_gradients_exist_only_for_lora_params():
-    cfg = get_config("tiny_gemma", **FP32)
-    model = _with_random_b(Gemma(cfg, lora=LoRAConfig(rank=2, targets=("q", "up")), rngs=nnx.Rngs(0)))
+    cfg = get_config("tiny_gemma")
+    model = _with_random_b(Gemma(cfg, runtime=FP32, lora=LoRAConfig(rank=2, targets=("q", "up")), rngs=nnx.Rngs(0)))
     tokens = jnp.array([[3, 4, 5, 6]])
 
     def loss(m):
@@ -163,18 +163,18 @@ def test_lora_config_rejects_unknown_targets_and_bad_values():
 
 @pytest.mark.slow
 def test_from_params_names_the_missing_extra_or_misshapen_tensor():
-    cfg = get_config("tiny_gemma", **FP32)
-    params = {k: np.asarray(v) for k, v in flat_state(Gemma(cfg, rngs=nnx.Rngs(0))).items()}
+    cfg = get_config("tiny_gemma")
+    params = {k: np.asarray(v) for k, v in flat_state(Gemma(cfg, runtime=FP32, rngs=nnx.Rngs(0))).items()}
     missing = dict(params)
     del missing["layers.1.mlp.down_proj.kernel"]
     with pytest.raises(WeightImportError, match=r"ckpt\.h5.*layers\.1\.mlp\.down_proj\.kernel"):
-        from_params(cfg, missing, source="ckpt.h5")
+        from_params(cfg, missing, runtime=FP32, source="ckpt.h5")
     extra = dict(params, **{"layers.0.attn.q_norm.scale": np.zeros(8)})
     with pytest.raises(WeightImportError, match="layers.0.attn.q_norm.scale"):
-        from_params(cfg, extra, source="ckpt.h5")
+        from_params(cfg, extra, runtime=FP32, source="ckpt.h5")
     bad = dict(params, **{"final_norm.scale": np.zeros(31)})
     with pytest.raises(WeightImportError, match=r"final_norm\.scale.*\(31,\).*\(32,\)"):
-        from_params(cfg, bad, source="ckpt.h5")
+        from_params(cfg, bad, runtime=FP32, source="ckpt.h5")
 
 
 @pytest.mark.slow
@@ -191,7 +191,7 @@ def test_bf16_base_keeps_lora_in_fp32():
 def test_shared_prefix_gives_the_same_states_as_the_full_sequence(name):
     # The head (6 tokens) is longer than the tiny sliding window (4), so local
     # layers must window across the prefix boundary correctly.
-    m = Gemma(get_config(name, **FP32), lora=LoRAConfig(rank=2, targets=("q", "v")), rngs=nnx.Rngs(3))
+    m = Gemma(get_config(name), runtime=FP32, lora=LoRAConfig(rank=2, targets=("q", "v")), rngs=nnx.Rngs(3))
     head = jnp.array([2, 40, 41, 42, 43, 44])
     rows = jnp.array([[7, 8, 9, 10, 11], [12, 13, 0, 0, 0]])
     mask = jnp.array([[1] * 5, [1, 1, 0, 0, 0]])

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from toolkit.models.configs import Runtime
 from toolkit.models.sampling import greedy_tokens
 from toolkit.weights.keras_preset import keras_backbone_config, set_backbone_weights
 from toolkit.weights.loader import load_pretrained
@@ -30,7 +31,7 @@ PARAGRAPH = (
 
 @pytest.fixture(scope="module")
 def gemma():
-    return load_pretrained("gemma3_270m", param_dtype="float32", dtype="float32")
+    return load_pretrained("gemma3_270m", runtime=Runtime(param_dtype="float32", dtype="float32"))
 
 
 def test_continues_a_prompt_about_france(gemma):

@@ -25,7 +25,7 @@ from flax import nnx
 import keras_fixtures as kf
 from conftest import ROOT, subprocess_env
 from toolkit.models import moe
-from toolkit.models.configs import get_config
+from toolkit.models.configs import Runtime, get_config
 from toolkit.models.build import build_model, from_params
 from toolkit.models.gemma import flat_state
 from toolkit.models.gemma4 import Gemma4
@@ -34,12 +34,12 @@ from toolkit.train.flops import decoder_params
 from toolkit.weights.keras_gemma4 import backbone_kwargs, config_from_backbone, params_from_backbone
 
 ATOL = 1e-4
-FP32 = dict(param_dtype="float32", dtype="float32")
+FP32 = Runtime(param_dtype="float32", dtype="float32")
 # The 31B-like flavour also scales its RoPE (keras-hub's linear scaling), both types.
 FLAVOURS = {
-    "2b": get_config("tiny_gemma4", **FP32),
-    "31b": get_config("tiny_gemma4_global", rope_scale_global=4.0, rope_scale_local=2.0, **FP32),
-    "26b_a4b": get_config("tiny_gemma4_moe", **FP32),
+    "2b": get_config("tiny_gemma4"),
+    "31b": get_config("tiny_gemma4_global", rope_scale_global=4.0, rope_scale_local=2.0),
+    "26b_a4b": get_config("tiny_gemma4_moe"),
 }
 
 # Right-padded rows longer than the sliding window (4); the second has three padding positions.
@@ -82,13 +82,13 @@ def _forward(model):
 @pytest.mark.slow
 def test_config_from_backbone_is_ours(flavour):
     cfg, backbone, _, _ = flavour
-    assert config_from_backbone(backbone, name=cfg.name, max_seq_len=cfg.max_seq_len).replace(**FP32) == cfg
+    assert config_from_backbone(backbone, name=cfg.name, max_seq_len=cfg.max_seq_len) == cfg
 
 
 @pytest.mark.slow
 def test_logits_match_keras_hub(flavour):
     cfg, _, params, theirs = flavour
-    model = from_params(cfg, params, source="keras")
+    model = from_params(cfg, params, runtime=FP32, source="keras")
     assert isinstance(model, Gemma4)
     ours = np.asarray(_forward(model)(jnp.asarray(TOKENS), jnp.asarray(MASK.astype(bool))), np.float32)
     real = MASK.astype(bool)
@@ -105,7 +105,7 @@ def test_logits_match_keras_hub(flavour):
 @pytest.mark.slow
 def test_greedy_continuations_match_keras_hub(flavour):
     cfg, backbone, params, _ = flavour
-    forward = _forward(from_params(cfg, params, source="keras"))
+    forward = _forward(from_params(cfg, params, runtime=FP32, source="keras"))
     steps, width = 4, TOKENS.shape[1] + 4
     starts = MASK.sum(1)
 
@@ -130,9 +130,9 @@ def test_greedy_continuations_match_keras_hub(flavour):
 def test_lora_with_zero_b_is_the_base(flavour):
     cfg, _, params, _ = flavour
     tokens, mask = jnp.asarray(TOKENS), jnp.asarray(MASK.astype(bool))
-    base = np.asarray(_forward(from_params(cfg, params))(tokens, mask))
+    base = np.asarray(_forward(from_params(cfg, params, runtime=FP32))(tokens, mask))
     lora = LoRAConfig(rank=2, targets=("q", "v", "gate"))
-    model = from_params(cfg, params, lora=lora)
+    model = from_params(cfg, params, runtime=FP32, lora=lora)
     adapters = nnx.state(model, nnx.LoRAParam)
     b_leaves = [v for p, v in nnx.to_flat_state(adapters) if p[-1] == "lora_b"]
     # q and gate on every layer; v only where a layer has its own value projection.
@@ -162,7 +162,7 @@ def test_lora_matches_keras_hub_lora(flavour):
             adapters[f"layers.{i}.{ours_names[layer.name]}.lora_a"] = a
             adapters[f"layers.{i}.{ours_names[layer.name]}.lora_b"] = b
     theirs = keras_logits(backbone, TOKENS, MASK)
-    model = from_params(cfg, {**params, **adapters}, lora=LoRAConfig(rank=3, alpha=None, targets=("q", "v", "gate")))
+    model = from_params(cfg, {**params, **adapters}, runtime=FP32, lora=LoRAConfig(rank=3, alpha=None, targets=("q", "v", "gate")))
     ours = np.asarray(_forward(model)(jnp.asarray(TOKENS), jnp.asarray(MASK.astype(bool))), np.float32)
     real = MASK.astype(bool)
     np.testing.assert_allclose(ours[real], theirs[real], atol=ATOL, rtol=0)
@@ -173,8 +173,8 @@ def test_lora_matches_keras_hub_lora(flavour):
 def test_shared_head_prefix_and_concatenation_agree(name):
     """`prefix=` and `head=` (the shared instruction head) give the rows what running the head
     and the row as one sequence gives, K/V-shared layers included."""
-    cfg = get_config(name, **FP32, remat="none")
-    model = build_model(cfg, rngs=nnx.Rngs(3))
+    cfg = get_config(name)
+    model = build_model(cfg, runtime=FP32.replace(remat="none"), rngs=nnx.Rngs(3))
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):  # non-trivial gains
         if path[-1] in ("scale", "layer_scalar"):
             var.set_value(var[...] + 0.3 * jax.random.normal(jax.random.key(len(path)), var.shape))
@@ -203,7 +203,7 @@ def test_named_configs_layer_facts():
     assert e4b.layer_mlp_dim(30) == 10_240
     g31 = get_config("gemma4_31b")
     assert (g31.layer_kv_heads(4), g31.layer_kv_heads(5), g31.layer_k_eq_v(5), g31.layer_head_dim(5)) == (16, 4, True, 512)
-    assert not g31.scan_layers and not get_config("gemma4_31b", scan_layers=True).scan_layers
+    assert not Runtime(scan_layers=True).scans(g31) and Runtime(scan_layers=True).scans(get_config("gemma3_1b"))
     # The published sizes: 26B-A4B has 25.2B weights, 3.8B of them active per token; 31B 30.7B.
     moe = get_config("gemma4_26b_a4b")
     assert round(decoder_params(moe) / 1e9, 1) == 25.2 and round(decoder_params(moe, active=True) / 1e9, 1) == 3.8
@@ -219,14 +219,21 @@ def test_named_configs_layer_facts():
     (dict(global_head_dim=7), "global_head_dim"),
     (dict(num_experts=4, experts_per_token=5, expert_mlp_dim=8), "experts_per_token"),
     (dict(num_experts=4, experts_per_token=2), "expert_mlp_dim"),
-    (dict(num_experts=4, experts_per_token=2, expert_mlp_dim=8, base_quant="int8"), "base_quant"),
-    (dict(moe_dispatch="ragged"), "moe_dispatch"),
 ])
 def test_bad_gemma4_config_is_a_one_line_error(changes, field):
     with pytest.raises(ValueError) as e:
         get_config("tiny_gemma4", **changes)
     msg = str(e.value)
     assert "\n" not in msg and "'tiny_gemma4'" in msg and field in msg
+
+
+def test_what_a_runtime_cannot_do_is_a_one_line_error():
+    with pytest.raises(ValueError, match=r"moe_dispatch: got 'ragged'; must be one of auto, dense, sorted"):
+        Runtime(moe_dispatch="ragged")
+    with pytest.raises(ValueError, match=r"model 'tiny_gemma4_moe': base_quant='int8' does not cover the stacked "
+                       r"experts yet"):
+        nnx.eval_shape(lambda: build_model(get_config("tiny_gemma4_moe"), runtime=Runtime(base_quant="int8"),
+                                           rngs=nnx.Rngs(0)))
 
 
 def test_gemma4_fields_are_refused_on_other_families():
@@ -236,7 +243,7 @@ def test_gemma4_fields_are_refused_on_other_families():
 
 @pytest.mark.slow
 def test_every_parameter_has_logical_axis_names():
-    model = build_model(get_config("tiny_gemma4", **FP32), lora=LoRAConfig(targets=("q", "k", "down")),
+    model = build_model(get_config("tiny_gemma4"), runtime=FP32, lora=LoRAConfig(targets=("q", "k", "down")),
                         rngs=nnx.Rngs(0))
     known = {"vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "per_layer", None}
     seen = set()

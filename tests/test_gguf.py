@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import toolkit.weights.gguf as gguf_mod
-from toolkit.models.configs import ModelConfig, get_config
+from toolkit.models.configs import ModelConfig, Runtime, get_config
 from toolkit.weights.errors import WeightImportError
 from toolkit.weights.gguf import PYPI_GGUF_MODELS, load_gguf, read_gguf, resolve_gguf
 
@@ -413,8 +413,8 @@ def test_lazy_loading_builds_the_same_model_and_checks_each_tensor_as_it_loads(t
     _, lazy = load_gguf(path, lazy=True)
     assert all(isinstance(v, Deferred) for v in lazy.values())
     assert {k: v.shape for k, v in lazy.items()} == {k: v.shape for k, v in eager.items()}
-    a = flat_state(from_params(cfg.replace(param_dtype="float32"), eager))
-    b = flat_state(from_params(cfg.replace(param_dtype="float32"), lazy))
+    a = flat_state(from_params(cfg, eager, runtime=Runtime(param_dtype="float32")))
+    b = flat_state(from_params(cfg, lazy, runtime=Runtime(param_dtype="float32")))
     assert set(a) == set(b)
     for k in a:
         np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))

@@ -16,7 +16,7 @@ import keras_fixtures as kf
 from conftest import LABELS, VERBALIZERS, no_temp_files
 from toolkit.classifier import AgileClassifier
 from toolkit.export import export
-from toolkit.models.configs import get_config
+from toolkit.models.configs import Runtime, get_config
 from toolkit.models.build import from_params
 from toolkit.weights.errors import WeightImportError
 from toolkit.weights.hf import config_from_hf, config_to_hf, load_hf
@@ -28,7 +28,7 @@ torch = pytest.importorskip("torch", reason="the transformers parity tests need 
 transformers = pytest.importorskip("transformers")
 
 ATOL = 1e-4
-FP32 = dict(param_dtype="float32", dtype="float32")
+FP32 = Runtime(param_dtype="float32", dtype="float32")
 FAMILIES = ("gemma", "gemma2", "gemma3")
 # Right-padded, longer than the sliding window (4): local layers really drop keys.
 TOKENS = np.array([[2, 17, 250, 33, 48, 99, 7, 301, 12, 5], [2, 400, 3, 88, 123, 9, 61, 0, 0, 0]], np.int32)
@@ -72,7 +72,7 @@ def _hf_logits(model) -> np.ndarray:
 
 def _ours(directory: Path) -> np.ndarray:
     cfg, params, _ = load_hf(directory)
-    model = from_params(cfg.replace(**FP32), params, source=str(directory))
+    model = from_params(cfg, params, runtime=FP32, source=str(directory))
     return np.asarray(model(jnp.asarray(TOKENS), jnp.asarray(MASK.astype(bool))), np.float32)
 
 
@@ -200,7 +200,7 @@ def test_hf_spec_reads_the_hub_cache_offline_and_names_it_when_empty(checkpoints
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     directory, theirs = checkpoints["gemma2"]
     _hub_cache(tmp_path / "huggingface", "tiny/gemma2", directory)
-    model, tokenizer = load_pretrained("hf:tiny/gemma2", cache_dir=tmp_path, **FP32)
+    model, tokenizer = load_pretrained("hf:tiny/gemma2", cache_dir=tmp_path, runtime=FP32)
     assert tokenizer.vocab_size == kf.VOCAB_SIZE
     _assert_close(np.asarray(model(jnp.asarray(TOKENS), jnp.asarray(MASK.astype(bool)))), theirs)
     with pytest.raises(WeightImportError) as e:

@@ -12,11 +12,12 @@ import pytest
 
 import keras_fixtures as kf
 from toolkit.models.build import from_params
+from toolkit.models.configs import Runtime
 from toolkit.models.lora import LoRAConfig
 from toolkit.weights.keras_preset import load_keras_preset
 
 ATOL = 1e-4
-FP32 = dict(param_dtype="float32", dtype="float32")
+FP32 = Runtime(param_dtype="float32", dtype="float32")
 
 # Two right-padded sequences, both longer than the sliding window (4) so local
 # layers really drop keys; the second has three padding positions.
@@ -39,7 +40,7 @@ def presets(tmp_path_factory) -> dict[str, Path]:
 def _ours(preset: Path, lora_params=None, lora: LoRAConfig | None = None) -> np.ndarray:
     cfg, params, _ = load_keras_preset(preset)
     params = dict(params, **(lora_params or {}))
-    model = from_params(cfg.replace(**FP32), params, lora=lora, source=str(preset))
+    model = from_params(cfg, params, runtime=FP32, lora=lora, source=str(preset))
     return np.asarray(model(jnp.asarray(TOKENS), jnp.asarray(MASK.astype(bool))), dtype=np.float32)
 
 

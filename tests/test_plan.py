@@ -18,14 +18,14 @@ from toolkit.plan import plan
 @pytest.mark.slow
 def test_each_part_is_what_the_model_and_its_optimizer_hold():
     from toolkit.config import TrainConfig
-    from toolkit.models.configs import get_config
+    from toolkit.models.configs import Runtime, get_config
     from toolkit.models.gemma import FROZEN_FILTER, Gemma
     from toolkit.models.lora import LoRAConfig
     from toolkit.train.loop import make_optimizer
 
     lora = plan("tiny_gemma3", mode="lora", batch=4, length=32, compile=False)
-    cfg = get_config("tiny_gemma3", param_dtype="bfloat16", dtype="bfloat16")
-    model = Gemma(cfg, lora=LoRAConfig(), rngs=nnx.Rngs(0))
+    model = Gemma(get_config("tiny_gemma3"), runtime=Runtime(param_dtype="bfloat16", dtype="bfloat16"),
+                  lora=LoRAConfig(), rngs=nnx.Rngs(0))
     frozen = sum(v[...].nbytes for _, v in nnx.to_flat_state(nnx.state(model, FROZEN_FILTER)))
     adapters = nnx.state(model, nnx.LoRAParam)
     assert lora["frozen"] == frozen
@@ -57,11 +57,11 @@ def test_full_trains_everything_and_head_compiles_only_the_forward():
 
 def test_the_out_of_memory_message_carries_the_planners_bill():
     from toolkit.config import TrainConfig
-    from toolkit.models.configs import get_config
+    from toolkit.models.configs import Runtime, get_config
     from toolkit.train.loop import memory_bill
     from toolkit.train.mesh import make_mesh
 
-    bill = memory_bill(get_config("tiny_gemma3", param_dtype="float32", dtype="float32"), TrainConfig(batch_size=8),
+    bill = memory_bill(get_config("tiny_gemma3"), Runtime(param_dtype="float32", dtype="float32"), TrainConfig(batch_size=8),
                        make_mesh(devices=jax.devices()[:1]), 64)
     assert bill.startswith(" The planner's bill (launch/plan.py): tiny_gemma3 lora base none (float32), batch 8 x 64")
     assert "activations" in bill and "fits 16GB: yes" in bill

@@ -28,7 +28,7 @@ from conftest import spam_ham as _data
 from toolkit import cli
 from toolkit.classifier import AgileClassifier
 from toolkit.data.sources import DataError
-from toolkit.models.configs import get_config
+from toolkit.models.configs import Runtime, get_config
 from toolkit.models.gemma import Gemma
 from toolkit.run_lock import DirLock, LockError, lock_path
 from toolkit.saved_files import SavedFileError
@@ -248,7 +248,7 @@ def test_an_unexpected_exception_is_a_traceback_that_says_bug(capsys):
 # ------------------------------------------------------------------ API probes
 @pytest.fixture(scope="module")
 def clf(tiny_tokenizer):
-    base = Gemma(get_config("tiny_gemma3", param_dtype="float32"), rngs=nnx.Rngs(0))
+    base = Gemma(get_config("tiny_gemma3"), runtime=Runtime(param_dtype="float32"), rngs=nnx.Rngs(0))
     c = AgileClassifier(LABELS, model=(base, tiny_tokenizer), verbalizers=VERBALIZERS, max_length=64,
                         progress=False, prompt={"instructions": "Classify"}, lora={"rank": 2, "targets": ("q", "v")})
     c._ensure_model()

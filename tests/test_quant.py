@@ -12,7 +12,7 @@ from flax import nnx
 import keras_fixtures as kf
 from conftest import LABELS, VERBALIZERS, spam_ham
 from toolkit.models import quant
-from toolkit.models.configs import get_config
+from toolkit.models.configs import Runtime, get_config
 from toolkit.models.build import from_params
 from toolkit.models.gemma import FROZEN_FILTER, Gemma, frozen_params
 from toolkit.models.lora import LoRAConfig
@@ -46,12 +46,12 @@ def test_quantize_keeps_every_weight_within_half_a_step_and_int4_packs_two_per_b
 @pytest.mark.slow
 def test_a_quantized_model_computes_with_its_dequantized_weights_in_a_fraction_of_the_bytes(name, mode):
     lora = LoRAConfig(rank=2, targets=("q", "v", "down"))
-    cfg = get_config(name, param_dtype="float32")
-    base = frozen_params(Gemma(cfg, lora=lora, rngs=nnx.Rngs(0)))
-    qm = from_params(cfg.replace(base_quant=mode), base, lora=lora)
+    cfg, rt = get_config(name), Runtime(param_dtype="float32")
+    base = frozen_params(Gemma(cfg, runtime=rt, lora=lora, rngs=nnx.Rngs(0)))
+    qm = from_params(cfg, base, runtime=rt.replace(base_quant=mode), lora=lora)
     stored = {k: v for k, v in frozen_params(qm).items()}
     assert set(stored) == set(base)  # the exchange format stays the float one
-    fm = from_params(cfg, stored, lora=lora)  # a float model of exactly the dequantized weights
+    fm = from_params(cfg, stored, runtime=rt, lora=lora)  # a float model of exactly the dequantized weights
     tokens = jnp.asarray(np.random.default_rng(1).integers(5, cfg.vocab_size, size=(2, 20)), jnp.int32)
     np.testing.assert_allclose(np.asarray(qm(tokens)), np.asarray(fm(tokens)), atol=1e-5, rtol=0)
     q_bytes = sum(v[...].nbytes for _, v in nnx.to_flat_state(nnx.state(qm, FROZEN_FILTER)))
@@ -67,10 +67,12 @@ def test_base_quant_is_checked_where_it_is_given():
     from toolkit.classifier import AgileClassifier
     from toolkit.config import ConfigError, ModelSection, from_dict
 
-    with pytest.raises(ValueError, match="base_quant 'int3' is not one of none, int8, int4"):
+    with pytest.raises(ValueError, match="model.base_quant: got 'int3'; must be none, int8 or int4"):
         AgileClassifier(LABELS, base_quant="int3")
     with pytest.raises(ConfigError, match="model.base_quant.*none, int8 or int4"):
         from_dict(ModelSection, {"base_quant": "fp8"})
+    with pytest.raises(ValueError, match="base_quant 'int3' is not one of none, int8, int4"):
+        Runtime(base_quant="int3")
 
 
 @pytest.mark.slow

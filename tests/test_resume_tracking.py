@@ -134,12 +134,12 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny_tokenizer, tmp
 
     from toolkit.classifier import AgileClassifier
     from toolkit.config import CheckpointSection
-    from toolkit.models.configs import get_config
+    from toolkit.models.configs import Runtime, get_config
     from toolkit.models.gemma import Gemma
     from toolkit.train.checkpoint import Checkpointer
     from toolkit.train.callbacks import Checkpointing, TrainingDiverged
 
-    base = Gemma(get_config("tiny_gemma3", param_dtype="float32"), rngs=nnx.Rngs(0))
+    base = Gemma(get_config("tiny_gemma3"), runtime=Runtime(param_dtype="float32"), rngs=nnx.Rngs(0))
     texts, labels = SPAM * 4, ["a"] * 12
 
     def clf(lr):

@@ -14,7 +14,7 @@ from toolkit.config import TrainConfig
 from toolkit.data import packing
 from toolkit.data.pipeline import make_packed_epoch, packed_steps
 from toolkit.models import layout
-from toolkit.models.configs import get_config
+from toolkit.models.configs import Runtime, get_config
 from toolkit.models.build import from_params
 from toolkit.models.gemma import Gemma, flat_state
 from toolkit.models.lora import LoRAConfig
@@ -23,19 +23,19 @@ from toolkit.train.mesh import make_mesh
 from toolkit.train.step import make_head, make_train_step, split_model
 from toolkit.weights.loader import random_init
 
-FP32 = dict(param_dtype="float32", dtype="float32")
+FP32 = Runtime(param_dtype="float32", dtype="float32")
 LORA = LoRAConfig(rank=3, alpha=6.0)
 CLASS_IDS = jnp.array([5, 9, 11])
 
 
 def _pair(name):
     """The same weights (random adapters included) as a scanned and an unrolled model."""
-    scanned = random_init(get_config(name, **FP32), LORA)  # one compiled init, not one per shape
+    scanned = random_init(get_config(name), LORA, runtime=FP32)  # one compiled init, not one per shape
     for path, v in nnx.to_flat_state(nnx.state(scanned, nnx.LoRAParam)):
         if path[-1] == "lora_b":
             v.set_value(jax.random.normal(jax.random.key(3), v.shape) * 0.1)
     params = {k: np.asarray(v) for k, v in flat_state(scanned, nnx.Param).items()}
-    unrolled = from_params(get_config(name, scan_layers=False, **FP32), params, lora=LORA)
+    unrolled = from_params(get_config(name), params, runtime=FP32.replace(scan_layers=False), lora=LORA)
     return scanned, unrolled
 
 
@@ -62,7 +62,7 @@ def _run(model, batch, head=None):
     """(loss, logits, LoRA gradients by exchange name)."""
     value, logits, grads = _loss_logits_grads(model, batch, head)
     flat = {".".join(map(str, p)): np.asarray(g[...]) for p, g in nnx.to_flat_state(grads)}
-    return value, logits, layout.to_exchange(flat, model.config.scan_layers)
+    return value, logits, layout.to_exchange(flat, model.scanned)
 
 
 def _close(a, b, rel=1e-5):
@@ -125,7 +125,7 @@ def test_packed_batches_equal_unpacked_loss_gradients_and_scores(name):
 
 @pytest.mark.slow
 def test_packed_and_unpacked_fit_and_predict_agree():
-    placed = place_parts(split_model(Gemma(get_config("tiny_gemma3", **FP32), lora=LORA, rngs=nnx.Rngs(0))),
+    placed = place_parts(split_model(Gemma(get_config("tiny_gemma3"), runtime=FP32, lora=LORA, rngs=nnx.Rngs(0))),
                          make_mesh(devices=jax.devices()[:1]))
     rng = np.random.default_rng(0)
     ids = [list(rng.integers(20, 400, size=int(rng.integers(3, 14)))) for _ in range(37)]
@@ -186,7 +186,7 @@ def test_packed_epochs_split_rows_between_hosts_and_resume_by_skipping():
 
 @pytest.mark.slow
 def test_one_compiled_train_step_serves_every_prompt_and_label_set():
-    parts = split_model(Gemma(get_config("tiny_gemma3", **FP32), lora=LORA, rngs=nnx.Rngs(0)))
+    parts = split_model(Gemma(get_config("tiny_gemma3"), runtime=FP32, lora=LORA, rngs=nnx.Rngs(0)))
     tx = optax.sgd(0.1)
     step = make_train_step(parts.train_graph, tx)
     lora, opt, rest = jax.tree.map(jnp.copy, parts.lora), tx.init(parts.lora), jax.tree.map(jnp.copy, parts.rest)

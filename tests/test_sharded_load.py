@@ -10,6 +10,7 @@ from flax import nnx
 
 import keras_fixtures as kf
 from conftest import ROOT, subprocess_env
+from toolkit.models.configs import Runtime
 from toolkit.models.gemma import FROZEN_FILTER
 from toolkit.train.mesh import make_mesh, state_shardings
 from toolkit.weights.loader import load_pretrained
@@ -26,7 +27,7 @@ def test_the_loader_puts_each_frozen_tensor_straight_into_its_sharding(source, t
         return out
 
     spec = str(kf.make_preset("gemma3", tmp_path)) if source == "keras_preset" else "random:tiny_gemma3"
-    model, _ = load_pretrained(spec, param_dtype="float32", shardings=shardings)
+    model, _ = load_pretrained(spec, runtime=Runtime(param_dtype="float32"), shardings=shardings)
     frozen = nnx.to_flat_state(nnx.state(model, FROZEN_FILTER))
     assert asked and len(asked) == len(frozen)
     for path, var in frozen:

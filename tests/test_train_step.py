@@ -11,25 +11,26 @@ from conftest import loss_and_logits
 
 from toolkit.config import TrainConfig
 from toolkit.train.callbacks import Callback
-from toolkit.models.configs import get_config
+from toolkit.models.configs import Runtime, get_config
 from toolkit.models.gemma import Gemma
 from toolkit.models.lora import LoRAConfig
 from toolkit.train.loop import fit, make_optimizer, place_parts, predict_proba
 from toolkit.train.mesh import make_mesh
 from toolkit.train.step import make_head, make_score_step, make_train_step, split_model
 
-CFG = get_config("tiny_gemma2", param_dtype="float32")
+CFG = get_config("tiny_gemma2")
+RT = Runtime(param_dtype="float32")
 CLASS_IDS = jnp.array([5, 9, 11])
 
 
 def _parts(targets=("q", "v", "up"), dropout=0.0):
     # alpha = rank (scale 1): the float tolerances of these equivalence tests were set at that scale
     lora = LoRAConfig(rank=4, alpha=None, dropout=dropout, targets=targets)
-    return split_model(Gemma(CFG, lora=lora, rngs=nnx.Rngs(0)))
+    return split_model(Gemma(CFG, runtime=RT, lora=lora, rngs=nnx.Rngs(0)))
 
 
 def _placed(parts):
-    return place_parts(parts, make_mesh(devices=jax.devices()[:1]), CFG)
+    return place_parts(parts, make_mesh(devices=jax.devices()[:1]), CFG, RT)
 
 
 def _batch(n=6, t=10, seed=0):
@@ -238,8 +239,7 @@ def test_gradient_accumulation_equals_one_large_batch():
 def test_remat_changes_memory_not_results(remat):
     batch = _batch()
     ref, l_ref = _run_steps(_parts(dropout=0.2), batch)
-    cfg = CFG.replace(remat=remat)
-    parts = split_model(Gemma(cfg, lora=LoRAConfig(rank=4, alpha=None, dropout=0.2, targets=("q", "v", "up")),
+    parts = split_model(Gemma(CFG, runtime=RT.replace(remat=remat), lora=LoRAConfig(rank=4, alpha=None, dropout=0.2, targets=("q", "v", "up")),
                               rngs=nnx.Rngs(0)))
     got, l_got = _run_steps(parts, batch)
     np.testing.assert_allclose(l_got, l_ref, rtol=1e-5)

@@ -62,16 +62,6 @@ def _class_names(labels: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in names)
 
 
-def resolve_param_dtype(param_dtype: str) -> str:
-    """`auto` (for storage or compute dtype): bfloat16 where matmuls are native (GPU/TPU),
-    float32 on CPU."""
-    if param_dtype != "auto":
-        return param_dtype
-    import jax
-
-    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
-
-
 class AgileClassifier(ClassifierMixin, BaseEstimator):
     """A few-shot text classifier: a frozen Gemma, a prompt, and LoRA adapters.
 
@@ -258,24 +248,20 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         from toolkit.train.step import split_model
         from toolkit.weights.loader import load_pretrained
 
-        pdtype = resolve_param_dtype(self.param_dtype)
         mesh = make_mesh(self.mesh_config)
+        runtime = self.spec.model.runtime()
 
         def shardings(abstract: Any) -> Any:  # the base lands in its shards as it loads
             return state_shardings(abstract, mesh)
 
         lora = None if self.train_config.trainable == "full" else self.lora_config  # full: no adapters
         if isinstance(self.model, (str, os.PathLike)):
-            model, tok = load_pretrained(self.model, lora=lora, param_dtype=pdtype, dtype=resolve_param_dtype(self.dtype),
-                                         seed=self.train_config.seed, remat=self.remat, shardings=shardings,
-                                         base_quant=self.base_quant)
+            model, tok = load_pretrained(self.model, lora=lora, runtime=runtime, seed=self.train_config.seed,
+                                         shardings=shardings)
         else:
             base, tok = self.model
-            params = frozen_params(base)
-            cfg = base.config.replace(param_dtype=pdtype, dtype=resolve_param_dtype(self.dtype), remat=self.remat,
-                                      base_quant=self.base_quant)
-            model = from_params(cfg, params, lora=lora, seed=self.train_config.seed, source="model",
-                                shardings=shardings)
+            model = from_params(base.config, frozen_params(base), runtime=runtime, lora=lora,
+                                seed=self.train_config.seed, source="model", shardings=shardings)
         self.tokenizer = tok
         self.model_config = model.config
         try:
@@ -286,7 +272,8 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
             self.questions = Questions(self.prompt_format, self.class_names, tok, self.max_length, self._instructions())
         except ValueError as e:
             raise PromptFitError("max_length" if "max_length" in str(e) else "prompt", str(e)) from None
-        self._placement = place_parts(split_model(model, self.train_config.trainable), mesh, model.config)
+        self._placement = place_parts(split_model(model, self.train_config.trainable), mesh, model.config,
+                                      model.runtime)
         self._parts = self._placement.parts
         self._lora = self._parts.lora
         self._loaded = True

@@ -19,15 +19,11 @@ from typing import Any, Sequence
 import yaml
 
 from toolkit.data.prompt import PromptFormat
+from toolkit.models.configs import REMAT_POLICIES, STORAGE_DTYPES, Runtime
 from toolkit.models.lora_config import LoRAConfig
 
 
-# "none": keep every activation; "dots" (the default): keep the projections' matmul
-# outputs and recompute the cheap elementwise rest, which on a 2-core CPU made the 270M
-# train step ~22% faster than "none" (fewer per-layer buffers to stack and copy) and
-# uses less memory; "full": recompute each decoder layer in the backward pass (least memory).
-REMAT_POLICIES = ("none", "dots", "full")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", *STORAGE_DTYPES)
 # "class": softmax over the class tokens; "lm": the codelab's full-vocabulary loss.
 LOSSES = ("class", "lm")
 # What a run's epochs are scored by (`AgileClassifier.fit` prefixes the validation
@@ -72,12 +68,27 @@ class ModelSection:
         must(isinstance(self.name, str) and bool(self.name.strip()), "model.name", self.name,
              "a model spec such as gemma3_270m, a .gguf file, a keras-hub preset dir or random:tiny_gemma3")
         must(self.remat in REMAT_POLICIES, "model.remat", self.remat, f"one of {', '.join(REMAT_POLICIES)}")
-        from toolkit.models.quant import MODES as QUANT_MODES
+        from toolkit.models.quant import MODES as QUANT_MODES  # noqa: N811
 
         must(self.base_quant in QUANT_MODES, "model.base_quant", self.base_quant,
              f"{', '.join(QUANT_MODES[:-1])} or {QUANT_MODES[-1]} (the frozen base's storage; adapters stay fp32)")
         for key in ("param_dtype", "dtype"):
             must(getattr(self, key) in DTYPES, f"model.{key}", getattr(self, key), f"one of {', '.join(DTYPES)}")
+
+    def runtime(self) -> Runtime:
+        """How the model runs on this machine (`auto` dtypes resolved for its backend)."""
+        return Runtime(param_dtype=resolve_dtype(self.param_dtype), dtype=resolve_dtype(self.dtype),
+                       remat=self.remat, base_quant=self.base_quant)
+
+
+def resolve_dtype(dtype: str) -> str:
+    """`auto` (for storage or compute dtype): bfloat16 where matmuls are native (GPU/TPU),
+    float32 on CPU, where bf16 matmuls are emulated and slower."""
+    if dtype != "auto":
+        return dtype
+    import jax
+
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -92,7 +92,7 @@ def plan(model: Any, *, mode: str = "lora", base_quant: str = "none", batch: int
     from flax import nnx
 
     from toolkit.config import MeshConfig, TrainConfig
-    from toolkit.models.configs import get_config
+    from toolkit.models.configs import Runtime, get_config
     from toolkit.models.build import build_model
     from toolkit.models.gemma import FROZEN_FILTER
     from toolkit.models.lora import LoRAConfig
@@ -112,14 +112,14 @@ def plan(model: Any, *, mode: str = "lora", base_quant: str = "none", batch: int
     if len(devices) < n:
         raise ConfigError(f"mesh {tuple(mesh)} needs {n} devices; {len(devices)} here (on CPU set XLA_FLAGS="
                          f"--xla_force_host_platform_device_count={n} before JAX starts: launch/plan.py does)")
-    run_time = dict(param_dtype=param_dtype, dtype=dtype, remat=remat, base_quant=base_quant)
-    cfg = model.replace(**run_time) if not isinstance(model, str) else get_config(model, **run_time)
-    if cfg.num_experts and cfg.moe_dispatch == "auto":
-        # Plans are for accelerators: compile their grouped-matmul dispatch, not the CPU einsum.
-        cfg = cfg.replace(moe_dispatch="sorted")
+    cfg = get_config(model) if isinstance(model, str) else model
+    # Plans are for accelerators: a mixture of experts compiles their grouped-matmul dispatch,
+    # not the CPU einsum.
+    rt = Runtime(param_dtype=param_dtype, dtype=dtype, remat=remat, base_quant=base_quant,
+                 moe_dispatch="sorted" if cfg.num_experts else "auto")
     lora = (lora or LoRAConfig()) if mode == "lora" else None
     m = mesh_lib.make_mesh(MeshConfig(data=mesh[0], fsdp=mesh[1], tensor=mesh[2]), devices=devices[:n])
-    abstract = nnx.eval_shape(lambda: build_model(cfg, lora=lora, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: build_model(cfg, runtime=rt, lora=lora, rngs=nnx.Rngs(0)))
     abstract.train()
     if mode == "lora":
         graph, trainable, frozen, rest = nnx.split(abstract, nnx.LoRAParam, FROZEN_FILTER, ...)

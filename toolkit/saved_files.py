@@ -181,7 +181,8 @@ def load(directory: str | Path, *, progress: bool = True, mesh: Any = None) -> A
         if "model_config" not in meta:
             raise SavedFileError(f"{meta_path}: key 'model_config' is missing; the file is damaged or from another "
                                  "program: save the classifier again")
-        weights = from_params(ModelConfig.from_dict(meta["model_config"]), read_npz(root / BASE), source=str(root / BASE))
+        weights = from_params(ModelConfig.from_dict(meta["model_config"]), read_npz(root / BASE),
+                              runtime=spec.model.runtime(), source=str(root / BASE))
         base = (weights, Tokenizer.from_spm(root / TOKENIZER))
     try:
         clf = spec_module.classifier_class(spec.task).from_spec(spec, model=base, progress=progress)

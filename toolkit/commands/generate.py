@@ -11,6 +11,7 @@ import time
 
 from toolkit import cli
 from toolkit.models.sampling import greedy_tokens
+from toolkit.models.configs import Runtime
 from toolkit.weights.loader import load_pretrained
 
 
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     t0 = time.perf_counter()
-    model, tok = load_pretrained(args.model, param_dtype=args.param_dtype, dtype=args.dtype)
+    model, tok = load_pretrained(args.model, runtime=Runtime(param_dtype=args.param_dtype, dtype=args.dtype))
     print(f"[loaded {model.config.name} in {time.perf_counter() - t0:.1f}s]", file=sys.stderr)
     ids = tok.encode(args.prompt, add_bos=True)
     stops = [tok.eos_id] + [tok.token_to_id(t) for t in ("<end_of_turn>",) if t in tok.control_tokens]

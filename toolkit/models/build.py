@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from toolkit.models import layout, quant
-from toolkit.models.configs import ModelConfig
+from toolkit.models.configs import ModelConfig, Runtime
 from toolkit.models.gemma import FROZEN_FILTER, Gemma, quantized_weights
 from toolkit.models.gemma4 import Gemma4
 from toolkit.models.lora import LoRAConfig
@@ -23,17 +23,18 @@ from toolkit.models.lora import LoRAConfig
 Array = jax.Array
 
 
-def build_model(config: ModelConfig, *, lora: LoRAConfig | None = None, rngs: nnx.Rngs) -> Gemma:
+def build_model(config: ModelConfig, *, runtime: Runtime | None = None, lora: LoRAConfig | None = None,
+                rngs: nnx.Rngs) -> Gemma:
     """The model class of `config.family`: `Gemma` (1, 2, 3) or `toolkit.models.gemma4.Gemma4`."""
-    if config.family == "gemma4":
-        return Gemma4(config, lora=lora, rngs=rngs)
-    return Gemma(config, lora=lora, rngs=rngs)
+    cls = Gemma4 if config.family == "gemma4" else Gemma
+    return cls(config, runtime=runtime, lora=lora, rngs=rngs)
 
 
 def from_params(
     config: ModelConfig,
     params: Mapping[str, np.ndarray],
     *,
+    runtime: Runtime | None = None,
     lora: LoRAConfig | None = None,
     seed: int = 0,
     source: str = "params",
@@ -57,8 +58,10 @@ def from_params(
     """
     from toolkit.weights.errors import WeightImportError
 
+    runtime = runtime if runtime is not None else Runtime()
+
     def build() -> Gemma:
-        return build_model(config, lora=lora, rngs=nnx.Rngs(seed))
+        return build_model(config, runtime=runtime, lora=lora, rngs=nnx.Rngs(seed))
 
     abstract = nnx.eval_shape(build)
     quantized = quantized_weights(abstract)  # float tensors given, stored quantized: {name: contracted axes}
@@ -67,13 +70,13 @@ def from_params(
     # that XLA drops the (unused) random init of the base.
     other_state = jax.jit(lambda: nnx.split(build(), FROZEN_FILTER, ...)[2])()
     lora_state = nnx.state(nnx.merge(graphdef, base_state, other_state), nnx.LoRAParam)
-    scanned = config.scan_layers
+    scanned = runtime.scans(config)
     base_vars = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(base_state)}
     lora_vars = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(lora_state)}
     float_shapes = {k: v.shape for k, v in base_vars.items() if not _is_scale(k, quantized)}
     if quantized:  # the tensors given are float: take their shapes from the float model
-        float_model = nnx.eval_shape(lambda: build_model(config.replace(base_quant="none"), lora=lora,
-                                                         rngs=nnx.Rngs(seed)))
+        float_model = nnx.eval_shape(lambda: build_model(config, runtime=runtime.replace(base_quant="none"),
+                                                         lora=lora, rngs=nnx.Rngs(seed)))
         for path, v in nnx.to_flat_state(nnx.state(float_model, FROZEN_FILTER)):
             if ".".join(map(str, path)) in quantized:
                 float_shapes[".".join(map(str, path))] = v.shape
@@ -102,7 +105,7 @@ def from_params(
     values = layout.to_model(params, config.num_layers, scanned)
     for name in [n for n in values if n in quantized]:  # one tensor at a time: its float copy is transient
         values[name], values[name + quant.SCALE_SUFFIX] = quant.quantize(
-            np.asarray(values[name], np.float32), quantized[name], config.base_quant)
+            np.asarray(values[name], np.float32), quantized[name], runtime.base_quant)
     for name, value in values.items():
         var = base_vars[name] if name in base_vars else lora_vars[name]
         if name in base_shardings:

@@ -1,10 +1,15 @@
 """Named Gemma architectures: the one place that says what each model size is.
 
-A `ModelConfig` holds architecture facts only (what a checkpoint needs to be
-read correctly) plus the two dtypes a run chooses. Everything the forward pass
-branches on is a field here, so Gemma 1, 2 and 3 share one module tree
-(`toolkit.models.gemma`); Gemma 4, whose layers differ in shape by type, has
-its own (`toolkit.models.gemma4`), built from the same fields plus its own.
+A `ModelConfig` holds architecture facts only: what a checkpoint needs to be read
+correctly. Everything the forward pass branches on is a field here, so Gemma 1, 2
+and 3 share one module tree (`toolkit.models.gemma`); Gemma 4, whose layers differ
+in shape by type, has its own (`toolkit.models.gemma4`), built from the same fields
+plus its own.
+
+How a model runs (storage and compute dtypes, remat, layer scan, a quantized base,
+MoE dispatch) is a `Runtime`, chosen per run and never read from a checkpoint: the
+same architecture runs in fp32 on a laptop and bf16 on a pod. A model holds both
+(`model.config`, `model.runtime`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,59 @@ from toolkit.models import quant
 FAMILIES = ("gemma", "gemma2", "gemma3", "gemma4")
 # How a mixture-of-experts layer runs its experts (`toolkit.models.moe.dispatch_impl`).
 MOE_DISPATCH = ("auto", "dense", "sorted")
+# Activation checkpointing of each decoder layer. "none": keep every activation; "dots"
+# (the default): keep the projections' matmul outputs and recompute the cheap elementwise
+# rest, which on a 2-core CPU made the 270M train step ~22% faster than "none" (fewer
+# per-layer buffers to stack and copy) and uses less memory; "full": recompute each
+# layer in the backward pass (least memory).
+REMAT_POLICIES = ("none", "dots", "full")
+STORAGE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """How a model runs, as opposed to what it is (`ModelConfig`).
+
+    `param_dtype` stores the frozen base and `dtype` is the activations' (LoRA weights,
+    norms, softmaxes and losses stay fp32 whatever is chosen). `scan_layers`: layers under
+    `lax.scan`, with weights stacked on a leading `layers` axis (one compiled body), or
+    unrolled (one program region per layer: slower to compile, kept to check the scan
+    against). Gemma 4's layers differ in shape by type, so they are always unrolled
+    (`scans`). `base_quant` stores the frozen projections and embedding as int8 / packed
+    int4 with float scales, dequantized in each matmul (QLoRA; `toolkit.models.quant`).
+    `moe_dispatch`: "auto" (grouped matmul on accelerators, dense einsum on CPU),
+    "sorted" or "dense".
+    """
+
+    param_dtype: str = "bfloat16"
+    dtype: str = "float32"
+    remat: str = "dots"
+    scan_layers: bool = True
+    base_quant: str = "none"
+    moe_dispatch: str = "auto"
+
+    def __post_init__(self) -> None:
+        for key in ("param_dtype", "dtype"):
+            if getattr(self, key) not in STORAGE_DTYPES:
+                raise ValueError(f"{key}: got {getattr(self, key)!r}; must be one of {', '.join(STORAGE_DTYPES)}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat: got {self.remat!r}; must be one of {', '.join(REMAT_POLICIES)}")
+        quant.check_mode(self.base_quant)
+        if self.moe_dispatch not in MOE_DISPATCH:
+            raise ValueError(f"moe_dispatch: got {self.moe_dispatch!r}; must be one of {', '.join(MOE_DISPATCH)}")
+
+    def replace(self, **changes: Any) -> "Runtime":
+        return dataclasses.replace(self, **changes)
+
+    def scans(self, config: "ModelConfig") -> bool:
+        """Whether `config`'s layers run scanned (stacked weights) under this runtime."""
+        return self.scan_layers and config.family != "gemma4"
+
+    def check(self, config: "ModelConfig") -> None:
+        """What this runtime cannot do for `config` yet."""
+        if config.num_experts and self.base_quant != "none":
+            raise ValueError(f"model {config.name!r}: base_quant={self.base_quant!r} does not cover the stacked "
+                             "experts yet; use base_quant=none for a mixture-of-experts model")
 
 LOCAL, GLOBAL = "sliding_attention", "full_attention"  # Gemma 4's explicit layer types (HF / keras-hub names)
 
@@ -34,7 +92,7 @@ class ModelConfig:
     global); Gemma 4 may instead list `layer_types` explicitly.
 
     Gemma 4 (family "gemma4"; see `toolkit.models.gemma4`) adds the fields
-    below the run-time ones. Its attention is unscaled (Q/K norms instead:
+    below `max_seq_len`. Its attention is unscaled (Q/K norms instead:
     `query_pre_attn_scalar=1.0`) and always has QK-norm and post norms. Global
     layers may have their own head size (`global_head_dim`) and, with
     `num_global_kv_heads`, fewer K/V heads whose values reuse the key
@@ -70,19 +128,6 @@ class ModelConfig:
     rope_scale_local: float = 1.0
     norm_eps: float = 1e-6
     max_seq_len: int = 8192
-    # Run-time choices, not architecture: the frozen base's storage dtype and
-    # the activation dtype. LoRA weights are always fp32.
-    param_dtype: str = "bfloat16"
-    dtype: str = "float32"
-    # Activation checkpointing of each decoder layer: "none", "dots" or "full".
-    remat: str = "dots"
-    # Layers under `lax.scan` (one compiled body, weights stacked on a leading
-    # `layers` axis) or unrolled (one program region per layer: slower to compile,
-    # kept to check the scan against).
-    scan_layers: bool = True
-    # The frozen base's projections and embedding stored as int8 / packed int4 with
-    # float scales, dequantized in each matmul (QLoRA; toolkit/models/quant.py).
-    base_quant: str = "none"
     # Gemma 4 only (defaults: off, so Gemma 1-3 configs are unchanged).
     layer_types: tuple[str, ...] | None = None
     global_head_dim: int | None = None
@@ -94,12 +139,10 @@ class ModelConfig:
     per_layer_vocab_size: int | None = None
     # Mixture of experts (26B-A4B; `toolkit.models.moe`): `num_experts` > 0 adds, beside every
     # layer's dense MLP, a router choosing `experts_per_token` GeGLU experts of width
-    # `expert_mlp_dim`. `moe_dispatch` is a run-time choice: "auto" (grouped matmul on
-    # accelerators, dense einsum on CPU), "sorted" or "dense".
+    # `expert_mlp_dim` (how they run: `Runtime.moe_dispatch`).
     num_experts: int = 0
     experts_per_token: int = 8
     expert_mlp_dim: int = 0
-    moe_dispatch: str = "auto"
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -118,10 +161,6 @@ class ModelConfig:
                 f"model {self.name!r}: num_heads={self.num_heads} is not a multiple of "
                 f"num_kv_heads={self.num_kv_heads}"
             )
-        try:
-            quant.check_mode(self.base_quant)
-        except ValueError as e:
-            raise ValueError(f"model {self.name!r}: {e}") from None
         if self.sliding_window_pattern is not None and not self.sliding_window:
             raise ValueError(f"model {self.name!r}: sliding_window_pattern needs sliding_window > 0")
 
@@ -129,8 +168,6 @@ class ModelConfig:
         def bad(msg: str) -> ValueError:
             return ValueError(f"model {self.name!r}: {msg}")
 
-        # Gemma 4's layers differ in shape by type, so they are unrolled (see toolkit.models.gemma4).
-        object.__setattr__(self, "scan_layers", False)
         n = self.num_layers
         if self.layer_types is not None:
             if len(self.layer_types) != n:
@@ -158,11 +195,6 @@ class ModelConfig:
                           f"{self.num_experts}]")
             if self.expert_mlp_dim <= 0:
                 raise bad(f"expert_mlp_dim={self.expert_mlp_dim} must be positive with num_experts > 0")
-            if self.base_quant != "none":
-                raise bad(f"base_quant={self.base_quant!r} does not cover the stacked experts yet; "
-                          "use base_quant=none for a mixture-of-experts model")
-        if self.moe_dispatch not in MOE_DISPATCH:
-            raise bad(f"moe_dispatch={self.moe_dispatch!r} is not one of {MOE_DISPATCH}")
         if not 0 <= self.num_kv_shared_layers < n:
             raise bad(f"num_kv_shared_layers={self.num_kv_shared_layers} must be in [0, num_layers={n})")
         for i in range(n - self.num_kv_shared_layers, n):
@@ -211,13 +243,17 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        """Strict, except for the run-time fields that saved configs carried before `Runtime`
+        was split off: they are dropped (a saved classifier's spec holds its runtime)."""
         names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k not in _LEGACY_RUNTIME}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown ModelConfig fields {unknown}; known: {sorted(names)}")
         return cls(**d)
 
 
+_LEGACY_RUNTIME = frozenset(f.name for f in dataclasses.fields(Runtime))
 _GEMMA4_FIELDS = tuple(f for f in dataclasses.fields(ModelConfig)
                        if f.name in ("layer_types", "global_head_dim", "num_global_kv_heads", "rope_partial_global",
                                      "num_kv_shared_layers", "use_double_wide_mlp", "per_layer_input_dim",
@@ -357,7 +393,7 @@ def named_configs() -> list[str]:
 
 
 def get_config(name: str, **overrides: Any) -> ModelConfig:
-    """The named architecture, with run-time fields (dtypes) overridable."""
+    """The named architecture, with `overrides` of its fields (e.g. a smaller vocabulary)."""
     try:
         cfg = _NAMED[name]
     except KeyError:

@@ -36,7 +36,7 @@ import numpy as np
 from flax import nnx
 
 from toolkit.models import layout, quant
-from toolkit.models.configs import ModelConfig
+from toolkit.models.configs import ModelConfig, Runtime
 from toolkit.models.lora import Einsum, LoRAConfig
 
 Array = jax.Array
@@ -137,15 +137,20 @@ def _softcap(x: Array, cap: float | None) -> Array:
     return x if cap is None else jnp.tanh(x / cap) * cap
 
 
+def weight_kw(rt: Runtime) -> dict[str, Any]:
+    """The storage, compute dtype and quantization every frozen projection is built with."""
+    return dict(param_dtype=jnp.dtype(rt.param_dtype), dtype=jnp.dtype(rt.dtype), quant=rt.base_quant)
+
+
 def _targets(lora: LoRAConfig | None, name: str) -> LoRAConfig | None:
     return lora if lora is not None and name in lora.targets else None
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, lora: LoRAConfig | None, rngs: nnx.Rngs, stack: int | None = None):
+    def __init__(self, cfg: ModelConfig, rt: Runtime, *, lora: LoRAConfig | None, rngs: nnx.Rngs,
+                 stack: int | None = None):
         self.cfg = cfg
-        kw = dict(param_dtype=jnp.dtype(cfg.param_dtype), dtype=jnp.dtype(cfg.dtype), rngs=rngs, stack=stack,
-                  quant=cfg.base_quant)
+        kw = dict(**weight_kw(rt), rngs=rngs, stack=stack)
         n, k, d, h = cfg.num_heads, cfg.num_kv_heads, cfg.embed_dim, cfg.head_dim
         self.q_proj = Einsum("btd,ndh->btnh", (n, d, h), ("heads", "embed", "head_dim"),
                              lora=_targets(lora, "q"), **kw)
@@ -217,11 +222,10 @@ def _attention_softcapped(q: Array, k: Array, v: Array, mask: Array, scale: floa
 
 
 class MLP(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, lora: LoRAConfig | None, rngs: nnx.Rngs, stack: int | None = None,
-                 mlp_dim: int | None = None):
+    def __init__(self, cfg: ModelConfig, rt: Runtime, *, lora: LoRAConfig | None, rngs: nnx.Rngs,
+                 stack: int | None = None, mlp_dim: int | None = None):
         """GeGLU of `mlp_dim` (default `cfg.mlp_dim`; Gemma 4's K/V-shared layers may be twice as wide)."""
-        kw = dict(param_dtype=jnp.dtype(cfg.param_dtype), dtype=jnp.dtype(cfg.dtype), rngs=rngs, stack=stack,
-                  quant=cfg.base_quant)
+        kw = dict(**weight_kw(rt), rngs=rngs, stack=stack)
         d, f = cfg.embed_dim, mlp_dim or cfg.mlp_dim
         self.gate_proj = Einsum("btd,df->btf", (d, f), ("embed", "mlp"), lora=_targets(lora, "gate"), **kw)
         self.up_proj = Einsum("btd,df->btf", (d, f), ("embed", "mlp"), lora=_targets(lora, "up"), **kw)
@@ -234,15 +238,16 @@ class MLP(nnx.Module):
 class DecoderLayer(nnx.Module):
     """One decoder block, or (with `stack=n`) n blocks' weights stacked for `lax.scan`."""
 
-    def __init__(self, cfg: ModelConfig, *, lora: LoRAConfig | None, rngs: nnx.Rngs, stack: int | None = None):
-        norm_kw = dict(eps=cfg.norm_eps, param_dtype=jnp.dtype(cfg.param_dtype), dtype=jnp.dtype(cfg.dtype),
+    def __init__(self, cfg: ModelConfig, rt: Runtime, *, lora: LoRAConfig | None, rngs: nnx.Rngs,
+                 stack: int | None = None):
+        norm_kw = dict(eps=cfg.norm_eps, param_dtype=jnp.dtype(rt.param_dtype), dtype=jnp.dtype(rt.dtype),
                        stack=stack)
         self.pre_attention_norm = RMSNorm(cfg.embed_dim, "embed", **norm_kw)
-        self.attn = Attention(cfg, lora=lora, rngs=rngs, stack=stack)
+        self.attn = Attention(cfg, rt, lora=lora, rngs=rngs, stack=stack)
         if cfg.use_post_attn_norm:
             self.post_attention_norm = RMSNorm(cfg.embed_dim, "embed", **norm_kw)
         self.pre_ffw_norm = RMSNorm(cfg.embed_dim, "embed", **norm_kw)
-        self.mlp = MLP(cfg, lora=lora, rngs=rngs, stack=stack)
+        self.mlp = MLP(cfg, rt, lora=lora, rngs=rngs, stack=stack)
         if cfg.use_post_ffw_norm:
             self.post_ffw_norm = RMSNorm(cfg.embed_dim, "embed", **norm_kw)
         self.use_post_attn_norm = cfg.use_post_attn_norm
@@ -260,13 +265,12 @@ class DecoderLayer(nnx.Module):
         return x + f
 
 
-_REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+# `Runtime.remat`'s names (checked there) as JAX policies; "none" never reaches jax.checkpoint.
+_JAX_REMAT = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 def _remat_policy(remat: str) -> Any:
-    if remat not in _REMAT_POLICIES:
-        raise ValueError(f"remat must be none, dots or full, got {remat!r}")
-    return _REMAT_POLICIES[remat]
+    return _JAX_REMAT[remat]
 
 
 # A layer function: (layer, carried activations, this layer's scanned inputs) -> (activations, per-layer output).
@@ -334,14 +338,14 @@ class Embedder(nnx.Module):
 
     CONTRACTED = (1,)  # a row's entries share its scale: the projection sums over them
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, rows: int | None = None, dim: int | None = None,
-                 axes: tuple[str, str] = ("vocab", "embed")):
+    def __init__(self, cfg: ModelConfig, rt: Runtime, *, rngs: nnx.Rngs, rows: int | None = None,
+                 dim: int | None = None, axes: tuple[str, str] = ("vocab", "embed")):
         """`rows` x `dim` (default vocab_size x embed_dim); Gemma 4's per-layer table is another."""
         shape = (rows or cfg.vocab_size, dim or cfg.embed_dim)
         init = jax.nn.initializers.normal(stddev=shape[1]**-0.5)
-        self.quant = cfg.base_quant
+        self.quant = rt.base_quant
         if self.quant == "none":
-            self.input_embedding = _param(init(rngs.params(), shape, jnp.dtype(cfg.param_dtype)), axes)
+            self.input_embedding = _param(init(rngs.params(), shape, jnp.dtype(rt.param_dtype)), axes)
         else:
             q, scale = quant.quantize(init(rngs.params(), shape, jnp.float32), self.CONTRACTED, self.quant, xp=jnp)
             self.input_embedding = _param(q, axes)
@@ -386,31 +390,45 @@ def row_masks(b: int, t: int, p: int, padding_mask: Array | None, positions: Arr
 class Gemma(nnx.Module):
     """A Gemma decoder; `lora` adds adapters (nnx.LoRAParam) to the chosen projections.
 
-    With `config.scan_layers` (the default) all layers' weights are stacked on a
-    leading `layers` axis and one layer body runs under `lax.scan`, so compile
-    time does not grow with depth (MaxText scans for the same reason); otherwise
+    `runtime` says how it runs (`toolkit.models.configs.Runtime`; default: bf16 storage,
+    fp32 compute, "dots" remat, scanned). With `runtime.scan_layers` all layers' weights
+    are stacked on a leading `layers` axis and one layer body runs under `lax.scan`, so
+    compile time does not grow with depth (MaxText scans for the same reason); otherwise
     the layers are a Python list, unrolled into the program.
     """
 
-    def __init__(self, config: ModelConfig, *, lora: LoRAConfig | None = None, rngs: nnx.Rngs):
-        self.config = config
+    def __init__(self, config: ModelConfig, *, runtime: Runtime | None = None, lora: LoRAConfig | None = None,
+                 rngs: nnx.Rngs):
+        rt = self._runtime(config, runtime)
         self.lora = lora
-        self.dtype = jnp.dtype(config.dtype)
-        self.embedder = Embedder(config, rngs=rngs)
-        if config.scan_layers:
-            self.layers = DecoderLayer(config, lora=lora, rngs=rngs, stack=config.num_layers)
+        self.dtype = jnp.dtype(rt.dtype)
+        self.embedder = Embedder(config, rt, rngs=rngs)
+        if rt.scans(config):
+            self.layers = DecoderLayer(config, rt, lora=lora, rngs=rngs, stack=config.num_layers)
         else:
-            self.layers = nnx.List([DecoderLayer(config, lora=lora, rngs=rngs) for _ in range(config.num_layers)])
+            self.layers = nnx.List([DecoderLayer(config, rt, lora=lora, rngs=rngs) for _ in range(config.num_layers)])
         self.final_norm = RMSNorm(config.embed_dim, "embed", eps=config.norm_eps,
-                                  param_dtype=jnp.dtype(config.param_dtype), dtype=self.dtype)
+                                  param_dtype=jnp.dtype(rt.param_dtype), dtype=self.dtype)
+
+    def _runtime(self, config: ModelConfig, runtime: Runtime | None) -> Runtime:
+        """Keep what the model is and how it runs (checked against each other), and the adapters."""
+        rt = runtime if runtime is not None else Runtime()
+        rt.check(config)
+        self.config, self.runtime = config, rt
+        return rt
+
+    @property
+    def scanned(self) -> bool:
+        """Whether the layers' weights are stacked on a leading `layers` axis (`Runtime.scans`)."""
+        return self.runtime.scans(self.config)
 
     def _embed(self, tokens: Array) -> Array:
         x = self.embedder.rows(self.dtype, tokens)
         return x * jnp.sqrt(jnp.float32(self.config.embed_dim)).astype(self.dtype)
 
     def _run_layers(self, fn: LayerFn, x: Array, xs: Any) -> tuple[Array, Any]:
-        run = _run_scanned if self.config.scan_layers else _run_unrolled
-        return run(self.layers, fn, x, xs, self.config.remat)
+        run = _run_scanned if self.scanned else _run_unrolled
+        return run(self.layers, fn, x, xs, self.runtime.remat)
 
     def prefix(self, tokens: Array) -> tuple[Array, Array]:
         """Keys and values (layers, 1, P, kv_heads, head_dim) of a (P,) token prefix
@@ -497,8 +515,7 @@ def flat_state(model: nnx.Module, filter_: Any = nnx.Param) -> dict[str, Array]:
 
 
 def _scanned(model: nnx.Module) -> bool:
-    cfg = getattr(model, "config", None)
-    return bool(getattr(cfg, "scan_layers", False))
+    return bool(getattr(model, "scanned", False))
 
 
 def quantized_weights(model: nnx.Module) -> dict[str, tuple[int, ...]]:
@@ -522,7 +539,7 @@ def frozen_params(model: Gemma, gather: Callable[[dict[str, Any]], dict[str, Any
     flat = {".".join(map(str, k)): v[...] for k, v in nnx.to_flat_state(nnx.state(model, FROZEN_FILTER))}
     if gather is not None:
         flat = gather(flat)
-    mode = model.config.base_quant
+    mode = model.runtime.base_quant
     for name, contracted in quantized_weights(model).items():
         scale = flat.pop(name + quant.SCALE_SUFFIX)
         flat[name] = quant.dequantize(flat[name], scale, contracted, mode, jnp.float32)

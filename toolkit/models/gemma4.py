@@ -29,7 +29,7 @@ What differs from Gemma 1-3 (`toolkit.models.gemma`, whose pieces this reuses):
   post_moe(experts(pre_moe(x))))`, routed by the raw residual stream.
 
 Layers differ in shape by type, so they are unrolled (an `nnx.List`):
-`config.scan_layers` is forced False for the family (`ModelConfig`); remat
+`Runtime.scans` is False for the family whatever `scan_layers` says; remat
 still applies per layer. The flat exchange names (`toolkit.models.layout`):
 
     embedder.input_embedding                    (vocab, embed)
@@ -71,7 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from toolkit.models.configs import ModelConfig
+from toolkit.models.configs import ModelConfig, Runtime
 from toolkit.models.gemma import (
     GLOBAL_WINDOW,
     MLP,
@@ -85,6 +85,7 @@ from toolkit.models.gemma import (
     attend,
     rope_inv_freq,
     row_masks,
+    weight_kw,
 )
 from toolkit.models.lora import Einsum, LoRAConfig
 from toolkit.models.moe import MoE
@@ -107,31 +108,30 @@ def layer_window(cfg: ModelConfig, i: int) -> int:
     return cfg.sliding_window if cfg.sliding_window and not cfg.is_global_layer(i) else GLOBAL_WINDOW
 
 
-def _norm_kw(cfg: ModelConfig) -> dict[str, Any]:
+def _norm_kw(cfg: ModelConfig, rt: Runtime) -> dict[str, Any]:
     # Gemma 4's norms hold the gain itself (x / rms(x) * scale), initialised to ones.
-    return dict(eps=cfg.norm_eps, param_dtype=jnp.dtype(cfg.param_dtype), dtype=jnp.dtype(cfg.dtype),
+    return dict(eps=cfg.norm_eps, param_dtype=jnp.dtype(rt.param_dtype), dtype=jnp.dtype(rt.dtype),
                 scale_offset=0.0)
 
 
 class Gemma4Attention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, i: int, *, lora: LoRAConfig | None, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rt: Runtime, i: int, *, lora: LoRAConfig | None, rngs: nnx.Rngs):
         self.cfg = cfg
-        kw = dict(param_dtype=jnp.dtype(cfg.param_dtype), dtype=jnp.dtype(cfg.dtype), rngs=rngs,
-                  quant=cfg.base_quant)
+        kw = dict(**weight_kw(rt), rngs=rngs)
         n, d, h, k = cfg.num_heads, cfg.embed_dim, cfg.layer_head_dim(i), cfg.layer_kv_heads(i)
         self.shared = cfg.kv_shared_source(i) is not None
         self.k_eq_v = cfg.layer_k_eq_v(i)
         self.q_proj = Einsum("btd,ndh->btnh", (n, d, h), ("heads", "embed", "head_dim"),
                              lora=_targets(lora, "q"), **kw)
-        self.q_norm = RMSNorm(h, "head_dim", **_norm_kw(cfg))
+        self.q_norm = RMSNorm(h, "head_dim", **_norm_kw(cfg, rt))
         if not self.shared:  # a shared layer borrows its source layer's keys and values
             self.k_proj = Einsum("btd,kdh->btkh", (k, d, h), ("kv_heads", "embed", "head_dim"),
                                  lora=_targets(lora, "k"), **kw)
-            self.k_norm = RMSNorm(h, "head_dim", **_norm_kw(cfg))
+            self.k_norm = RMSNorm(h, "head_dim", **_norm_kw(cfg, rt))
             if not self.k_eq_v:
                 self.v_proj = Einsum("btd,kdh->btkh", (k, d, h), ("kv_heads", "embed", "head_dim"),
                                      lora=_targets(lora, "v"), **kw)
-            self.v_norm = RMSNorm(h, "head_dim", **_norm_kw(cfg), with_scale=False)
+            self.v_norm = RMSNorm(h, "head_dim", **_norm_kw(cfg, rt), with_scale=False)
         self.o_proj = Einsum("btnh,nhd->btd", (n, h, d), ("heads", "head_dim", "embed"),
                              lora=_targets(lora, "o"), **kw)
 
@@ -156,29 +156,28 @@ class Gemma4Attention(nnx.Module):
 class Gemma4Layer(nnx.Module):
     """One Gemma 4 decoder block (layer `i` of `cfg`: its shapes depend on its type)."""
 
-    def __init__(self, cfg: ModelConfig, i: int, *, lora: LoRAConfig | None, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rt: Runtime, i: int, *, lora: LoRAConfig | None, rngs: nnx.Rngs):
         d = cfg.embed_dim
-        self.pre_attention_norm = RMSNorm(d, "embed", **_norm_kw(cfg))
-        self.attn = Gemma4Attention(cfg, i, lora=lora, rngs=rngs)
-        self.post_attention_norm = RMSNorm(d, "embed", **_norm_kw(cfg))
-        self.pre_ffw_norm = RMSNorm(d, "embed", **_norm_kw(cfg))
-        self.mlp = MLP(cfg, lora=lora, rngs=rngs, mlp_dim=cfg.layer_mlp_dim(i))
+        self.pre_attention_norm = RMSNorm(d, "embed", **_norm_kw(cfg, rt))
+        self.attn = Gemma4Attention(cfg, rt, i, lora=lora, rngs=rngs)
+        self.post_attention_norm = RMSNorm(d, "embed", **_norm_kw(cfg, rt))
+        self.pre_ffw_norm = RMSNorm(d, "embed", **_norm_kw(cfg, rt))
+        self.mlp = MLP(cfg, rt, lora=lora, rngs=rngs, mlp_dim=cfg.layer_mlp_dim(i))
         self.has_experts = cfg.num_experts > 0
         if self.has_experts:  # 26B-A4B: experts beside the dense MLP, each path with its own norms
-            self.post_ffw_norm_dense = RMSNorm(d, "embed", **_norm_kw(cfg))
-            self.pre_ffw_norm_moe = RMSNorm(d, "embed", **_norm_kw(cfg))
-            self.experts = MoE(cfg, rngs=rngs)
-            self.post_ffw_norm_moe = RMSNorm(d, "embed", **_norm_kw(cfg))
-        self.post_ffw_norm = RMSNorm(d, "embed", **_norm_kw(cfg))
+            self.post_ffw_norm_dense = RMSNorm(d, "embed", **_norm_kw(cfg, rt))
+            self.pre_ffw_norm_moe = RMSNorm(d, "embed", **_norm_kw(cfg, rt))
+            self.experts = MoE(cfg, rt, rngs=rngs)
+            self.post_ffw_norm_moe = RMSNorm(d, "embed", **_norm_kw(cfg, rt))
+        self.post_ffw_norm = RMSNorm(d, "embed", **_norm_kw(cfg, rt))
         self.per_layer_dim = cfg.per_layer_input_dim
         if self.per_layer_dim:
-            kw = dict(param_dtype=jnp.dtype(cfg.param_dtype), dtype=jnp.dtype(cfg.dtype), rngs=rngs,
-                      quant=cfg.base_quant)
+            kw = dict(**weight_kw(rt), rngs=rngs)
             p = self.per_layer_dim
             self.per_layer_gate = Einsum("btd,dp->btp", (d, p), ("embed", "per_layer"), **kw)
             self.per_layer_up_proj = Einsum("btp,pd->btd", (p, d), ("per_layer", "embed"), **kw)
-            self.post_per_layer_norm = RMSNorm(d, "embed", **_norm_kw(cfg))
-        self.layer_scalar = _param(jnp.ones((), jnp.dtype(cfg.param_dtype)), ())
+            self.post_per_layer_norm = RMSNorm(d, "embed", **_norm_kw(cfg, rt))
+        self.layer_scalar = _param(jnp.ones((), jnp.dtype(rt.param_dtype)), ())
 
     def __call__(self, x: Array, positions: Array, mask: Array, inv_freq: Array, window: int,
                  per_layer_input: Array | None = None, shared_kv: KV | None = None,
@@ -206,27 +205,28 @@ class Gemma4(Gemma):
     `__call__`; embedding and tied projection are inherited). `lora` adds adapters to the
     chosen projections that exist in each layer.
 
-    Layers are always unrolled (`config.scan_layers` is False for this family). `prefix`
+    Layers are always unrolled (`Runtime.scans` is False for this family). `prefix`
     returns per-layer tuples `(keys, values)`, since layers' K/V shapes differ by type.
     """
 
-    def __init__(self, config: ModelConfig, *, lora: LoRAConfig | None = None, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, *, runtime: Runtime | None = None, lora: LoRAConfig | None = None,
+                 rngs: nnx.Rngs):
         if config.family != "gemma4":
             raise ValueError(f"model {config.name!r}: Gemma4 needs family 'gemma4', got {config.family!r}")
-        self.config = config
+        rt = self._runtime(config, runtime)
         self.lora = lora
-        self.dtype = jnp.dtype(config.dtype)
-        self.embedder = Embedder(config, rngs=rngs)
+        self.dtype = jnp.dtype(rt.dtype)
+        self.embedder = Embedder(config, rt, rngs=rngs)
         if config.per_layer_input_dim:
             n, p = config.num_layers, config.per_layer_input_dim
-            self.per_layer_embedder = Embedder(config, rngs=rngs, rows=config.per_layer_vocab_size or config.vocab_size,
+            self.per_layer_embedder = Embedder(config, rt, rngs=rngs,
+                                               rows=config.per_layer_vocab_size or config.vocab_size,
                                                dim=n * p, axes=("vocab", "per_layer"))
             self.per_layer_projection = Einsum("btd,dp->btp", (config.embed_dim, n * p), ("embed", "per_layer"),
-                                               param_dtype=jnp.dtype(config.param_dtype), dtype=self.dtype,
-                                               rngs=rngs, quant=config.base_quant)
-            self.per_layer_projection_norm = RMSNorm(p, "per_layer", **_norm_kw(config))
-        self.layers = nnx.List([Gemma4Layer(config, i, lora=lora, rngs=rngs) for i in range(config.num_layers)])
-        self.final_norm = RMSNorm(config.embed_dim, "embed", **_norm_kw(config))
+                                               **weight_kw(rt), rngs=rngs)
+            self.per_layer_projection_norm = RMSNorm(p, "per_layer", **_norm_kw(config, rt))
+        self.layers = nnx.List([Gemma4Layer(config, rt, i, lora=lora, rngs=rngs) for i in range(config.num_layers)])
+        self.final_norm = RMSNorm(config.embed_dim, "embed", **_norm_kw(config, rt))
 
     def _per_layer_inputs(self, tokens: Array, x: Array) -> Array | None:
         """(batch, seq, layers, P) per-layer inputs of `tokens`, whose scaled embedding is `x`:
@@ -273,7 +273,7 @@ class Gemma4(Gemma):
                     pli_i, shared, prefix_i = xs
                     return layer(x, positions, mask, inv, window, pli_i, shared, prefix_i, key_positions)
 
-                x, kv = _remat_layer(fn, cfg.remat)(layer, x, (pli_i, shared, prefix_i))
+                x, kv = _remat_layer(fn, self.runtime.remat)(layer, x, (pli_i, shared, prefix_i))
             else:
                 hshared = None if src is None else head_kvs[src]
                 hpli_i = None if hpli is None else hpli[:, :, i]
@@ -285,7 +285,7 @@ class Gemma4(Gemma):
                     x, kv = layer(x, positions, mask, inv, window, pli_i, shared, hkv, key_positions)
                     return (x, hx), (kv, hkv)
 
-                (x, hx), (kv, hkv) = _remat_layer(fn_head, cfg.remat)(layer, (x, hx), (pli_i, shared, hpli_i, hshared))
+                (x, hx), (kv, hkv) = _remat_layer(fn_head, self.runtime.remat)(layer, (x, hx), (pli_i, shared, hpli_i, hshared))
                 head_kvs.append(hkv)
             kvs.append(kv)
         return x, kvs

@@ -3,7 +3,7 @@
 Everything outside the model (importers, exporters, saved classifiers, LoRA
 files, keras-hub round trips) speaks the flat exchange format, one tensor per
 layer: `layers.{i}.attn.q_proj.kernel`. A layer-scanned model (the default,
-`ModelConfig.scan_layers`) holds each of those as one array with a leading
+`Runtime.scan_layers`) holds each of those as one array with a leading
 `layers` axis, `layers.attn.q_proj.kernel` of shape (num_layers, ...), so that
 one compiled layer body runs under `lax.scan`. Converting here, and only here,
 is what lets the model's layout change without any file format changing.

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from toolkit.models.configs import MOE_DISPATCH, ModelConfig
+from toolkit.models.configs import MOE_DISPATCH, ModelConfig, Runtime
 from toolkit.models.gemma import _param
 
 Array = jax.Array
@@ -101,17 +101,17 @@ class MoE(nnx.Module):
     embed), `per_expert_scale` (expert,).
     """
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rt: Runtime, *, rngs: nnx.Rngs):
         e, d, f = cfg.num_experts, cfg.embed_dim, cfg.expert_mlp_dim
-        dt = jnp.dtype(cfg.param_dtype)
+        dt = jnp.dtype(rt.param_dtype)
         self.router_scale = _param(jnp.ones((d,), dt), ("embed",))
         self.router_proj = _weight(rngs, (d, e), d, ("embed", "expert"), dt)
         self.gate_proj = _weight(rngs, (e, d, f), d, ("expert", "embed", "mlp"), dt)
         self.up_proj = _weight(rngs, (e, d, f), d, ("expert", "embed", "mlp"), dt)
         self.down_proj = _weight(rngs, (e, f, d), f, ("expert", "mlp", "embed"), dt)
         self.per_expert_scale = _param(jnp.ones((e,), dt), ("expert",))
-        self.k, self.eps, self.impl = cfg.experts_per_token, cfg.norm_eps, cfg.moe_dispatch
-        self.dtype = jnp.dtype(cfg.dtype)
+        self.k, self.eps, self.impl = cfg.experts_per_token, cfg.norm_eps, rt.moe_dispatch
+        self.dtype = jnp.dtype(rt.dtype)
 
     def __call__(self, residual: Array, x: Array) -> Array:
         """The experts' combined output for `x` (B, S, H, the MoE path's normed input),

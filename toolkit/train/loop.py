@@ -67,7 +67,8 @@ class Placement:
     parts: ModelParts
     mesh: Any
     shardings: StepShardings
-    model_config: Any = None  # for FLOP / MFU estimates
+    model_config: Any = None  # for FLOP / MFU estimates and the OOM message's memory bill
+    runtime: Any = None  # how the model runs (`toolkit.models.configs.Runtime`): for that bill
     _score: dict[bool, Callable] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -84,7 +85,7 @@ class Placement:
         return self._score[with_hidden]
 
 
-def place_parts(parts: ModelParts, mesh: Any, model_config: Any = None) -> Placement:
+def place_parts(parts: ModelParts, mesh: Any, model_config: Any = None, runtime: Any = None) -> Placement:
     """Shard frozen weights and adapters by the rule table; RNG streams replicated."""
     rep = mesh_lib.replicated(mesh)
     lora_s = mesh_lib.state_shardings(parts.lora, mesh)
@@ -94,28 +95,28 @@ def place_parts(parts: ModelParts, mesh: Any, model_config: Any = None) -> Place
                             rest=mesh_lib.place(parts.rest, rest_s))
     shardings = StepShardings(lora=lora_s, opt_state=None, frozen=frozen_s, rest=rest_s,
                               batch=mesh_lib.batch_sharding(mesh), replicated=rep)
-    return Placement(placed, mesh, shardings, model_config)
+    return Placement(placed, mesh, shardings, model_config, runtime)
 
 
-def memory_bill(model_config: Any, cfg: TrainConfig, mesh: Any, length: int) -> str:
+def memory_bill(model_config: Any, runtime: Any, cfg: TrainConfig, mesh: Any, length: int) -> str:
     """The planner's per-device bill of this run's step (`toolkit.plan`), for the OOM message;
     empty when it cannot be worked out."""
-    if model_config is None:
+    if model_config is None or runtime is None:
         return ""
     try:
         from toolkit.plan import describe, plan
 
         sizes = tuple(dict(mesh.shape).get(a, 1) for a in mesh_lib.MESH_AXES)
-        p = plan(model_config, mode="lora", base_quant=model_config.base_quant,
+        p = plan(model_config, mode="lora", base_quant=runtime.base_quant,
                  batch=cfg.batch_size // cfg.grad_accum_steps, length=length, mesh=sizes,
-                 param_dtype=model_config.param_dtype, dtype=model_config.dtype, remat=model_config.remat,
+                 param_dtype=runtime.param_dtype, dtype=runtime.dtype, remat=runtime.remat,
                  compile=False, devices=list(mesh.devices.flat))
         return f" The planner's bill (launch/plan.py): {describe(p)}."
     except Exception:  # the message must not fail because the estimate did
         return ""
 
 
-def _oom_guard(fn: Callable, cfg: TrainConfig, mesh: Any, model_config: Any = None) -> Callable:
+def _oom_guard(fn: Callable, cfg: TrainConfig, mesh: Any, model_config: Any = None, runtime: Any = None) -> Callable:
     def guarded(*args):
         try:
             return fn(*args)
@@ -128,7 +129,7 @@ def _oom_guard(fn: Callable, cfg: TrainConfig, mesh: Any, model_config: Any = No
                     f"grad_accum_steps {cfg.grad_accum_steps}, mesh {dict(mesh.shape)}). Lower train.batch_size "
                     "or raise train.grad_accum_steps; set model.remat=full (or dots); shard the frozen weights "
                     "with mesh.fsdp / mesh.tensor; store the base quantized (model.base_quant=int8|int4); or "
-                    "shorten classifier.max_length." + memory_bill(model_config, cfg, mesh, length)
+                    "shorten classifier.max_length." + memory_bill(model_config, runtime, cfg, mesh, length)
                     + " XLA said: " + text.splitlines()[0][:300]) from e
             raise
     return guarded
@@ -207,7 +208,8 @@ def fit(
     state, tx = new_state(placement, cfg, epoch_steps)
     shardings = placement.shardings._replace(opt_state=jax.tree.map(lambda x: x.sharding, state.opt_state))
     step_fn = _oom_guard(make_train_step(parts.train_graph, tx, cfg.loss, accum_steps=cfg.grad_accum_steps,
-                                         shardings=shardings), cfg, mesh, placement.model_config)
+                                         shardings=shardings), cfg, mesh, placement.model_config,
+                         placement.runtime)
     class_arr, head_arg = jnp.asarray(class_ids, jnp.int32), make_head(head)
     slice_index, slice_count = mesh_lib.process_rows(mesh, global_rows)
     callbacks = [DivergenceGuard(), Progress(cfg.log_every_steps, progress and jax.process_index() == 0),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.models.build import build_model, from_params
+from toolkit.models.configs import Runtime
 from toolkit.models.gemma import Gemma
 from toolkit.models.lora import LoRAConfig
 from toolkit.models.tokenizer import Tokenizer
@@ -30,13 +31,6 @@ from toolkit.weights.keras_preset import load_keras_preset
 
 
 RANDOM_PREFIX = "random:"
-
-
-def _run_time(param_dtype: str | None, dtype: str | None, remat: str | None,
-              base_quant: str | None = None) -> dict[str, Any]:
-    """The config fields a caller chose at load time (unset ones keep the checkpoint's)."""
-    return {k: v for k, v in (("param_dtype", param_dtype), ("dtype", dtype), ("remat", remat),
-                              ("base_quant", base_quant)) if v}
 
 
 def _random_base(name: str, cache_dir: str | Path | None) -> tuple[Any, Tokenizer]:
@@ -52,7 +46,8 @@ def _random_base(name: str, cache_dir: str | Path | None) -> tuple[Any, Tokenize
     return config.replace(vocab_size=tokenizer.vocab_size), tokenizer
 
 
-def random_init(config: Any, lora: LoRAConfig | None = None, seed: int = 0, shardings: Any = None) -> Gemma:
+def random_init(config: Any, lora: LoRAConfig | None = None, seed: int = 0, shardings: Any = None,
+                runtime: Runtime | None = None) -> Gemma:
     """Random weights made where they live, by compiled programs (built eagerly, a model
     compiles one program per initialiser shape): with `shardings`, the frozen base is
     initialised straight into its shards (no device ever holds a whole tensor)."""
@@ -62,7 +57,7 @@ def random_init(config: Any, lora: LoRAConfig | None = None, seed: int = 0, shar
     from toolkit.models.gemma import FROZEN_FILTER
 
     def build() -> Gemma:
-        return build_model(config, lora=lora, rngs=nnx.Rngs(seed))
+        return build_model(config, runtime=runtime, lora=lora, rngs=nnx.Rngs(seed))
 
     if shardings is None:
         return nnx.merge(*jax.jit(lambda: nnx.split(build()))())
@@ -92,21 +87,20 @@ def load_pretrained(
     spec: str | Path,
     *,
     lora: LoRAConfig | None = None,
-    param_dtype: str | None = None,
-    dtype: str | None = None,
+    runtime: Runtime | None = None,
     cache_dir: str | Path | None = None,
     seed: int = 0,
-    remat: str | None = None,
     shardings: Any = None,
-    base_quant: str | None = None,
 ) -> tuple[Gemma, Tokenizer]:
     """Load weights and tokenizer for `spec`, with optional fresh LoRA adapters.
 
-    `shardings(abstract frozen state) -> shardings` (e.g. the mesh rule table's
-    `toolkit.train.mesh.state_shardings`) places the frozen base shard by shard
-    as it loads; see `toolkit.models.build.from_params`. `base_quant` ("int8" / "int4")
-    stores the frozen projections and embedding quantized, each tensor quantized as it
-    is placed (toolkit/models/quant.py)."""
+    `runtime` says how the model runs (`toolkit.models.configs.Runtime`: dtypes, remat,
+    a quantized base; default bf16 storage, fp32 compute). With `base_quant` "int8" /
+    "int4" the frozen projections and embedding are stored quantized, each tensor
+    quantized as it is placed (toolkit/models/quant.py). `shardings(abstract frozen
+    state) -> shardings` (e.g. the mesh rule table's `toolkit.train.mesh.state_shardings`)
+    places the frozen base shard by shard as it loads; see
+    `toolkit.models.build.from_params`."""
     if str(spec).startswith(RANDOM_PREFIX):
         config, tokenizer = _random_base(str(spec)[len(RANDOM_PREFIX):], cache_dir)
         params, source = None, str(spec)
@@ -123,7 +117,7 @@ def load_pretrained(
                 raise WeightImportError(f"{path}: no {wanted} in this checkpoint; the toolkit's tokenizer reads "
                                         "SentencePiece models only")
             tokenizer = Tokenizer.from_spm(spm)
-    config = config.replace(**_run_time(param_dtype, dtype, remat, base_quant))
     if params is None:
-        return random_init(config, lora, seed, shardings), tokenizer
-    return from_params(config, params, lora=lora, seed=seed, source=source, shardings=shardings), tokenizer
+        return random_init(config, lora, seed, shardings, runtime), tokenizer
+    return from_params(config, params, runtime=runtime, lora=lora, seed=seed, source=source,
+                       shardings=shardings), tokenizer
