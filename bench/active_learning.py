@@ -2,6 +2,7 @@
 
     python bench/active_learning.py                               # 270M, ETHOS, 3 strategies x 3 seeds
     python bench/active_learning.py --dataset uci_imdb            # the UCI sentiment sentences
+    python bench/active_learning.py --warm-start --strategies uncertainty --seeds 0   # each round from the last
     python bench/active_learning.py --model random:tiny_gemma3 --start 8 --step 8 --max 16 \\
         --seeds 0 --epochs 1 --pool-size 120 --out /tmp/al.json   # what the test runs
 
@@ -13,7 +14,10 @@ then reveals their labels) and repeats up to `--max` labels. Random labelling is
 control. Writes the JSON (every round: labels, test ROC-AUC, balanced accuracy, fit
 and pool-scoring seconds; mean and std per strategy and size;
 `labels_to_match_random_200`) after each round (a cut-off run keeps what it did),
-and the learning-curve PNG beside it.
+and the learning-curve PNG beside it. `--warm-start` fits each round from the last
+round's adapters (`agile-train --continue`), one classifier per (strategy, seed), and
+writes `active_learning_<dataset>_warm.json`: set beside the fresh-start run to see
+whether continuing pays.
 """
 
 from __future__ import annotations
@@ -98,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max", type=int, default=400)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--pool-size", type=int, help="the first N training rows as the pool (default: all 800)")
+    ap.add_argument("--warm-start", action="store_true",
+                    help="each round fits from the last round's adapters (agile-train --continue) instead of fresh "
+                         "ones; compare with a run without it (default JSON: active_learning_<dataset>_warm.json)")
     ap.add_argument("--out", help="JSON path (default bench/results/active_learning_<dataset>.json)")
     args = ap.parse_args(argv)
 
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     from toolkit.io_utils import write_json
     from toolkit.metrics import classification_metrics
 
-    out = Path(args.out) if args.out else RESULTS / f"active_learning_{args.dataset}.json"
+    out = Path(args.out) if args.out else RESULTS / f"active_learning_{args.dataset}{'_warm' if args.warm_start else ''}.json"
     train, test, task = DATASETS[args.dataset](args.data_dir)
     train = train.iloc[: args.pool_size] if args.pool_size else train
     names = list(task["labels"])
@@ -125,14 +132,17 @@ def main(argv: list[str] | None = None) -> int:
             labelled = list(start)
             run = {"strategy": strategy, "seed": seed, "rounds": []}
             runs.append(run)
+            clf = None
             while True:
-                if len(labelled) == args.start and first is not None:
+                if len(labelled) == args.start and first is not None and not args.warm_start:
                     clf, fit_s, m = first
                 else:
                     t0 = time.perf_counter()
-                    clf = AgileClassifier(task["labels"], model=args.model, progress=False,
-                                          prompt={"instructions": task["question"]},
-                                          train={"epochs": args.epochs, "seed": seed}, **random_kw)
+                    if clf is None or not args.warm_start:  # warm: one classifier refits from its own adapters
+                        clf = AgileClassifier(task["labels"], model=args.model, progress=False,
+                                              prompt={"instructions": task["question"]},
+                                              train={"epochs": args.epochs, "seed": seed},
+                                              warm_start=args.warm_start, **random_kw)
                     clf.fit([pool_texts[i] for i in labelled], [pool_labels[i] for i in labelled])
                     fit_s = time.perf_counter() - t0
                     m = classification_metrics(y_test, clf.predict_proba(test["text"].tolist()), names, positive=1)
@@ -151,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"balanced acc {m['balanced_accuracy']:.3f} (fit {fit_s:.0f} s, "
                       f"suggest {point.get('suggest_seconds', 0):.0f} s)", file=sys.stderr, flush=True)
                 result = {"benchmark": "active_learning", "dataset": args.dataset, "model": args.model,
+                          "warm_start": args.warm_start,
                           "pool": len(pool_texts), "test_rows": len(test), "start": args.start, "step": args.step,
                           "max": args.max, "epochs": args.epochs, "runs": runs, **summarise(runs)}
                 write_json(out, result)

@@ -24,3 +24,11 @@ def test_active_learning_bench_runs_every_strategy_and_round(tmp_path):
     assert set(res["table"]) == {"diverse", "random", "uncertainty"} and set(res["table"]["random"]) == {"8", "16"}
     assert "labels_to_match_random_200" in res and res["labels_to_match_random_200"] is None  # no 200 here
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    # Each round from the last round's adapters: one classifier refits (agile-train --continue).
+    warm = tmp_path / "warm.json"
+    r = run_bench("active_learning", "--model", "random:tiny_gemma3", "--strategies", "uncertainty", "--warm-start",
+                  "--start", "8", "--step", "8", "--max", "16", "--seeds", "0", "--epochs", "1", "--pool-size", "120",
+                  "--out", str(warm))
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(warm.read_text())
+    assert res["warm_start"] is True and [p["labels"] for p in res["runs"][0]["rounds"]] == [8, 16]

@@ -73,6 +73,12 @@ def test_values_out_of_range_are_refused_in_one_format(override, message):
     assert str(e.value).startswith(f"command-line override {override!r}: "), str(e.value)
 
 
+def test_a_warm_start_needs_adapters_to_continue():
+    with pytest.raises(ConfigError, match=r"warm_start: got 'runs/r1'; must be unset with train.trainable=head"):
+        load_config(None, ["warm_start=runs/r1", "train.trainable=head"])
+    assert load_config(None, ["warm_start=runs/r1"]).warm_start == "runs/r1"
+
+
 def test_resume_and_overwrite_together_are_refused():
     with pytest.raises(ConfigError, match=r"overwrite: got True; must be false when resume=true"):
         load_config(None, ["resume=true", "overwrite=true"])

@@ -126,6 +126,25 @@ def test_a_round_trip_through_label_and_train(tmp_path):
     assert len(round1) == 6 and not set(round1["text"]) & (set(grown["text"]) | set(round0["text"]))
     ledger = [json.loads(line) for line in (tmp_path / "suggested.jsonl").read_text().splitlines()]
     assert ledger == list(round0["text"]) + list(round1["text"])
+    # The next fit can start from this round's adapters (--continue). At a learning rate of ~0 it
+    # ends where round 1 ended; a fresh start would end at B = 0 (the zero-shot model).
+    first = np.load(tmp_path / "runs" / "loop" / "classifier" / "lora.npz")
+    with contextlib.chdir(tmp_path):
+        t = train_cli(Path("run.yaml"), "name=loop2", "train.learning_rate=0.000000001", "--continue", "runs/loop")
+    assert t.returncode == 0, t.stderr[-3000:]
+    second = np.load(tmp_path / "runs" / "loop2" / "classifier" / "lora.npz")
+    assert set(first) == set(second) and any(np.abs(first[k]).max() > 1e-3 for k in first if "lora_b" in k)
+    assert all(np.allclose(first[k], second[k], atol=1e-6) for k in first)
+    # Adapters of another shape are named, and the refused run leaves no dir behind.
+    with contextlib.chdir(tmp_path):
+        t = train_cli(Path("run.yaml"), "name=loop3", "lora.rank=2", "--continue", "runs/loop")
+    assert t.returncode == 2 and len(t.stderr.strip().splitlines()) == 1, t.stderr
+    assert "warm_start" in t.stderr and "lora" in t.stderr and "train from scratch" in t.stderr
+    assert not (tmp_path / "runs" / "loop3").exists()
+    with contextlib.chdir(tmp_path):
+        t = train_cli(Path("run.yaml"), "name=loop3", "--continue", "pool.csv")
+    assert t.returncode == 2 and "warm_start: pool.csv holds no saved classifier" in t.stderr, t.stderr
+    assert not (tmp_path / "runs" / "loop3").exists()
     # A third round to the same --out is refused before any model loads: the expert's file is never replaced.
     before = (tmp_path / "round1.csv").read_bytes()
     with pytest.raises(SuggestError, match="round1.csv already exists"):

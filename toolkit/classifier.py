@@ -82,6 +82,9 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         about 0.27x / 0.15x of its fp32 bytes; the adapters stay fp32).
       zero_shot: allow `predict` / `predict_proba` before `fit` (the untrained
         model's answers); otherwise they raise `NotFittedError`.
+      warm_start: `fit` starts from the adapters the classifier holds (an earlier fit's,
+        `load`'s or `use_adapters`') instead of fresh ones, as scikit-learn's
+        `warm_start`: the next round of labelling builds on the last.
 
     A scikit-learn estimator: `get_params` / `set_params` / `clone` keep every
     argument as given, so `cross_val_score`, `GridSearchCV` (e.g. over
@@ -106,6 +109,7 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         remat: str = "dots",
         zero_shot: bool = False,
         base_quant: str = "none",
+        warm_start: bool = False,
     ):
         # scikit-learn's contract: every argument is kept exactly as given (`get_params`,
         # `clone`, `GridSearchCV` rely on it); the typed configs are derived views.
@@ -123,6 +127,7 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         self.remat = remat
         self.zero_shot = zero_shot
         self.base_quant = base_quant
+        self.warm_start = warm_start
         self.history: list[dict[str, Any]] = []
         # The operating point chosen by `tune_threshold` ({"threshold", "positive", the target,
         # precision / recall / f1 on the tuning rows}); None: the most probable class wins.
@@ -182,11 +187,12 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         return cls.from_spec(ClassifierSpec.from_config(cfg, categories), progress=progress, zero_shot=zero_shot)
 
     def set_params(self, **params: Any) -> "AgileClassifier":
-        """scikit-learn's `set_params`; changing anything but `train` or `progress` reloads the
-        model at the next fit, and any change forgets the fit."""
+        """scikit-learn's `set_params`; changing anything but `train`, `progress`, `zero_shot` or
+        `warm_start` reloads the model at the next fit (fresh adapters), and any change forgets
+        the fit (a warm start still starts from the adapters kept)."""
         super().set_params(**params)
         self._derive()
-        if set(params) - {"train", "progress"}:
+        if set(params) - {"train", "progress", "zero_shot", "warm_start"}:
             self._loaded = False
         self.__dict__.pop("classes_", None)
         self.threshold_ = None
@@ -340,16 +346,19 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         `resume=True` continues from the latest. `callbacks` (`toolkit.train.callbacks`)
         add anything else around the steps: W&B tracking (`Tracking`), checkpoints with
         a policy of their own (`Checkpointing`), a sweep's reports, your own."""
-        from toolkit.train.callbacks import Checkpointing, EarlyStop, EpochEval, Tracking
+        from toolkit.train.callbacks import Checkpointing, EarlyStop, EpochEval, Tracking, WarmStart
         from toolkit.train.loop import fit
 
+        if self.warm_start and self.train_config.trainable == "head":
+            raise ValueError("warm_start=True continues trained adapters; train.trainable=head fits its head "
+                             "afresh in seconds: set warm_start=False, or train lora / full")
         ids, y = self._training_rows(texts, labels, "fit(texts, labels)")
         self._head_weights = None
         if self.train_config.trainable == "head":
             for cb in callbacks:  # a head trains in seconds: no checkpoints, tracking or reports to run
                 cb.close()
             return self._fit_head(ids, y, eval_texts, eval_labels)
-        extra: list[Any] = []
+        extra: list[Any] = [WarmStart(self._lora)] if self.warm_start else []  # before Checkpointing: see WarmStart
         if eval_texts is not None and self.train_config.eval_every_epoch:
             e_ids, e_y = self._training_rows(eval_texts, eval_labels, "fit(eval_texts, eval_labels)")
             tracker = next((cb.tracker for cb in callbacks if isinstance(cb, Tracking)), None)
@@ -604,6 +613,30 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         """The model's parts on its mesh (`toolkit.train.loop.Placement`); loads the model."""
         self._ensure_model()
         return self._placement
+
+    def start_from(self, directory: str | Path) -> "AgileClassifier":
+        """Take a saved classifier's trained adapters as this one's, and fit from them from
+        now on (`warm_start=True`): the next round of labelling builds on the last
+        (`agile-train --continue DIR`). Only the adapters are read; the labels, base model,
+        LoRA shape and what trains must be the saved one's, or an error names the first
+        that differs."""
+        saved, flat, source = saved_files.read_adapters(directory)
+        for key, mine, theirs in (("classifier.task", self.spec.task, saved.task),
+                                  ("classifier.categories", self.spec.classifier.categories,
+                                   saved.classifier.categories),
+                                  ("classifier.labels", self.spec.classifier.labels, saved.classifier.labels),
+                                  ("classifier.verbalizers", self.spec.classifier.verbalizers,
+                                   saved.classifier.verbalizers),
+                                  ("model.name", self.spec.model.name, saved.model.name),
+                                  ("lora", self.spec.lora, saved.lora),
+                                  ("train.trainable", self.spec.train.trainable, saved.train.trainable)):
+            if mine != theirs:
+                raise ValueError(f"{directory}: {key} is {theirs!r} there and {mine!r} here; a warm start continues "
+                                 f"the same adapters: set {key} to the saved value, or train from scratch")
+        self._ensure_model()
+        self._set_lora(flat, source=str(source))
+        self.warm_start = True
+        return self
 
     def use_adapters(self, lora: Any, *, history: Sequence[dict[str, Any]] = ()) -> "AgileClassifier":
         """Score with these trained adapters (a LoRA state of this model, e.g. restored from a

@@ -386,6 +386,10 @@ class RunConfig:
     # run has saved its first checkpoint (a failure before that puts it back). Local run
     # dirs only: an object store cannot move a folder aside.
     overwrite: bool = False
+    # A saved classifier (or a run / sweep dir holding one) whose trained adapters this run
+    # starts from instead of fresh ones: the agile loop's next round on the grown labelled
+    # file (`agile-train --continue DIR`). Labels, model, LoRA and train.trainable must match.
+    warm_start: str | None = None
     # Extra training callbacks, as `module:Name` import paths; each is called with this
     # config and returns a `toolkit.train.callbacks.Callback` (custom logging, debugging).
     callbacks: tuple[str, ...] = ()
@@ -405,6 +409,10 @@ class RunConfig:
              "back on failure; delete the old run yourself (e.g. gcloud storage rm -r) or choose another name=")
         must(not (self.resume and self.overwrite), "overwrite", self.overwrite,
              "false when resume=true (resume continues the run dir, overwrite replaces it: choose one)")
+        must(self.warm_start is None or (isinstance(self.warm_start, str) and bool(self.warm_start.strip())),
+             "warm_start", self.warm_start, "a saved classifier's directory (or a run or sweep dir holding one)")
+        must(self.warm_start is None or self.train.trainable != "head", "warm_start", self.warm_start,
+             "unset with train.trainable=head (a head fits afresh in seconds; there are no adapters to continue)")
         bad = [c for c in self.callbacks if not re.fullmatch(r"[\w.]+:[\w.]+", c)]
         must(not bad, "callbacks", list(self.callbacks), "import paths module:Name, e.g. my_package.hooks:LogInputs")
         must(self.classifier.threshold is None or len(self.classifier.labels) == 2, "classifier.threshold",

@@ -125,9 +125,28 @@ def _prepare(cfg: RunConfig, *, progress: bool):
         clf._ensure_model()
     except PromptFitError as e:
         raise ConfigError(f"classifier.{e.key}: {e}") from None
+    if cfg.warm_start is not None:
+        _warm_start(clf, cfg.warm_start)
     if cfg.resume and cfg.checkpoint.enabled:
         check_resume(cfg, ckpt_dir)
     return clf, splits
+
+
+def _warm_start(clf: Any, where: str) -> None:
+    """`warm_start=DIR`: the run's adapters start as the saved classifier's there."""
+    from toolkit.config import ConfigError
+    from toolkit.export.source import classifier_dir
+    from toolkit.saved_files import SavedFileError
+    from toolkit.storage import location
+
+    found = classifier_dir(location(where))
+    if found is None:
+        raise ConfigError(f"warm_start: {where} holds no saved classifier (no classifier.json in it, its "
+                          "classifier/ or best/); point at a finished run, its classifier/ or a sweep")
+    try:
+        clf.start_from(found)
+    except (SavedFileError, ValueError) as e:
+        raise ConfigError(f"warm_start: {e}") from None
 
 
 # What must match to continue a run (a new mesh, name or tracker is fine: Orbax reshards).

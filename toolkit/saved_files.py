@@ -157,6 +157,26 @@ def _v1_as_spec(meta: dict[str, Any], meta_path: Path) -> dict[str, Any]:
     }
 
 
+def read_adapters(directory: str | Path) -> tuple[ClassifierSpec, dict[str, np.ndarray], Path]:
+    """(spec, trained adapters, the file they came from) of a saved classifier, its base
+    model left unread: what a warm start (`AgileClassifier.start_from`) needs."""
+    from toolkit.storage import local_copy
+
+    root = local_copy(directory)
+    meta_path = root / META
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{root} is not a saved AgileClassifier: {META} is missing")
+    meta = read_json(meta_path)
+    spec = _spec(meta, meta_path)
+    if meta.get("lora_merged"):
+        raise SavedFileError(f"{root}: its adapters are merged into the exported base, so there are none to start "
+                             "from; point at the saved classifier the export was made from (a run's classifier/)")
+    if spec.train.trainable == "head":
+        raise SavedFileError(f"{root}: a train.trainable=head classifier has no adapters to start from; "
+                             "train from scratch")
+    return spec, read_npz(root / LORA), root / LORA
+
+
 def load(directory: str | Path, *, progress: bool = True, mesh: Any = None) -> Any:
     """Rebuild the classifier saved in `directory` (of whichever kind it is); `mesh`
     overrides the saved mesh (a model trained on a pod can score on one CPU)."""

@@ -9,6 +9,7 @@ the trained classifier into `<output_dir>/<name>/`.
 
     python launch/train.py --config ... name=myrun resume=true   # continue a killed run
     python launch/train.py --config ... name=myrun overwrite=true   # replace a finished run
+    python launch/train.py --config ... data.source=grown.csv --continue runs/round1   # next labelling round
 
 A run dir is written by one command at a time (a lock beside it, `.<name>.lock`), and
 only once the config, data, labels, model and prompt have been checked; a run that
@@ -33,10 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="YAML run config (see sweeps/)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2 data.train_size=800; "
                                                  "resume=true continues a run, overwrite=true replaces one")
+    p.add_argument("--continue", dest="warm_start", metavar="DIR",
+                   help="start from the adapters of the classifier saved in DIR (a run, its classifier/ or a sweep): "
+                        "the next labelling round on the grown file; the same as warm_start=DIR")
     p.add_argument("--no-save", action="store_true", help="do not save the trained classifier")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, [*args.overrides, *([f"warm_start={args.warm_start}"] if args.warm_start else [])])
 
     from toolkit.compile_cache import enable_compilation_cache
     from toolkit.experiment import main_table, run_experiment

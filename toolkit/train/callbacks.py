@@ -140,6 +140,25 @@ class Progress(Callback):
             self.bar.close()
 
 
+class WarmStart(Callback):
+    """Starts the fit from trained adapters instead of fresh ones: the agile loop's next
+    round builds on the last (`AgileClassifier(warm_start=True)`, `agile-train --continue`).
+    Put it before `Checkpointing`: resuming a killed run still restores that run's own
+    checkpoint. The optimizer state stays fresh (a new round has a new schedule)."""
+
+    def __init__(self, lora: Any):
+        self.lora = lora
+
+    def on_fit_start(self, fit: FitState) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        if jax.tree.structure(self.lora) != jax.tree.structure(fit.lora):
+            raise ValueError("warm start: the adapters to start from are not this model's (another LoRA rank, "
+                             "targets or train.trainable); train from scratch, or match the earlier run's settings")
+        fit.lora = jax.tree.map(jnp.copy, self.lora)  # the step donates its inputs: the source stays whole
+
+
 class EpochEval(Callback):
     """Scores held-out rows after each epoch: `evaluate(fit)` returns the metrics to add to
     the epoch's record (and may log plots of its own)."""
