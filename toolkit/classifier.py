@@ -187,12 +187,12 @@ class AgileClassifier(ClassifierMixin, BaseEstimator):
         return cls.from_spec(ClassifierSpec.from_config(cfg, categories), progress=progress, zero_shot=zero_shot)
 
     def set_params(self, **params: Any) -> "AgileClassifier":
-        """scikit-learn's `set_params`; changing anything but `train`, `progress`, `zero_shot` or
-        `warm_start` reloads the model at the next fit (fresh adapters), and any change forgets
-        the fit (a warm start still starts from the adapters kept)."""
+        """scikit-learn's `set_params`; changing anything but `train`, `progress` or `warm_start`
+        reloads the model at the next fit (fresh adapters), and any change forgets the fit (a
+        warm start still starts from the adapters kept)."""
         super().set_params(**params)
         self._derive()
-        if set(params) - {"train", "progress", "zero_shot", "warm_start"}:
+        if set(params) - {"train", "progress", "warm_start"}:
             self._loaded = False
         self.__dict__.pop("classes_", None)
         self.threshold_ = None
