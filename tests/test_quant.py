@@ -13,8 +13,8 @@ import keras_fixtures as kf
 from conftest import LABELS, VERBALIZERS, spam_ham
 from toolkit.models import quant
 from toolkit.models.configs import Runtime, get_config
-from toolkit.models.build import from_params
-from toolkit.models.gemma import FROZEN_FILTER, Gemma, frozen_params
+from toolkit.models.build import build_model, from_params
+from toolkit.models.gemma import FROZEN_FILTER, frozen_params
 from toolkit.models.lora import LoRAConfig
 
 MAX_BYTES = {"int8": 0.3, "int4": 0.17}  # of the fp32 base: issue 16's bar
@@ -41,13 +41,15 @@ def test_quantize_keeps_every_weight_within_half_a_step_and_int4_packs_two_per_b
                                                               jnp.float32)), grid)
 
 
-@pytest.mark.parametrize("name", ["tiny_gemma", "tiny_gemma2", "tiny_gemma3"])
+@pytest.mark.parametrize("name", ["tiny_gemma", "tiny_gemma2", "tiny_gemma3", "tiny_gemma4_moe"])
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 @pytest.mark.slow
 def test_a_quantized_model_computes_with_its_dequantized_weights_in_a_fraction_of_the_bytes(name, mode):
     lora = LoRAConfig(rank=2, targets=("q", "v", "down"))
-    cfg, rt = get_config(name), Runtime(param_dtype="float32")
-    base = frozen_params(Gemma(cfg, runtime=rt, lora=lora, rngs=nnx.Rngs(0)))
+    # Experts 64 wide: the tiny config's 16 would spend a quarter of their int8 bytes on scales
+    # (one per output channel below a 64-value group), which no real model does.
+    cfg, rt = get_config(name, **({"expert_mlp_dim": 64} if "moe" in name else {})), Runtime(param_dtype="float32")
+    base = frozen_params(build_model(cfg, runtime=rt, lora=lora, rngs=nnx.Rngs(0)))
     qm = from_params(cfg, base, runtime=rt.replace(base_quant=mode), lora=lora)
     stored = {k: v for k, v in frozen_params(qm).items()}
     assert set(stored) == set(base)  # the exchange format stays the float one
@@ -59,8 +61,11 @@ def test_a_quantized_model_computes_with_its_dequantized_weights_in_a_fraction_o
     assert q_bytes <= MAX_BYTES[mode] * f_bytes, q_bytes / f_bytes
     # Every projection and the embedding are stored quantized; norms stay float.
     kinds = {str(p[-1]): v[...].dtype for p, v in nnx.to_flat_state(nnx.state(qm, FROZEN_FILTER))}
-    assert kinds["kernel"] == kinds["input_embedding"] == (jnp.int8 if mode == "int8" else jnp.uint8)
+    stored = jnp.int8 if mode == "int8" else jnp.uint8
+    assert kinds["kernel"] == kinds["input_embedding"] == stored
     assert kinds["scale"] == jnp.float32
+    if cfg.num_experts:  # the stacked experts too: nearly all of a mixture-of-experts model's bytes
+        assert kinds["gate_proj"] == kinds["up_proj"] == kinds["down_proj"] == stored
 
 
 def test_base_quant_is_checked_where_it_is_given():

@@ -29,6 +29,16 @@ MOE_DISPATCH = ("auto", "dense", "sorted")
 # layer in the backward pass (least memory).
 REMAT_POLICIES = ("none", "dots", "full")
 STORAGE_DTYPES = ("float32", "bfloat16", "float16")
+# Also accepted by `Runtime` (the Python API, not run configs): fp64 weights and compute for
+# numerical checks on CPU, e.g. that a sharded step is the same computation as one device's
+# where fp32 rounding alone differs by ~1e-5. Needs `jax_enable_x64`.
+CHECK_DTYPES = ("float64",)
+
+
+def _x64() -> bool:
+    import jax  # only for a float64 runtime: reading a config must not pay the import
+
+    return bool(jax.config.jax_enable_x64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +65,11 @@ class Runtime:
 
     def __post_init__(self) -> None:
         for key in ("param_dtype", "dtype"):
-            if getattr(self, key) not in STORAGE_DTYPES:
-                raise ValueError(f"{key}: got {getattr(self, key)!r}; must be one of {', '.join(STORAGE_DTYPES)}")
+            value = getattr(self, key)
+            if value in CHECK_DTYPES and not _x64():
+                raise ValueError(f"{key}: {value} needs jax.config.update('jax_enable_x64', True) first")
+            if value not in (*STORAGE_DTYPES, *CHECK_DTYPES):
+                raise ValueError(f"{key}: got {value!r}; must be one of {', '.join(STORAGE_DTYPES)}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat: got {self.remat!r}; must be one of {', '.join(REMAT_POLICIES)}")
         quant.check_mode(self.base_quant)
@@ -71,10 +84,18 @@ class Runtime:
         return self.scan_layers and config.family != "gemma4"
 
     def check(self, config: "ModelConfig") -> None:
-        """What this runtime cannot do for `config` yet."""
-        if config.num_experts and self.base_quant != "none":
-            raise ValueError(f"model {config.name!r}: base_quant={self.base_quant!r} does not cover the stacked "
-                             "experts yet; use base_quant=none for a mixture-of-experts model")
+        """What this runtime cannot do for `config`: int4 packs two values per byte along each
+        weight's last axis, so every width that ends a weight must be even."""
+        if self.base_quant != "int4":
+            return
+        c = config
+        widths = {"embed_dim": c.embed_dim, "mlp_dim": c.mlp_dim, "expert_mlp_dim": c.expert_mlp_dim,
+                  "per_layer_input_dim": c.per_layer_input_dim,
+                  **{f"head_dim of layer {i}": c.layer_head_dim(i) for i in range(c.num_layers)}}
+        odd = next((k for k, v in widths.items() if v and v % 2), None)
+        if odd:
+            raise ValueError(f"model {c.name!r}: base_quant='int4' packs two values per byte, but {odd} is "
+                             f"{widths[odd]} (odd); use base_quant=int8")
 
 LOCAL, GLOBAL = "sliding_attention", "full_attention"  # Gemma 4's explicit layer types (HF / keras-hub names)
 

@@ -73,11 +73,12 @@ class RMSNorm(nnx.Module):
             self.scale = _param(init(shape, param_dtype), axes)
 
     def __call__(self, x: Array) -> Array:
-        x32 = x.astype(jnp.float32)
+        wide = at_least_fp32(x.dtype)
+        x32 = x.astype(wide)
         var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
         y = x32 * jax.lax.rsqrt(var + self.eps)
         if self.with_scale:
-            y = y * (self.scale_offset + self.scale[...].astype(jnp.float32))
+            y = y * (self.scale_offset + self.scale[...].astype(wide))
         return y.astype(self.dtype)
 
 
@@ -189,6 +190,11 @@ class Attention(nnx.Module):
         return self.o_proj(attend(cfg, q, k, v, positions, mask, window, prefix, key_positions))
 
 
+def at_least_fp32(dtype: Any) -> Any:
+    """Norms, softmaxes and losses run in fp32, or wider in an fp64 check (`Runtime`)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def attend(cfg: ModelConfig, q: Array, k: Array, v: Array, positions: Array, mask: Array, window: Array | int,
            prefix: tuple[Array, Array] | None = None, key_positions: Array | None = None) -> Array:
     """Attention of post-RoPE queries over keys/values, after the shared `prefix` ones when given;
@@ -200,8 +206,9 @@ def attend(cfg: ModelConfig, q: Array, k: Array, v: Array, positions: Array, mas
     kpos = positions if key_positions is None else key_positions
     mask = mask & (jnp.abs(positions[:, :, None] - kpos[:, None, :]) < window)
     scale = cfg.query_pre_attn_scalar**-0.5
-    if cfg.attn_logit_softcap is None:
-        # cuDNN flash attention on GPU, XLA's fused attention elsewhere.
+    if cfg.attn_logit_softcap is None and q.dtype != jnp.float64:
+        # cuDNN flash attention on GPU, XLA's fused attention elsewhere (its softmax is fp32
+        # whatever the inputs: an fp64 check takes the written-out path).
         return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale)
     return _attention_softcapped(q, k, v, mask, scale, cfg)  # Gemma 2's logit soft-cap: written out
 
@@ -212,8 +219,9 @@ def _attention_softcapped(q: Array, k: Array, v: Array, mask: Array, scale: floa
     kv = k.shape[2]  # the layer's own K/V heads (Gemma 4's global layers may have fewer)
     q = q.reshape(b, t, kv, n // kv, hd)
     logits = jnp.einsum("btkgh,bskh->bkgts", q, k)
-    logits = _softcap(logits, cfg.attn_logit_softcap).astype(jnp.float32)
-    logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+    wide = at_least_fp32(logits.dtype)
+    logits = _softcap(logits, cfg.attn_logit_softcap).astype(wide)
+    logits = jnp.where(mask[:, None, None], logits, jnp.finfo(wide).min)
     probs = jax.nn.softmax(logits, axis=-1)
     # A query that may attend to nothing (padding before any token) gets zeros,
     # not a uniform average over masked keys.
@@ -528,6 +536,8 @@ def quantized_weights(model: nnx.Module) -> dict[str, tuple[int, ...]]:
             out[f"{name}.kernel"] = module.contracted_axes(1 if module.stacked else 0)
         elif isinstance(module, Embedder) and module.quant != "none":
             out[f"{name}.input_embedding"] = Embedder.CONTRACTED
+        elif getattr(module, "QUANTIZED", None) and module.quant != "none":  # stacked experts (toolkit.models.moe)
+            out.update({f"{name}.{weight}": axes for weight, axes in module.QUANTIZED.items()})
     return out
 
 

@@ -14,6 +14,7 @@ projection would cost more than the whole 270M body.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -140,6 +141,20 @@ class StepShardings(NamedTuple):
     replicated: Any
 
 
+def _traced_in_mesh(fn: Callable, shardings: StepShardings) -> Callable:
+    """`fn`, traced with the steps' mesh as the abstract mesh: what a layer that maps its own
+    collectives (the experts' `shard_map`, `toolkit.models.moe`) reads the mesh from,
+    so the model never has the mesh passed in."""
+    mesh = shardings.replicated.mesh
+
+    @functools.wraps(fn)
+    def traced(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args)
+
+    return traced
+
+
 def _accumulate(batch: dict[str, jax.Array], accum: int) -> dict[str, jax.Array]:
     """(B, ...) -> (accum, B/accum, ...) with micro-batch j holding rows j, j+accum, ...
 
@@ -213,7 +228,7 @@ def make_train_step(
     if shardings is None:
         return jax.jit(step, donate_argnums=(0, 1, 3))
     s = shardings
-    return jax.jit(step, donate_argnums=(0, 1, 3),
+    return jax.jit(_traced_in_mesh(step, s), donate_argnums=(0, 1, 3),
                    in_shardings=(s.lora, s.opt_state, s.frozen, s.rest, s.batch, s.replicated, s.replicated),
                    out_shardings=(s.lora, s.opt_state, s.rest, s.replicated))
 
@@ -236,5 +251,5 @@ def make_score_step(graphdef: Any, jit: bool = True, shardings: StepShardings | 
     if shardings is None:
         return jax.jit(score)
     s = shardings
-    return jax.jit(score, in_shardings=(s.lora, s.frozen, s.rest, s.batch, s.replicated, s.replicated),
+    return jax.jit(_traced_in_mesh(score, s), in_shardings=(s.lora, s.frozen, s.rest, s.batch, s.replicated, s.replicated),
                    out_shardings=s.replicated)
