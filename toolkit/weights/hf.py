@@ -1,12 +1,15 @@
 """Hugging Face transformers Gemma checkpoints, in and out.
 
 A transformers checkpoint directory holds `config.json` (`model_type` gemma,
-gemma2, gemma3_text, or gemma3 with a `text_config`), the weights as
-`model.safetensors` or shards listed in `model.safetensors.index.json`, and
-the SentencePiece `tokenizer.model`. Projections are stored (out, in) like
+gemma2, gemma3_text, or gemma3 with a `text_config`; Gemma 4's gemma4_text and
+gemma4 are read by `toolkit.weights.hf_gemma4`, which this module dispatches to),
+the weights as `model.safetensors` or shards listed in
+`model.safetensors.index.json`, and the SentencePiece `tokenizer.model`. Projections are stored (out, in) like
 torch's `nn.Linear`, query/key rows grouped by head with no rotary permutation
 (Gemma's RoPE is rotate-half in both libraries), and RMSNorm weights in the
-same `x * (1 + w)` convention as ours, so norms copy across unchanged.
+same `x * (1 + w)` convention as ours, so norms copy across unchanged. Of a
+multimodal checkpoint only the text decoder is read; its towers are named on
+stderr as left out.
 
 Two config dialects exist: the one on the hub (`rope_theta`, `rope_scaling`,
 `rope_local_base_freq`, `sliding_window_pattern`) and transformers 5's
@@ -22,13 +25,16 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
-from toolkit.models.configs import ModelConfig, get_config, named_configs
+from toolkit.models.configs import ModelConfig
+from toolkit.weights import hf_gemma4
 from toolkit.weights.errors import WeightImportError
+from toolkit.weights.hf_tensors import TensorMap, layer_tensors, named_or_new, same
 from toolkit.weights.safetensors_file import SafetensorsFile
 from toolkit.weights.safetensors_file import write as write_safetensors
 
@@ -42,10 +48,11 @@ _DOWNLOAD_PATTERNS = ["config.json", "*.safetensors", INDEX_FILE, TOKENIZER_FILE
                       "special_tokens_map.json", "generation_config.json"]
 
 _FAMILY = {"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3", "gemma3": "gemma3"}
+GEMMA4_MODEL_TYPES = ("gemma4_text", "gemma4")  # read by toolkit.weights.hf_gemma4
 _ARCHITECTURE = {"gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM"}
 _MODEL_TYPE = {"gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text"}
 # Where the decoder's tensors sit: a causal LM's "model.", or inside a multimodal
-# Gemma 3 (transformers 5 and 4 spell it differently).
+# Gemma 3 / 4 (transformers 5 and 4 spell it differently).
 _PREFIXES = ("model.", "model.language_model.", "language_model.model.")
 
 
@@ -103,12 +110,14 @@ def config_from_hf(raw: Mapping[str, Any], source: Path, label: str) -> ModelCon
     """Our architecture from a transformers `config.json`; a named config when the sizes match one."""
     cfg = dict(raw)
     model_type = cfg.get("model_type")
+    if model_type in GEMMA4_MODEL_TYPES:
+        return hf_gemma4.config_from_hf(cfg, source, label)
     if model_type == "gemma3":  # the multimodal checkpoint: its decoder is the text config
         cfg = {"model_type": "gemma3_text", **(cfg.get("text_config") or {})}
         model_type = "gemma3_text"
     if model_type not in _FAMILY:
         raise WeightImportError(f"{source}: model_type {model_type!r} is not a Gemma; "
-                                f"supported: {', '.join(sorted(_FAMILY))}")
+                                f"supported: {', '.join(sorted([*_FAMILY, *GEMMA4_MODEL_TYPES]))}")
     family = _FAMILY[model_type]
     if cfg.get("use_bidirectional_attention"):
         raise WeightImportError(f"{source}: use_bidirectional_attention=true is an embedding model, not a causal LM")
@@ -146,15 +155,13 @@ def config_from_hf(raw: Mapping[str, Any], source: Path, label: str) -> ModelCon
         norm_eps=float(cfg.get("rms_norm_eps") or 1e-6),
         max_seq_len=int(cfg.get("max_position_embeddings") or 8192),
     )
-    for name in named_configs():
-        named = get_config(name)
-        if all(getattr(named, k) == v for k, v in fields.items()):
-            return named
-    return ModelConfig(name=f"hf:{label}", **fields)
+    return named_or_new(fields, label, source)
 
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     """The hub-dialect `config.json` of our architecture (what `from_pretrained` reads)."""
+    if config.family == "gemma4":
+        return hf_gemma4.config_to_hf(config)
     c = config
     layer_types = ["full_attention" if c.is_global_layer(i) else "sliding_attention" for i in range(c.num_layers)]
     out: dict[str, Any] = {
@@ -174,7 +181,8 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         return out
     out.update({
         "query_pre_attn_scalar": int(c.query_pre_attn_scalar) if float(c.query_pre_attn_scalar).is_integer()
-        else c.query_pre_attn_scalar,  # transformers 5 checks it is an int "attn_logit_softcapping": c.attn_logit_softcap,
+        else c.query_pre_attn_scalar,  # transformers 5 checks it is an int
+        "attn_logit_softcapping": c.attn_logit_softcap,
         "final_logit_softcapping": c.final_logit_softcap, "sliding_window": c.sliding_window or c.max_seq_len,
         "layer_types": layer_types,
     })
@@ -188,50 +196,18 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
 # -- tensors --------------------------------------------------------------
 
 
-Convert = Callable[[np.ndarray], np.ndarray]
-
-
-def _tensor_map(cfg: ModelConfig) -> dict[str, tuple[str, tuple[int, ...], Convert, Convert]]:
-    """Our key -> (HF key after the prefix, HF shape, HF -> ours, ours -> HF)."""
-    e, h, kv, d, f = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
-
-    def same(w: np.ndarray) -> np.ndarray:
-        return w
-
-    def heads_in(n: int) -> Convert:  # (n*d, e) -> (n, e, d)
-        return lambda w: w.reshape(n, d, e).transpose(0, 2, 1)
-
-    def heads_out(n: int) -> Convert:  # (n, e, d) -> (n*d, e)
-        return lambda k: k.transpose(0, 2, 1).reshape(n * d, e)
-
-    def t(w: np.ndarray) -> np.ndarray:
-        return w.T
-
-    out = {"embedder.input_embedding": ("embed_tokens.weight", (cfg.vocab_size, e), same, same),
-           "final_norm.scale": ("norm.weight", (e,), same, same)}
+def _tensor_map(cfg: ModelConfig) -> TensorMap:
+    """Every tensor of `cfg`'s decoder. Two of our keys may name the same HF tensor (Gemma 4's
+    fused expert `gate_up_proj`): each reads its part, and `write_hf` joins them."""
+    if cfg.family == "gemma4":
+        return hf_gemma4.tensor_map(cfg)
+    e = cfg.embed_dim
+    out: TensorMap = {"embedder.input_embedding": ("embed_tokens.weight", (cfg.vocab_size, e), same, same),
+                      "final_norm.scale": ("norm.weight", (e,), same, same)}
+    layer = layer_tensors(cfg.family, e, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim,
+                          cfg.use_qk_norm)
     for i in range(cfg.num_layers):
-        p, b = f"layers.{i}.", f"layers.{i}."
-        layer = {
-            "pre_attention_norm.scale": ("input_layernorm.weight", (e,), same, same),
-            "attn.q_proj.kernel": ("self_attn.q_proj.weight", (h * d, e), heads_in(h), heads_out(h)),
-            "attn.k_proj.kernel": ("self_attn.k_proj.weight", (kv * d, e), heads_in(kv), heads_out(kv)),
-            "attn.v_proj.kernel": ("self_attn.v_proj.weight", (kv * d, e), heads_in(kv), heads_out(kv)),
-            "attn.o_proj.kernel": ("self_attn.o_proj.weight", (e, h * d), lambda w: w.T.reshape(h, d, e),
-                                   lambda k: k.reshape(h * d, e).T),
-            "mlp.gate_proj.kernel": ("mlp.gate_proj.weight", (f, e), t, t),
-            "mlp.up_proj.kernel": ("mlp.up_proj.weight", (f, e), t, t),
-            "mlp.down_proj.kernel": ("mlp.down_proj.weight", (e, f), t, t),
-        }
-        if cfg.family == "gemma":  # Gemma 1 calls its pre-FFW norm "post_attention_layernorm"
-            layer["pre_ffw_norm.scale"] = ("post_attention_layernorm.weight", (e,), same, same)
-        else:
-            layer["pre_ffw_norm.scale"] = ("pre_feedforward_layernorm.weight", (e,), same, same)
-            layer["post_attention_norm.scale"] = ("post_attention_layernorm.weight", (e,), same, same)
-            layer["post_ffw_norm.scale"] = ("post_feedforward_layernorm.weight", (e,), same, same)
-        if cfg.use_qk_norm:
-            layer["attn.q_norm.scale"] = ("self_attn.q_norm.weight", (d,), same, same)
-            layer["attn.k_norm.scale"] = ("self_attn.k_norm.weight", (d,), same, same)
-        out.update({p + k: (b + hf, s, a, z) for k, (hf, s, a, z) in layer.items()})
+        out.update({f"layers.{i}.{k}": (f"layers.{i}.{hf}", s, a, z) for k, (hf, s, a, z) in layer.items()})
     return out
 
 
@@ -269,6 +245,10 @@ def load_hf(directory: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str, n
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise WeightImportError(f"{config_path} is not valid JSON: {e}") from None
     config = config_from_hf(raw, config_path, raw.get("_name_or_path") or root.name)
+    towers = [t for t in ("vision", "audio") if raw.get(f"{t}_config")]
+    if towers:  # a multimodal checkpoint: the classifier reads text only
+        print(f"{root}: loading the text decoder of this multimodal checkpoint; its {' and '.join(towers)} "
+              f"tower{'s are' if len(towers) > 1 else ' is'} not used", file=sys.stderr)
     expected = _tensor_map(config)
     files = [SafetensorsFile(p) for p in _weight_files(root)]
     try:
@@ -308,8 +288,13 @@ def write_hf(directory: Path, config: ModelConfig, params: Mapping[str, np.ndarr
 
     np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}[dtype]
     hf_config = dict(config_to_hf(config), torch_dtype=dtype)
-    tensors = {"model." + hf_key: np.ascontiguousarray(from_ours(np.asarray(params[key], np.float32)))
-               .astype(np_dtype) for key, (hf_key, _, _, from_ours) in _tensor_map(config).items()}
+    parts: dict[str, list[np.ndarray]] = {}
+    for key, (hf_key, _, _, from_ours) in _tensor_map(config).items():
+        parts.setdefault(hf_key, []).append(from_ours(np.asarray(params[key], np.float32)))
+    # An HF tensor holding several of ours (Gemma 4's experts' gate_up_proj, (experts, 2 * mlp,
+    # embed)) is their parts in table order along axis 1.
+    tensors = {"model." + hf_key: np.ascontiguousarray(p[0] if len(p) == 1 else np.concatenate(p, axis=1))
+               .astype(np_dtype) for hf_key, p in parts.items()}
     write_safetensors(directory / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
     (directory / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
     (directory / "generation_config.json").write_text(json.dumps(
