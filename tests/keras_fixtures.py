@@ -5,7 +5,9 @@
 RMSNorm scales to zero, which would leave the norms untested) and saves it with
 `save_to_preset`, the same layout as a preset downloaded from Kaggle:
 config.json, model.weights.h5, tokenizer.json, task.json, preprocessor.json,
-assets/tokenizer/vocabulary.spm.
+assets/tokenizer/vocabulary.spm. Gemma 4 has two kinds (`GEMMA4_KINDS`): "gemma4",
+the text decoder alone, and "gemma4_towers", the same decoder with tiny vision and
+audio encoders in its backbone (as the real Gemma 4 presets have them).
 
 `keras_logits` runs keras-hub itself on a preset (the reference for parity
 tests) and `enable_keras_lora` switches on keras-hub LoRA with random A/B and
@@ -31,6 +33,7 @@ import numpy as np
 
 VOCAB_SIZE = 512
 KINDS = ("gemma", "gemma2", "gemma3")
+GEMMA4_KINDS = ("gemma4", "gemma4_towers")  # text decoder alone; with vision and audio encoders
 GEMMA4_GAINS = (0.5, 1.5)  # random norm gains / layer scalars around 1 (`randomize`)
 
 # keras-hub attention/MLP sublayer name -> our projection name (layer-relative).
@@ -156,21 +159,42 @@ def _backbone_kwargs(kind: str) -> dict[str, Any]:
             local_rope_scaling_factor=1.0,
             global_rope_scaling_factor=1.0,
         )
-    if kind == "gemma4":  # the 2B-like flavour: per-layer inputs, K/V sharing, double-wide MLPs
+    if kind in GEMMA4_KINDS:  # the 2B-like flavour: per-layer inputs, K/V sharing, double-wide MLPs
         from toolkit.models.configs import get_config
         from toolkit.weights.keras_gemma4 import backbone_kwargs
 
         cfg = get_config("tiny_gemma4", vocab_size=VOCAB_SIZE)
-        return dict(backbone_kwargs(cfg), dtype="float32")
-    raise ValueError(f"unknown kind {kind!r}; choose from {KINDS}")
+        kwargs = dict(backbone_kwargs(cfg), dtype="float32")
+        if kind == "gemma4_towers":
+            kwargs.update(_gemma4_towers(cfg.embed_dim))
+        return kwargs
+    raise ValueError(f"unknown kind {kind!r}; choose from {KINDS + GEMMA4_KINDS}")
+
+
+def _gemma4_towers(embed_dim: int) -> dict[str, Any]:
+    """`Gemma4Backbone` arguments for a tiny vision encoder (8x8 images, 2x2 patches pooled
+    2x2: 4 soft tokens) and a tiny audio encoder (one conformer block), both projecting to
+    `embed_dim`."""
+    import keras_hub
+
+    vision = keras_hub.models.Gemma4VisionEncoder(
+        image_size=8, patch_size=2, pool_size=2, num_heads=2, head_dim=4, hidden_dim=8, num_layers=1,
+        intermediate_dim=16, output_dim=embed_dim, position_embedding_size=8, dtype="float32")
+    audio = keras_hub.models.Gemma4AudioEncoder(
+        input_feat_size=8, hidden_size=8, num_heads=2, num_layers=1, chunk_size=4, context_left=5,
+        conv_kernel_size=3, sscp_conv_channels=(4, 4), output_proj_dims=8, output_dim=embed_dim, dtype="float32")
+    return dict(vision_encoder=vision, audio_encoder=audio, image_size=8, num_audio_tokens_per_clip=4)
 
 
 def build_causal_lm(kind: str, seed: int = 0):
-    """A tiny randomly initialised keras-hub CausalLM of one Gemma family."""
+    """A tiny randomly initialised keras-hub CausalLM of one Gemma family (`KINDS`, `GEMMA4_KINDS`).
+
+    Its preprocessor is text-only (no image or audio converter) for every kind: an encoder
+    in the backbone is saved with it but never fed."""
     import keras_hub
 
     kwargs = _backbone_kwargs(kind)
-    if kind == "gemma4":
+    if kind in GEMMA4_KINDS:
         tokenizer = keras_hub.models.Gemma4Tokenizer(proto=spm_proto(), has_vision_tokens=False,
                                                      has_audio_tokens=False, has_video_tokens=False)
         backbone = keras_hub.models.Gemma4Backbone(**kwargs)

@@ -206,7 +206,7 @@ def load_preset(preset_dir: str | os.PathLike, *, name: str | None = None) -> tu
               if enc is not None]
     if towers:
         print(f"{preset_dir}: loading the text decoder of this Gemma 4 preset; its {' and '.join(towers)} "
-              "encoder is not used", file=sys.stderr)
+              f"{'encoders are' if len(towers) > 1 else 'encoder is'} not used", file=sys.stderr)
     config = config_from_backbone(backbone, name=name or Path(preset_dir).name)
     return config, params_from_backbone(backbone, config)
 
@@ -219,14 +219,14 @@ def params_from_backbone(backbone: Any, config: ModelConfig | None = None) -> di
     """
     config = config or config_from_backbone(backbone)
     params: dict[str, np.ndarray] = {}
-    used: set[str] = set()
+    used: set[int] = set()  # by identity: keras paths repeat (the audio encoder's are unprefixed, e.g. conv/kernel)
     for key, (value, var) in _text_variables(backbone, config):
         params[key] = np.asarray(value, dtype=np.float32)
-        used.add(var.path)
-    towers = {v.path for enc in (backbone.vision_encoder, backbone.audio_encoder) if enc is not None
+        used.add(id(var))
+    towers = {id(v) for enc in (backbone.vision_encoder, backbone.audio_encoder) if enc is not None
               for v in enc.weights}
     leftover = [v.path for v in backbone.weights
-                if v.path not in used and v.path not in towers and "lora_kernel" not in v.path
+                if id(v) not in used and id(v) not in towers and "lora_kernel" not in v.path
                 and "seed_generator" not in v.path]
     if leftover:
         raise ValueError(f"{config.name}: keras-hub Gemma 4 weights {leftover[:5]} are not read "
