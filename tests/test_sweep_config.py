@@ -80,6 +80,23 @@ def test_bad_search_spaces_name_the_key_and_the_fix(tmp_path, space, message):
     assert message in str(e.value) and str(tmp_path / "s.yaml") in str(e.value)
 
 
+def test_every_training_mode_is_a_sweep_key_and_a_cross_that_cannot_run_is_refused(tmp_path):
+    """train.trainable and model.base_quant sweep like any key (issue 16); crossing full with a
+    quantized base would fail inside a trial, so the space is refused before one starts."""
+    modes = {"train.trainable": {"grid": ["lora", "head", "full"]}, "model.base_quant": {"grid": ["none"]}}
+    cfg = load_sweep(ROOT / "sweeps/ci.yaml", [f"output_dir={tmp_path}", f"sweep.space={modes}"])
+    runs = [cfg.trial_run({"train.trainable": m, "model.base_quant": "none"}, m) for m in ("lora", "head", "full")]
+    assert [r.train.trainable for r in runs] == ["lora", "head", "full"]
+    quant = {"train.trainable": {"grid": ["lora", "head"]}, "model.base_quant": {"grid": ["none", "int8", "int4"]}}
+    assert load_sweep(ROOT / "sweeps/ci.yaml", [f"output_dir={tmp_path}", f"sweep.space={quant}"])
+    crossed = {"train.trainable": {"grid": ["lora", "full"]}, "model.base_quant": {"choice": ["none", "int4"]}}
+    with pytest.raises(ConfigError) as e:
+        load_sweep(ROOT / "sweeps/ci.yaml", [f"output_dir={tmp_path}", f"sweep.space={crossed}"])
+    msg = str(e.value)
+    assert "\n" not in msg and "the trial train.trainable='full', model.base_quant='int4' is not valid" in msg
+    assert "none with train.trainable=full" in msg
+
+
 @pytest.mark.parametrize("sweep, message", [
     ({"scheduler": {"name": "hyperband"}}, "asha or fifo"),
     ({"resources": {"tpu_topology": "4x4"}}, "go together"),

@@ -413,6 +413,9 @@ class RunConfig:
              "warm_start", self.warm_start, "a saved classifier's directory (or a run or sweep dir holding one)")
         must(self.warm_start is None or self.train.trainable != "head", "warm_start", self.warm_start,
              "unset with train.trainable=head (a head fits afresh in seconds; there are no adapters to continue)")
+        must(self.train.trainable != "full" or self.model.base_quant == "none", "model.base_quant",
+             self.model.base_quant, "none with train.trainable=full (it trains every weight, so none can be "
+             "stored quantized; a quantized base takes lora or head)")
         bad = [c for c in self.callbacks if not re.fullmatch(r"[\w.]+:[\w.]+", c)]
         must(not bad, "callbacks", list(self.callbacks), "import paths module:Name, e.g. my_package.hooks:LogInputs")
         must(self.classifier.threshold is None or len(self.classifier.labels) == 2, "classifier.threshold",

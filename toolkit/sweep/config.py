@@ -18,6 +18,8 @@ trial may use. JAX-free and Ray-free, so the driver can read it anywhere.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -183,6 +185,25 @@ def check_space(space: dict[str, Any], base: RunConfig, where: str) -> None:
                 from_dict(RunConfig, d, at)
             except ConfigError as e:
                 raise ConfigError(f"{at}: value {v!r} is not valid: {e}") from None
+    _check_grid(space, base, where)
+
+
+def _check_grid(space: dict[str, Any], base: RunConfig, where: str, limit: int = 512) -> None:
+    """Every combination of the listed (grid / choice) values builds a valid run config, so a
+    sweep crossing two keys that exclude each other (train.trainable=full with a quantized
+    base) is refused before any trial starts rather than failing inside one."""
+    listed = {k: next(iter(v.values())) for k, v in space.items() if next(iter(v)) in ("grid", "choice")}
+    if len(listed) < 2 or math.prod(len(v) for v in listed.values()) > limit:
+        return
+    for combo in itertools.product(*listed.values()):
+        d = base.to_dict()
+        for key, value in zip(listed, combo):
+            set_dotted(d, key, value)
+        try:
+            from_dict(RunConfig, d, where)
+        except ConfigError as e:
+            pairs = ", ".join(f"{k}={v!r}" for k, v in zip(listed, combo))
+            raise ConfigError(f"{where}: sweep.space: the trial {pairs} is not valid: {e}") from None
 
 
 # Run keys that may name a local file or directory.
