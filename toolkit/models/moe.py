@@ -62,9 +62,13 @@ def _rms(x: Array, eps: float) -> Array:
     return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
 
 
+def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> Array:
+    return jax.random.normal(rngs.params(), shape, jnp.float32) * fan_in**-0.5
+
+
 def _weight(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int, axes: tuple[str | None, ...],
             dtype: jnp.dtype) -> nnx.Param:
-    return _param((jax.random.normal(rngs.params(), shape, jnp.float32) * fan_in**-0.5).astype(dtype), axes)
+    return _param(_normal(rngs, shape, fan_in).astype(dtype), axes)
 
 
 def route(x: Array, per_dim_scale: Array, proj: Array, k: int, eps: float) -> tuple[Array, Array]:
@@ -185,8 +189,7 @@ class MoE(nnx.Module):
                 continue
             # Stored int8 / packed int4 with fp32 scales (QLoRA's frozen base): the experts are
             # nearly all of a mixture-of-experts model's bytes.
-            w = jax.random.normal(rngs.params(), shape, jnp.float32) * shape[1] ** -0.5
-            q, scale = quant.quantize(w, self.QUANTIZED[name], self.quant, xp=jnp)
+            q, scale = quant.quantize(_normal(rngs, shape, shape[1]), self.QUANTIZED[name], self.quant, xp=jnp)
             setattr(self, name, _param(q, axes))
             setattr(self, name + quant.SCALE_SUFFIX,
                     _param(scale, quant.scale_axes(axes, shape, self.QUANTIZED[name], self.quant)))

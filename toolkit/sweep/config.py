@@ -179,13 +179,21 @@ def check_space(space: dict[str, Any], base: RunConfig, where: str) -> None:
                 raise ConfigError(f"{at}: {kind} needs {DISTRIBUTIONS[kind]}, got {args!r}")
             values = [low, high] if kind.endswith("uniform") else [int(low), int(high) - 1]
         for v in values:
-            d = base.to_dict()
-            set_dotted(d, key, v)
-            try:
-                from_dict(RunConfig, d, at)
-            except ConfigError as e:
-                raise ConfigError(f"{at}: value {v!r} is not valid: {e}") from None
+            if (e := _refusal(base, {key: v}, at)) is not None:
+                raise ConfigError(f"{at}: value {v!r} is not valid: {e}")
     _check_grid(space, base, where)
+
+
+def _refusal(base: RunConfig, params: dict[str, Any], where: str) -> ConfigError | None:
+    """Why the run config `base` with `params` (dotted keys) set is not valid, or None."""
+    d = base.to_dict()
+    for key, value in params.items():
+        set_dotted(d, key, value)
+    try:
+        from_dict(RunConfig, d, where)
+    except ConfigError as e:
+        return e
+    return None
 
 
 def _check_grid(space: dict[str, Any], base: RunConfig, where: str, limit: int = 512) -> None:
@@ -196,14 +204,10 @@ def _check_grid(space: dict[str, Any], base: RunConfig, where: str, limit: int =
     if len(listed) < 2 or math.prod(len(v) for v in listed.values()) > limit:
         return
     for combo in itertools.product(*listed.values()):
-        d = base.to_dict()
-        for key, value in zip(listed, combo):
-            set_dotted(d, key, value)
-        try:
-            from_dict(RunConfig, d, where)
-        except ConfigError as e:
-            pairs = ", ".join(f"{k}={v!r}" for k, v in zip(listed, combo))
-            raise ConfigError(f"{where}: sweep.space: the trial {pairs} is not valid: {e}") from None
+        params = dict(zip(listed, combo))
+        if (e := _refusal(base, params, where)) is not None:
+            pairs = ", ".join(f"{k}={v!r}" for k, v in params.items())
+            raise ConfigError(f"{where}: sweep.space: the trial {pairs} is not valid: {e}")
 
 
 # Run keys that may name a local file or directory.

@@ -34,7 +34,7 @@ import numpy as np
 from toolkit.models.configs import ModelConfig
 from toolkit.weights import hf_gemma4
 from toolkit.weights.errors import WeightImportError
-from toolkit.weights.hf_tensors import TensorMap, layer_tensors, named_or_new, same
+from toolkit.weights.hf_tensors import TensorMap, decoder_tensors, layer_tensors, named_or_new
 from toolkit.weights.safetensors_file import SafetensorsFile
 from toolkit.weights.safetensors_file import write as write_safetensors
 
@@ -201,14 +201,9 @@ def _tensor_map(cfg: ModelConfig) -> TensorMap:
     fused expert `gate_up_proj`): each reads its part, and `write_hf` joins them."""
     if cfg.family == "gemma4":
         return hf_gemma4.tensor_map(cfg)
-    e = cfg.embed_dim
-    out: TensorMap = {"embedder.input_embedding": ("embed_tokens.weight", (cfg.vocab_size, e), same, same),
-                      "final_norm.scale": ("norm.weight", (e,), same, same)}
-    layer = layer_tensors(cfg.family, e, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim,
+    layer = layer_tensors(cfg.family, cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim,
                           cfg.use_qk_norm)
-    for i in range(cfg.num_layers):
-        out.update({f"layers.{i}.{k}": (f"layers.{i}.{hf}", s, a, z) for k, (hf, s, a, z) in layer.items()})
-    return out
+    return decoder_tensors(cfg, lambda i: layer)
 
 
 def _weight_files(root: Path) -> list[Path]:

@@ -42,7 +42,7 @@ import numpy as np
 from toolkit.models.configs import GLOBAL, LOCAL, ModelConfig
 from toolkit.models.gemma import rope_inv_freq
 from toolkit.weights.errors import WeightImportError
-from toolkit.weights.hf_tensors import TensorMap, layer_tensors, named_or_new, same, transpose
+from toolkit.weights.hf_tensors import TensorMap, decoder_tensors, layer_tensors, named_or_new, same, transpose
 
 # transformers 5.25's Gemma4TextConfig defaults, for keys a config.json omits.
 _HF_DEFAULTS: dict[str, Any] = {
@@ -275,11 +275,10 @@ def tensor_map(cfg: ModelConfig) -> TensorMap:
     """Our flat key (`toolkit.models.gemma4`) -> (HF key after the prefix, HF shape, HF -> ours,
     ours -> HF) for every tensor of a Gemma 4 text decoder."""
     e, n, p = cfg.embed_dim, cfg.num_layers, cfg.per_layer_input_dim
-    out: TensorMap = {"embedder.input_embedding": ("embed_tokens.weight", (cfg.vocab_size, e), same, same),
-                      "final_norm.scale": ("norm.weight", (e,), same, same)}
+    top: TensorMap = {}
     if p:
         rows = cfg.per_layer_vocab_size or cfg.vocab_size
-        out.update({
+        top.update({
             "per_layer_embedder.input_embedding": ("embed_tokens_per_layer.weight", (rows, n * p), same, same),
             "per_layer_projection.kernel": ("per_layer_model_projection.weight", (n * p, e), transpose, transpose),
             "per_layer_projection_norm.scale": ("per_layer_projection_norm.weight", (p,), same, same),
@@ -292,7 +291,7 @@ def tensor_map(cfg: ModelConfig) -> TensorMap:
     def experts_t(w: np.ndarray) -> np.ndarray:  # (x, e, f) <-> (x, f, e)
         return w.transpose(0, 2, 1)
 
-    for i in range(n):
+    def block(i: int) -> TensorMap:
         layer = layer_tensors("gemma3", e, cfg.num_heads, cfg.layer_kv_heads(i), cfg.layer_head_dim(i),
                               cfg.layer_mlp_dim(i), qk_norm=True)
         if cfg.kv_shared_source(i) is not None:  # attends over an earlier layer's keys and values
@@ -320,5 +319,6 @@ def tensor_map(cfg: ModelConfig) -> TensorMap:
                 "post_per_layer_norm.scale": ("post_per_layer_input_norm.weight", (e,), same, same),
             })
         layer["layer_scalar"] = ("layer_scalar", (1,), lambda w: w.reshape(()), lambda w: w.reshape(1))
-        out.update({f"layers.{i}.{k}": (f"layers.{i}.{hf}", s, a, z) for k, (hf, s, a, z) in layer.items()})
-    return out
+        return layer
+
+    return decoder_tensors(cfg, block, top)

@@ -27,6 +27,17 @@ def transpose(w: np.ndarray) -> np.ndarray:
     return w.T
 
 
+def decoder_tensors(cfg: ModelConfig, layer: Callable[[int], TensorMap], top: TensorMap | None = None) -> TensorMap:
+    """A whole decoder's map: the tied embedding and final norm, `top` (a family's other
+    model-level tensors), and `layer(i)`'s block names under `layers.{i}.` on both sides."""
+    e = cfg.embed_dim
+    out: TensorMap = {"embedder.input_embedding": ("embed_tokens.weight", (cfg.vocab_size, e), same, same),
+                      "final_norm.scale": ("norm.weight", (e,), same, same), **(top or {})}
+    for i in range(cfg.num_layers):
+        out.update({f"layers.{i}.{k}": (f"layers.{i}.{hf}", s, a, z) for k, (hf, s, a, z) in layer(i).items()})
+    return out
+
+
 def layer_tensors(family: str, e: int, h: int, kv: int, d: int, f: int, qk_norm: bool) -> TensorMap:
     """One decoder block's attention, MLP and norms, layer-relative (HF names under `layers.{i}.`):
     embed e, h query / kv key-value heads of size d, MLP width f. Gemma 4 starts from the
