@@ -4,6 +4,7 @@
     python bench/first_fit.py --skip-aot           # only the fits
     python bench/first_fit.py --skip-cold          # one fit on your own compilation cache (whatever it holds)
     python bench/first_fit.py --aot-model gemma2_9b --skip-cold --out /tmp/aot.json
+    python bench/first_fit.py --aot-only --aot-model gemma4_31b --out bench/results/aot_gemma4_31b.json
 
 One run measures, and prints as one JSON object (also written atomically to `--out`):
 
@@ -283,6 +284,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--data-dir", default=None, help="ETHOS csv dir (default: $AGILE_TOOLKIT_DATA/ethos, else the cache, else a download)")
     ap.add_argument("--skip-aot", action="store_true")
+    ap.add_argument("--aot-only", action="store_true", help="only the AOT compile (no fits, no matmul peak)")
     ap.add_argument("--skip-cold", action="store_true",
                     help="no cold/warm pair: one fit on the compilation cache you already have")
     ap.add_argument("--aot-model", default="gemma_7b", help="named config for the AOT compile")
@@ -304,6 +306,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     from bench.matmul_peak import matmul_peak_gflops
 
     t0 = time.perf_counter()
+    if args.aot_only:
+        result = {"benchmark": "first_fit --aot-only", "environment": environment(), "aot_train_step": aot(args)}
+        return _finish(result, args, t0)
     result: dict[str, Any] = {"benchmark": "first_fit", "model": args.model, "rows": args.rows,
                               "epochs": args.epochs, "recipe": "default (bench/recipe_search.py)",
                               "environment": environment()}
@@ -332,6 +337,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     result["steady_train"] = steady_rate(steady_from, peak)
     result["steady_train"]["from"] = "warm" if result["warm"] else "cold"
     result["aot_train_step"] = None if args.skip_aot else aot(args)
+    return _finish(result, args, t0)
+
+
+def _finish(result: dict[str, Any], args: argparse.Namespace, t0: float) -> dict[str, Any]:
+    """Stamp the end of the run, print the JSON and write it atomically to `--out`."""
     result["environment"]["load_avg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     result["bench_wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(result, indent=1, default=float))

@@ -53,6 +53,7 @@ def main() -> int:
     mask = jnp.asarray(np.arange(12)[None, :] < rng.integers(6, 13, size=(8, 1)))
 
     def loss(lora, rest, tokens, mask):
+        rest = jax.tree.map(lambda x: x, rest)  # fresh RNG-stream variables at the gradient's trace level
         logits = nnx.merge(graph, lora, rest)(tokens, mask)[:, :-1]
         ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], axis=-1)[..., 0]
         w = (mask[:, 1:] & mask[:, :-1]).astype(jnp.float32)

@@ -84,7 +84,7 @@ def main() -> int:
         results[f"{spec}/loss"] = np.array(curve.loss)
         # Adapters by their exchange names (layers.{i}.attn.q_proj.lora_a): one entry per layer.
         flat = {".".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(to_host(lora))}
-        for name, value in layout.to_exchange(flat, model.scanned).items():
+        for name, value in layout.to_exchange(flat, model.stacking).items():
             results[f"{spec}/{name}"] = value
         specs = [str(s.spec) for s in jax.tree.leaves(placement.shardings.frozen,
                                                       is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))]

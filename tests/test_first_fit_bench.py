@@ -1,6 +1,6 @@
 """bench/first_fit.py end to end on a tiny random model and a synthetic ETHOS file: the cold and
-warm fit processes, the compile log, the steady FLOP rate and the AOT compile of a tiny config,
-scanned and unrolled. Timings are not judged, only that each was measured and is sane."""
+warm fit processes, the compile log, the steady FLOP rate, and (`--aot-only`) the AOT compile of
+a tiny block-scanned Gemma 4, scanned and unrolled. Timings are not judged, only that each was measured and is sane."""
 
 from __future__ import annotations
 
@@ -31,8 +31,7 @@ def test_first_fit_on_a_tiny_model(tmp_path):
     data = synthetic_ethos(tmp_path / "ethos")
     out = tmp_path / "results" / "first_fit.json"
     p = subprocess.run([sys.executable, str(ROOT / "bench" / "first_fit.py"), "--model", "random:tiny_gemma3",
-                        "--data-dir", str(data), "--rows", "16", "--epochs", "2", "--aot-model", "tiny_gemma",
-                        "--aot-batch", "2", "--aot-length", "16", "--matmul-n", "256",
+                        "--data-dir", str(data), "--rows", "16", "--epochs", "2", "--skip-aot", "--matmul-n", "256",
                         "--cache-min-compile-seconds", "0", "--out", str(out)],
                        capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
@@ -61,9 +60,24 @@ def test_first_fit_on_a_tiny_model(tmp_path):
     assert steady["gflops"] > 0 and steady["tokens_per_s"] > 0 and steady["epochs"] == [2]
     assert abs(steady["fraction_of_matmul_peak"] - steady["gflops"] / r["matmul_peak_gflops"]) < 1e-3
 
+    assert r["aot_train_step"] is None  # --skip-aot
+
+
+@pytest.mark.slow
+def test_aot_compile_of_a_block_scanned_gemma4(tmp_path):
+    """`--aot-only` on the 31B-like tiny Gemma 4: two blocks of three layer types scanned, so
+    the scanned step's program is smaller than the unrolled one's."""
+    out = tmp_path / "aot.json"
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "first_fit.py"), "--aot-only",
+                        "--aot-model", "tiny_gemma4_global", "--aot-batch", "2", "--aot-length", "16", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    r = json.loads(out.read_text())
+    assert r == json.loads(p.stdout) and "cold" not in r
     a = r["aot_train_step"]
-    assert a["model"] == "tiny_gemma"
+    assert a["model"] == "tiny_gemma4_global"
     for key, scan in (("scanned", True), ("unrolled", False)):
         assert a[key]["scan_layers"] is scan and a[key]["compile_s"] > 0 and a[key]["lower_s"] > 0
-        assert a[key]["num_layers"] == 2 and a[key]["batch"] == [2, 16]
+        assert a[key]["num_layers"] == 6 and a[key]["batch"] == [2, 16]
+    assert a["scanned"]["hlo_text_chars"] < 0.75 * a["unrolled"]["hlo_text_chars"]
     assert a["unrolled_over_scanned"] > 0

@@ -147,7 +147,7 @@ def test_gradients_exist_only_for_lora_params():
         return m(tokens)[..., 7].sum()
 
     grads = nnx.grad(loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(model)
-    flat = layout.to_exchange({".".join(map(str, p)): g[...] for p, g in nnx.to_flat_state(grads)}, True)
+    flat = layout.to_exchange({".".join(map(str, p)): g[...] for p, g in nnx.to_flat_state(grads)}, model.stacking)
     assert set(flat) == {f"layers.{i}.{m}.{w}" for i in range(2) for m in ("attn.q_proj", "mlp.up_proj")
                          for w in ("lora_a", "lora_b")}
     assert all(float(jnp.abs(g).sum()) > 0 for g in flat.values())

@@ -24,7 +24,7 @@ from flax import nnx
 
 import keras_fixtures as kf
 from conftest import ROOT, subprocess_env
-from toolkit.models import moe
+from toolkit.models import layout, moe
 from toolkit.models.configs import Runtime, get_config
 from toolkit.models.build import build_model, from_params
 from toolkit.models.gemma import flat_state
@@ -133,12 +133,11 @@ def test_lora_with_zero_b_is_the_base(flavour):
     base = np.asarray(_forward(from_params(cfg, params, runtime=FP32))(tokens, mask))
     lora = LoRAConfig(rank=2, targets=("q", "v", "gate"))
     model = from_params(cfg, params, runtime=FP32, lora=lora)
-    adapters = nnx.state(model, nnx.LoRAParam)
-    b_leaves = [v for p, v in nnx.to_flat_state(adapters) if p[-1] == "lora_b"]
+    b_leaves = [v for name, v in flat_state(model, nnx.LoRAParam).items() if name.endswith(".lora_b")]
     # q and gate on every layer; v only where a layer has its own value projection.
     with_v = sum(cfg.kv_shared_source(i) is None and not cfg.layer_k_eq_v(i) for i in range(cfg.num_layers))
     assert len(b_leaves) == 2 * cfg.num_layers + with_v
-    assert all(not np.any(np.asarray(v[...])) for v in b_leaves)
+    assert all(not np.any(np.asarray(v)) for v in b_leaves)
     np.testing.assert_array_equal(np.asarray(_forward(model)(tokens, mask)), base)
 
 
@@ -203,7 +202,10 @@ def test_named_configs_layer_facts():
     assert e4b.layer_mlp_dim(30) == 10_240
     g31 = get_config("gemma4_31b")
     assert (g31.layer_kv_heads(4), g31.layer_kv_heads(5), g31.layer_k_eq_v(5), g31.layer_head_dim(5)) == (16, 4, True, 512)
-    assert not Runtime(scan_layers=True).scans(g31) and Runtime(scan_layers=True).scans(get_config("gemma3_1b"))
+    # The scanned blocks: each model's local/global pattern, the K/V-shared tail a second scan.
+    assert layout.blocks(g31) == (layout.Block(0, 6, 10),)
+    assert layout.blocks(e2b) == (layout.Block(0, 5, 3), layout.Block(15, 5, 4))
+    assert layout.blocks(e4b) == (layout.Block(0, 6, 4), layout.Block(24, 6, 3))
     # The published sizes: 26B-A4B has 25.2B weights, 3.8B of them active per token; 31B 30.7B.
     moe = get_config("gemma4_26b_a4b")
     assert round(decoder_params(moe) / 1e9, 1) == 25.2 and round(decoder_params(moe, active=True) / 1e9, 1) == 3.8

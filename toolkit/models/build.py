@@ -70,7 +70,7 @@ def from_params(
     # that XLA drops the (unused) random init of the base.
     other_state = jax.jit(lambda: nnx.split(build(), FROZEN_FILTER, ...)[2])()
     lora_state = nnx.state(nnx.merge(graphdef, base_state, other_state), nnx.LoRAParam)
-    scanned = runtime.scans(config)
+    stacks = layout.stacking(config, runtime.scans(config))
     base_vars = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(base_state)}
     lora_vars = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(lora_state)}
     float_shapes = {k: v.shape for k, v in base_vars.items() if not _is_scale(k, quantized)}
@@ -80,8 +80,8 @@ def from_params(
         for path, v in nnx.to_flat_state(nnx.state(float_model, FROZEN_FILTER)):
             if ".".join(map(str, path)) in quantized:
                 float_shapes[".".join(map(str, path))] = v.shape
-    expected = layout.exchange_shapes(float_shapes, scanned)
-    lora_expected = layout.exchange_shapes({k: v.shape for k, v in lora_vars.items()}, scanned)
+    expected = layout.exchange_shapes(float_shapes, stacks)
+    lora_expected = layout.exchange_shapes({k: v.shape for k, v in lora_vars.items()}, stacks)
     missing = sorted(set(expected) - set(params))
     if missing:
         raise WeightImportError(f"{source}: missing tensors for {config.name}: {', '.join(missing[:8])}"
@@ -102,7 +102,7 @@ def from_params(
                                 f"{', '.join(sorted(set(lora_expected) - set(lora_given))[:8])} missing")
     base_shardings = ({".".join(map(str, p)): v.get_value() if isinstance(v, nnx.Variable) else v
                        for p, v in nnx.to_flat_state(shardings(base_state))} if shardings is not None else {})
-    values = layout.to_model(params, config.num_layers, scanned)
+    values = layout.to_model(params, stacks)
     for name in [n for n in values if n in quantized]:  # one tensor at a time: its float copy is transient
         values[name], values[name + quant.SCALE_SUFFIX] = quant.quantize(
             np.asarray(values[name], np.float32), quantized[name], runtime.base_quant)

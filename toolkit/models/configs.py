@@ -81,7 +81,7 @@ class Runtime:
 
     def scans(self, config: "ModelConfig") -> bool:
         """Whether `config`'s layers run scanned (stacked weights) under this runtime."""
-        return self.scan_layers and config.family != "gemma4"
+        return self.scan_layers
 
     def check(self, config: "ModelConfig") -> None:
         """What this runtime cannot do for `config`: int4 packs two values per byte along each

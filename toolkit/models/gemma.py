@@ -430,6 +430,11 @@ class Gemma(nnx.Module):
         """Whether the layers' weights are stacked on a leading `layers` axis (`Runtime.scans`)."""
         return self.runtime.scans(self.config)
 
+    @property
+    def stacking(self) -> layout.Stacking:
+        """Which of the model's own names hold which layers (`toolkit.models.layout`)."""
+        return layout.stacking(self.config, self.scanned)
+
     def _embed(self, tokens: Array) -> Array:
         x = self.embedder.rows(self.dtype, tokens)
         return x * jnp.sqrt(jnp.float32(self.config.embed_dim)).astype(self.dtype)
@@ -519,11 +524,11 @@ def flat_state(model: nnx.Module, filter_: Any = nnx.Param) -> dict[str, Array]:
     """The model's variables of `filter_` as a flat `{"a.b.c": array}` dict in the exchange
     format (`layers.{i}.*`, one tensor per layer, whatever the model's own layout)."""
     flat = {".".join(map(str, path)): v[...] for path, v in nnx.to_flat_state(nnx.state(model, filter_))}
-    return layout.to_exchange(flat, _scanned(model))
+    return layout.to_exchange(flat, _stacking(model))
 
 
-def _scanned(model: nnx.Module) -> bool:
-    return bool(getattr(model, "scanned", False))
+def _stacking(model: nnx.Module) -> layout.Stacking:
+    return getattr(model, "stacking", ())
 
 
 def quantized_weights(model: nnx.Module) -> dict[str, tuple[int, ...]]:
@@ -537,7 +542,8 @@ def quantized_weights(model: nnx.Module) -> dict[str, tuple[int, ...]]:
         elif isinstance(module, Embedder) and module.quant != "none":
             out[f"{name}.input_embedding"] = Embedder.CONTRACTED
         elif getattr(module, "QUANTIZED", None) and module.quant != "none":  # stacked experts (toolkit.models.moe)
-            out.update({f"{name}.{weight}": axes for weight, axes in module.QUANTIZED.items()})
+            lead = 1 if module.stacked else 0  # a scanned model's leading `layers` axis
+            out.update({f"{name}.{weight}": tuple(lead + a for a in axes) for weight, axes in module.QUANTIZED.items()})
     return out
 
 
@@ -553,7 +559,7 @@ def frozen_params(model: Gemma, gather: Callable[[dict[str, Any]], dict[str, Any
     for name, contracted in quantized_weights(model).items():
         scale = flat.pop(name + quant.SCALE_SUFFIX)
         flat[name] = quant.dequantize(flat[name], scale, contracted, mode, jnp.float32)
-    return layout.to_exchange({k: np.asarray(v, np.float32) for k, v in flat.items()}, _scanned(model))
+    return layout.to_exchange({k: np.asarray(v, np.float32) for k, v in flat.items()}, _stacking(model))
 
 
 def merged_params(model: Gemma) -> dict[str, np.ndarray]:
@@ -562,7 +568,7 @@ def merged_params(model: Gemma) -> dict[str, np.ndarray]:
     for path, module in nnx.iter_graph(model):
         if isinstance(module, Einsum):
             merged[".".join(map(str, path)) + ".kernel"] = np.asarray(module.merged_kernel())
-    return {**frozen_params(model), **layout.to_exchange(merged, _scanned(model))}
+    return {**frozen_params(model), **layout.to_exchange(merged, _stacking(model))}
 
 
 FROZEN_FILTER = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
@@ -573,13 +579,12 @@ def set_flat(model: nnx.Module, flat: Mapping[str, np.ndarray], filter_: Any, *,
     `flat_state`); names and shapes must match exactly, errors name `source`."""
     state = nnx.state(model, filter_)
     vars_ = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(state)}
-    expected = layout.exchange_shapes({k: v.shape for k, v in vars_.items()}, _scanned(model))
+    expected = layout.exchange_shapes({k: v.shape for k, v in vars_.items()}, _stacking(model))
     if set(flat) != set(expected):
         raise ValueError(f"{source}: tensors {sorted(set(flat) ^ set(expected))[:6]} do not match the model "
                          "(a different LoRA config or architecture?)")
     for k, shape in expected.items():
         if tuple(flat[k].shape) != shape:
             raise ValueError(f"{source}: {k} has shape {tuple(flat[k].shape)}, expected {shape}")
-    cfg = model.config  # type: ignore[attr-defined]
-    for k, value in layout.to_model(flat, cfg.num_layers, _scanned(model)).items():
+    for k, value in layout.to_model(flat, _stacking(model)).items():
         vars_[k].set_value(jnp.asarray(value, vars_[k][...].dtype))

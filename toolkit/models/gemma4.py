@@ -28,9 +28,10 @@ What differs from Gemma 1-3 (`toolkit.models.gemma`, whose pieces this reuses):
   (`toolkit.models.moe`): `x += post_ffw(post_dense(mlp(pre_ffw(x))) +
   post_moe(experts(pre_moe(x))))`, routed by the raw residual stream.
 
-Layers differ in shape by type, so they are unrolled (an `nnx.List`):
-`Runtime.scans` is False for the family whatever `scan_layers` says; remat
-still applies per layer. The flat exchange names (`toolkit.models.layout`):
+Layers differ in shape by type, so a scanned model (`Runtime.scan_layers`, the
+default) scans over the repeating block of layer types instead of over layers
+(`toolkit.models.layout.blocks`), its body running one layer of each type; remat
+applies per layer. The flat exchange names (`toolkit.models.layout`):
 
     embedder.input_embedding                    (vocab, embed)
     per_layer_embedder.input_embedding          (per_layer_vocab, layers * P)  (vocab, per_layer)  2B/4B
@@ -71,6 +72,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from toolkit.models import layout
 from toolkit.models.configs import ModelConfig, Runtime
 from toolkit.models.gemma import (
     GLOBAL_WINDOW,
@@ -80,6 +82,8 @@ from toolkit.models.gemma import (
     RMSNorm,
     _param,
     _remat_layer,
+    _run_scanned,
+    _stacked,
     _targets,
     apply_rope,
     attend,
@@ -108,30 +112,31 @@ def layer_window(cfg: ModelConfig, i: int) -> int:
     return cfg.sliding_window if cfg.sliding_window and not cfg.is_global_layer(i) else GLOBAL_WINDOW
 
 
-def _norm_kw(cfg: ModelConfig, rt: Runtime) -> dict[str, Any]:
+def _norm_kw(cfg: ModelConfig, rt: Runtime, stack: int | None = None) -> dict[str, Any]:
     # Gemma 4's norms hold the gain itself (x / rms(x) * scale), initialised to ones.
     return dict(eps=cfg.norm_eps, param_dtype=jnp.dtype(rt.param_dtype), dtype=jnp.dtype(rt.dtype),
-                scale_offset=0.0)
+                scale_offset=0.0, stack=stack)
 
 
 class Gemma4Attention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rt: Runtime, i: int, *, lora: LoRAConfig | None, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rt: Runtime, i: int, *, lora: LoRAConfig | None, rngs: nnx.Rngs,
+                 stack: int | None = None):
         self.cfg = cfg
-        kw = dict(**weight_kw(rt), rngs=rngs)
+        kw = dict(**weight_kw(rt), rngs=rngs, stack=stack)
         n, d, h, k = cfg.num_heads, cfg.embed_dim, cfg.layer_head_dim(i), cfg.layer_kv_heads(i)
         self.shared = cfg.kv_shared_source(i) is not None
         self.k_eq_v = cfg.layer_k_eq_v(i)
         self.q_proj = Einsum("btd,ndh->btnh", (n, d, h), ("heads", "embed", "head_dim"),
                              lora=_targets(lora, "q"), **kw)
-        self.q_norm = RMSNorm(h, "head_dim", **_norm_kw(cfg, rt))
+        self.q_norm = RMSNorm(h, "head_dim", **_norm_kw(cfg, rt, stack))
         if not self.shared:  # a shared layer borrows its source layer's keys and values
             self.k_proj = Einsum("btd,kdh->btkh", (k, d, h), ("kv_heads", "embed", "head_dim"),
                                  lora=_targets(lora, "k"), **kw)
-            self.k_norm = RMSNorm(h, "head_dim", **_norm_kw(cfg, rt))
+            self.k_norm = RMSNorm(h, "head_dim", **_norm_kw(cfg, rt, stack))
             if not self.k_eq_v:
                 self.v_proj = Einsum("btd,kdh->btkh", (k, d, h), ("kv_heads", "embed", "head_dim"),
                                      lora=_targets(lora, "v"), **kw)
-            self.v_norm = RMSNorm(h, "head_dim", **_norm_kw(cfg, rt), with_scale=False)
+            self.v_norm = RMSNorm(h, "head_dim", **_norm_kw(cfg, rt, stack), with_scale=False)
         self.o_proj = Einsum("btnh,nhd->btd", (n, h, d), ("heads", "head_dim", "embed"),
                              lora=_targets(lora, "o"), **kw)
 
@@ -154,30 +159,34 @@ class Gemma4Attention(nnx.Module):
 
 
 class Gemma4Layer(nnx.Module):
-    """One Gemma 4 decoder block (layer `i` of `cfg`: its shapes depend on its type)."""
+    """One Gemma 4 decoder block (layer `i` of `cfg`: its shapes depend on its type), or with
+    `stack=n` the weights of n layers of layer i's signature stacked for `lax.scan`."""
 
-    def __init__(self, cfg: ModelConfig, rt: Runtime, i: int, *, lora: LoRAConfig | None, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rt: Runtime, i: int, *, lora: LoRAConfig | None, rngs: nnx.Rngs,
+                 stack: int | None = None):
         d = cfg.embed_dim
-        self.pre_attention_norm = RMSNorm(d, "embed", **_norm_kw(cfg, rt))
-        self.attn = Gemma4Attention(cfg, rt, i, lora=lora, rngs=rngs)
-        self.post_attention_norm = RMSNorm(d, "embed", **_norm_kw(cfg, rt))
-        self.pre_ffw_norm = RMSNorm(d, "embed", **_norm_kw(cfg, rt))
-        self.mlp = MLP(cfg, rt, lora=lora, rngs=rngs, mlp_dim=cfg.layer_mlp_dim(i))
+        nk = _norm_kw(cfg, rt, stack)
+        self.pre_attention_norm = RMSNorm(d, "embed", **nk)
+        self.attn = Gemma4Attention(cfg, rt, i, lora=lora, rngs=rngs, stack=stack)
+        self.post_attention_norm = RMSNorm(d, "embed", **nk)
+        self.pre_ffw_norm = RMSNorm(d, "embed", **nk)
+        self.mlp = MLP(cfg, rt, lora=lora, rngs=rngs, mlp_dim=cfg.layer_mlp_dim(i), stack=stack)
         self.has_experts = cfg.num_experts > 0
         if self.has_experts:  # 26B-A4B: experts beside the dense MLP, each path with its own norms
-            self.post_ffw_norm_dense = RMSNorm(d, "embed", **_norm_kw(cfg, rt))
-            self.pre_ffw_norm_moe = RMSNorm(d, "embed", **_norm_kw(cfg, rt))
-            self.experts = MoE(cfg, rt, rngs=rngs)
-            self.post_ffw_norm_moe = RMSNorm(d, "embed", **_norm_kw(cfg, rt))
-        self.post_ffw_norm = RMSNorm(d, "embed", **_norm_kw(cfg, rt))
+            self.post_ffw_norm_dense = RMSNorm(d, "embed", **nk)
+            self.pre_ffw_norm_moe = RMSNorm(d, "embed", **nk)
+            self.experts = MoE(cfg, rt, rngs=rngs, stack=stack)
+            self.post_ffw_norm_moe = RMSNorm(d, "embed", **nk)
+        self.post_ffw_norm = RMSNorm(d, "embed", **nk)
         self.per_layer_dim = cfg.per_layer_input_dim
         if self.per_layer_dim:
-            kw = dict(**weight_kw(rt), rngs=rngs)
+            kw = dict(**weight_kw(rt), rngs=rngs, stack=stack)
             p = self.per_layer_dim
             self.per_layer_gate = Einsum("btd,dp->btp", (d, p), ("embed", "per_layer"), **kw)
             self.per_layer_up_proj = Einsum("btp,pd->btd", (p, d), ("per_layer", "embed"), **kw)
-            self.post_per_layer_norm = RMSNorm(d, "embed", **_norm_kw(cfg, rt))
-        self.layer_scalar = _param(jnp.ones((), jnp.dtype(rt.param_dtype)), ())
+            self.post_per_layer_norm = RMSNorm(d, "embed", **nk)
+        shape, axes = _stacked(stack, (), ())
+        self.layer_scalar = _param(jnp.ones(shape, jnp.dtype(rt.param_dtype)), axes)
 
     def __call__(self, x: Array, positions: Array, mask: Array, inv_freq: Array, window: int,
                  per_layer_input: Array | None = None, shared_kv: KV | None = None,
@@ -205,8 +214,12 @@ class Gemma4(Gemma):
     `__call__`; embedding and tied projection are inherited). `lora` adds adapters to the
     chosen projections that exist in each layer.
 
-    Layers are always unrolled (`Runtime.scans` is False for this family). `prefix`
-    returns per-layer tuples `(keys, values)`, since layers' K/V shapes differ by type.
+    Scanned (`Runtime.scans`, the default), the repeating block of layer types runs under
+    `lax.scan` (`toolkit.models.layout.blocks`: the layers with their own K/V, then the
+    K/V-shared tail): `blocks[g][j]` holds position j of every block of group g, stacked,
+    and the few layers in no whole block are `layers[str(i)]`. Unscanned, every layer is
+    `layers[str(i)]`. Either way the exchange names are `layers.{i}.*`. `prefix` returns
+    per-layer tuples `(keys, values)`, since layers' K/V shapes differ by type.
     """
 
     def __init__(self, config: ModelConfig, *, runtime: Runtime | None = None, lora: LoRAConfig | None = None,
@@ -225,8 +238,17 @@ class Gemma4(Gemma):
             self.per_layer_projection = Einsum("btd,dp->btp", (config.embed_dim, n * p), ("embed", "per_layer"),
                                                **weight_kw(rt), rngs=rngs)
             self.per_layer_projection_norm = RMSNorm(p, "per_layer", **_norm_kw(config, rt))
-        self.layers = nnx.List([Gemma4Layer(config, rt, i, lora=lora, rngs=rngs) for i in range(config.num_layers)])
+        blocks = self._blocks
+        self.blocks = nnx.List([nnx.List([Gemma4Layer(config, rt, blk.start + j, lora=lora, rngs=rngs, stack=blk.blocks)
+                                          for j in range(blk.period)]) for blk in blocks])
+        in_blocks = {i for blk in blocks for j in range(blk.period) for i in blk.layers(j)}
+        self.layers = nnx.Dict({str(i): Gemma4Layer(config, rt, i, lora=lora, rngs=rngs)
+                                for i in range(config.num_layers) if i not in in_blocks})
         self.final_norm = RMSNorm(config.embed_dim, "embed", **_norm_kw(config, rt))
+
+    @property
+    def _blocks(self) -> tuple[layout.Block, ...]:
+        return layout.blocks(self.config) if self.scanned else ()
 
     def _per_layer_inputs(self, tokens: Array, x: Array) -> Array | None:
         """(batch, seq, layers, P) per-layer inputs of `tokens`, whose scaled embedding is `x`:
@@ -243,9 +265,11 @@ class Gemma4(Gemma):
 
     def _run(self, x: Array, positions: Array, mask: Array, tokens: Array, *,
              prefix: tuple[tuple[Array, ...], tuple[Array, ...]] | None = None, key_positions: Array | None = None,
-             head: Array | None = None) -> tuple[Array, list[KV]]:
-        """All layers on `x` (the embedding of `tokens`). Returns the last hidden states and each
-        layer's keys/values (a shared layer's are its source's).
+             head: Array | None = None, all_kv: bool = False) -> tuple[Array, dict[int, KV]]:
+        """All layers on `x` (the embedding of `tokens`), in layer order: each block group as
+        one scan, each other layer on its own. Returns the last hidden states and the
+        keys/values of every layer a later K/V-shared layer reads (of every layer with
+        `all_kv`; a shared layer's are its source's).
 
         With `head` (P,) tokens, the head runs through each layer just before the rows (causal
         on its own) and its keys/values are the rows' prefix in that layer, as `Gemma`'s
@@ -253,42 +277,87 @@ class Gemma4(Gemma):
         """
         cfg = self.config
         pli = self._per_layer_inputs(tokens, x)
+        carry: Any = x
         if head is not None:
             p = head.shape[0]
             hx = self._embed(head[None])
             hpli = self._per_layer_inputs(head[None], hx)
             head_pos = jnp.arange(p)[None]
             head_mask = jnp.tril(jnp.ones((p, p), bool))[None]
-        kvs: list[KV] = []
-        head_kvs: list[KV] = []
-        for i, layer in enumerate(self.layers):
-            src = cfg.kv_shared_source(i)
+            carry = (x, hx)
+        read_later = {cfg.kv_shared_source(i) for i in range(cfg.num_layers)} - {None}
+        kvs: dict[int, KV] = {}  # (rows' K/V, head's K/V or None) by layer
+        remat = self.runtime.remat
+
+        def step(i: int) -> Any:
+            """Layer i's step; it serves every layer of i's signature (a block position)."""
             inv, window = jnp.asarray(layer_rope(cfg, i)), layer_window(cfg, i)
-            shared = None if src is None else kvs[src]
-            pli_i = None if pli is None else pli[:, :, i]
-            if head is None:
-                prefix_i = None if prefix is None else (prefix[0][i], prefix[1][i])
 
-                def fn(layer: Gemma4Layer, x: Array, xs: Any, inv=inv, window=window) -> tuple[Array, Any]:
-                    pli_i, shared, prefix_i = xs
-                    return layer(x, positions, mask, inv, window, pli_i, shared, prefix_i, key_positions)
+            def fn(layer: Gemma4Layer, carry: Any, xs: Any) -> tuple[Any, Any]:
+                (pli_i, extra), (shared, hshared) = xs
+                if head is None:  # extra: this layer's prefix K/V
+                    x, kv = layer(carry, positions, mask, inv, window, pli_i, shared, extra, key_positions)
+                    return x, (kv, None)
+                x, hx = carry  # extra: the head's per-layer input
+                hx, hkv = layer(hx, head_pos, head_mask, inv, window, extra, hshared)
+                x, kv = layer(x, positions, mask, inv, window, pli_i, shared, hkv, key_positions)
+                return (x, hx), (kv, hkv)
 
-                x, kv = _remat_layer(fn, self.runtime.remat)(layer, x, (pli_i, shared, prefix_i))
-            else:
-                hshared = None if src is None else head_kvs[src]
-                hpli_i = None if hpli is None else hpli[:, :, i]
+            return _remat_layer(fn, remat)
 
-                def fn_head(layer: Gemma4Layer, carry: Any, xs: Any, inv=inv, window=window) -> tuple[Any, Any]:
-                    x, hx = carry
-                    pli_i, shared, hpli_i, hshared = xs
-                    hx, hkv = layer(hx, head_pos, head_mask, inv, window, hpli_i, hshared)
-                    x, kv = layer(x, positions, mask, inv, window, pli_i, shared, hkv, key_positions)
-                    return (x, hx), (kv, hkv)
+        def own_inputs(layers: int | tuple[int, ...]) -> tuple[Any, Any]:
+            """One layer's inputs, or several layers' stacked on a leading axis (a scan's xs):
+            its per-layer input, and its prefix K/V (or with a head, the head's per-layer input)."""
+            def per_layer(a: Array | None) -> Array | None:
+                if a is None or isinstance(layers, int):
+                    return None if a is None else a[:, :, layers]
+                return jnp.moveaxis(a[:, :, np.asarray(layers)], 2, 0)
 
-                (x, hx), (kv, hkv) = _remat_layer(fn_head, self.runtime.remat)(layer, (x, hx), (pli_i, shared, hpli_i, hshared))
-                head_kvs.append(hkv)
-            kvs.append(kv)
-        return x, kvs
+            if head is not None:
+                return per_layer(pli), per_layer(hpli)
+            if prefix is None:
+                return per_layer(pli), None
+            if isinstance(layers, int):
+                return per_layer(pli), (prefix[0][layers], prefix[1][layers])
+            return per_layer(pli), tuple(jnp.stack([half[k] for k in layers]) for half in prefix)
+
+        def source_kv(i: int) -> tuple[Any, Any]:
+            src = cfg.kv_shared_source(i)
+            return (None, None) if src is None else kvs[src]
+
+        def keep(i: int, out: Any) -> None:
+            src = cfg.kv_shared_source(i)
+            kvs[i] = kvs[src] if src is not None else out
+
+        blocks = {blk.start: (g, blk) for g, blk in enumerate(self._blocks)}
+        i = 0
+        while i < cfg.num_layers:
+            if i not in blocks:
+                carry, out = step(i)(self.layers[str(i)], carry, (own_inputs(i), source_kv(i)))
+                keep(i, out)
+                i += 1
+                continue
+            g, blk = blocks[i]
+            steps = [step(blk.start + j) for j in range(blk.period)]
+            shared = [source_kv(blk.start + j) for j in range(blk.period)]  # fixed per position: not scanned
+            # Only the keys/values a later layer reads leave the scan (every layer's for `prefix`).
+            wanted = [cfg.kv_shared_source(blk.start + j) is None
+                      and (all_kv or bool(read_later & set(blk.layers(j)))) for j in range(blk.period)]
+
+            def body(stacked: nnx.List, carry: Any, xs: Any, steps=steps, shared=shared, wanted=wanted) -> Any:
+                ys = []
+                for j, layer in enumerate(stacked):
+                    carry, out = steps[j](layer, carry, (xs[j], shared[j]))
+                    ys.append(out if wanted[j] else None)
+                return carry, tuple(ys)
+
+            xs = tuple(own_inputs(blk.layers(j)) for j in range(blk.period))
+            carry, ys = _run_scanned(self.blocks[g], body, carry, xs, "none")  # remat: per layer, in `step`
+            for j in range(blk.period):
+                for b, k in enumerate(blk.layers(j)):
+                    keep(k, None if ys[j] is None else jax.tree.map(lambda a, b=b: a[b], ys[j]))
+            i = blk.stop
+        return (carry if head is None else carry[0]), kvs
 
     def prefix(self, tokens: Array) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
         """Keys and values of a (P,) token prefix that every row of a batch shares: per-layer
@@ -297,8 +366,9 @@ class Gemma4(Gemma):
         t = tokens.shape[0]
         positions = jnp.arange(t)[None]
         mask = jnp.tril(jnp.ones((t, t), bool))[None]
-        _, kvs = self._run(self._embed(tokens[None]), positions, mask, tokens[None])
-        return tuple(k for k, _ in kvs), tuple(v for _, v in kvs)
+        _, kvs = self._run(self._embed(tokens[None]), positions, mask, tokens[None], all_kv=True)
+        n = self.config.num_layers
+        return tuple(kvs[i][0][0] for i in range(n)), tuple(kvs[i][0][1] for i in range(n))
 
     def hidden_states(self, tokens: Array, padding_mask: Array | None = None,
                       positions: Array | None = None, prefix: tuple[tuple[Array, ...], tuple[Array, ...]] | None = None,

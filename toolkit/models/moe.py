@@ -42,7 +42,7 @@ from jax.sharding import PartitionSpec as P
 
 from toolkit.models import quant
 from toolkit.models.configs import MOE_DISPATCH, ModelConfig, Runtime
-from toolkit.models.gemma import _param, at_least_fp32
+from toolkit.models.gemma import _param, _stacked, at_least_fp32
 from toolkit.train.mesh import logical_to_spec
 
 Array = jax.Array
@@ -176,24 +176,32 @@ class MoE(nnx.Module):
     # `toolkit.models.gemma.quantized_weights` finds them here.
     QUANTIZED = {"gate_proj": (1,), "up_proj": (1,), "down_proj": (1,)}
 
-    def __init__(self, cfg: ModelConfig, rt: Runtime, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rt: Runtime, *, rngs: nnx.Rngs, stack: int | None = None):
+        """`stack=n`: n layers' routers and experts on a leading `layers` axis (a scanned model)."""
         e, d, f = cfg.num_experts, cfg.embed_dim, cfg.expert_mlp_dim
         dt = jnp.dtype(rt.param_dtype)
         self.quant = rt.base_quant
-        self.router_scale = _param(jnp.ones((d,), dt), ("embed",))
-        self.router_proj = _weight(rngs, (d, e), d, ("embed", "expert"), dt)
+        self.stacked = stack is not None
+        lead = 1 if self.stacked else 0
+        shape, axes = _stacked(stack, (d,), ("embed",))
+        self.router_scale = _param(jnp.ones(shape, dt), axes)
+        shape, axes = _stacked(stack, (d, e), ("embed", "expert"))
+        self.router_proj = _weight(rngs, shape, d, axes, dt)
         for name, shape, axes in (("gate_proj", (e, d, f), _GATE_AXES), ("up_proj", (e, d, f), _GATE_AXES),
                                   ("down_proj", (e, f, d), _DOWN_AXES)):
+            fan_in = shape[1]
+            shape, axes = _stacked(stack, shape, axes)
             if self.quant == "none":
-                setattr(self, name, _weight(rngs, shape, shape[1], axes, dt))
+                setattr(self, name, _weight(rngs, shape, fan_in, axes, dt))
                 continue
             # Stored int8 / packed int4 with fp32 scales (QLoRA's frozen base): the experts are
             # nearly all of a mixture-of-experts model's bytes.
-            q, scale = quant.quantize(_normal(rngs, shape, shape[1]), self.QUANTIZED[name], self.quant, xp=jnp)
+            contracted = tuple(lead + a for a in self.QUANTIZED[name])
+            q, scale = quant.quantize(_normal(rngs, shape, fan_in), contracted, self.quant, xp=jnp)
             setattr(self, name, _param(q, axes))
-            setattr(self, name + quant.SCALE_SUFFIX,
-                    _param(scale, quant.scale_axes(axes, shape, self.QUANTIZED[name], self.quant)))
-        self.per_expert_scale = _param(jnp.ones((e,), dt), ("expert",))
+            setattr(self, name + quant.SCALE_SUFFIX, _param(scale, quant.scale_axes(axes, shape, contracted, self.quant)))
+        shape, axes = _stacked(stack, (e,), ("expert",))
+        self.per_expert_scale = _param(jnp.ones(shape, dt), axes)
         self.k, self.eps, self.impl = cfg.experts_per_token, cfg.norm_eps, rt.moe_dispatch
         self.dtype = jnp.dtype(rt.dtype)
 
