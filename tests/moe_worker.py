@@ -4,7 +4,7 @@
 Run by tests/test_gemma4.py in a fresh process, because the device count is fixed
 when JAX starts:
 
-    python tests/moe_worker.py [dense|sorted] [MODEL] [float32|float64]
+    python tests/moe_worker.py [dense|sorted] [MODEL] [float32|float64] [JSON of config overrides]
 
 float64 (base weights and compute) shows the sharded step is the
 same computation: in fp32 the two meshes differ by rounding alone, ~4e-5 per leaf.
@@ -22,6 +22,7 @@ def main() -> int:
     dispatch = sys.argv[1] if len(sys.argv) > 1 else "dense"
     name = sys.argv[2] if len(sys.argv) > 2 else "tiny_gemma4_moe"
     dtype = sys.argv[3] if len(sys.argv) > 3 else "float32"
+    overrides = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from toolkit.xla_env import force_host_devices
 
@@ -41,7 +42,7 @@ def main() -> int:
     from toolkit.models.lora import LoRAConfig
     from toolkit.train.mesh import batch_sharding, make_mesh, place, state_shardings
 
-    cfg = get_config(name)
+    cfg = get_config(name, **overrides)
     rt = Runtime(param_dtype=dtype, dtype=dtype, remat="none", moe_dispatch=dispatch)
     model = build_model(cfg, runtime=rt, lora=LoRAConfig(rank=2, targets=("q", "o", "gate", "down")), rngs=nnx.Rngs(0))
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)):  # B != 0: A gets a gradient
@@ -69,13 +70,19 @@ def main() -> int:
     with jax.set_mesh(mesh):
         mesh_loss, mesh_grads = step(*args)
 
-    expert_total, per_device = 0, {}
-    for path, var in nnx.to_flat_state(rest_s):
-        if "experts" in path and path[-1] in ("gate_proj", "up_proj", "down_proj"):
-            arr = var[...]
-            expert_total += arr.nbytes
-            for shard in arr.addressable_shards:
-                per_device[shard.device.id] = per_device.get(shard.device.id, 0) + shard.data.nbytes
+    def bytes_of(wanted) -> tuple[int, list[int]]:
+        """The total bytes of the frozen weights `wanted(path)` picks, and each device's share."""
+        total, per_device = 0, {}
+        for path, var in nnx.to_flat_state(rest_s):
+            if wanted(path):
+                arr = var[...]
+                total += arr.nbytes
+                for shard in arr.addressable_shards:
+                    per_device[shard.device.id] = per_device.get(shard.device.id, 0) + shard.data.nbytes
+        return total, [per_device.get(d, 0) for d in sorted(per_device)]
+
+    expert_total, expert_per_device = bytes_of(lambda p: "experts" in p and p[-1] in ("gate_proj", "up_proj", "down_proj"))
+    table_total, table_per_device = bytes_of(lambda p: p[0] == "per_layer_embedder")
     a, b = jax.tree.leaves(one_grads), jax.tree.leaves(mesh_grads)
     print(json.dumps({
         "dispatch": dispatch, "dtype": dtype,
@@ -86,7 +93,9 @@ def main() -> int:
         "grad_rel_diff": max(float(jnp.linalg.norm(x - np.asarray(y)) / jnp.linalg.norm(x)) for x, y in zip(a, b)),
         "grad_leaves": len(a),
         "expert_bytes": expert_total,
-        "expert_bytes_per_device": [per_device[d] for d in sorted(per_device)],
+        "expert_bytes_per_device": expert_per_device,
+        "per_layer_table_bytes": table_total,  # Gemma 4's per-layer input table (the `per_layer` rule)
+        "per_layer_table_bytes_per_device": table_per_device,
     }))
     return 0
 

@@ -316,15 +316,20 @@ def test_sorted_dispatch_matches_dense_without_a_token_by_expert_tensor():
 @pytest.mark.slow
 def test_experts_split_four_ways_give_the_same_loss_and_lora_gradients():
     """8 CPU devices, mesh data=2 x fsdp=4, experts run expert-parallel (toolkit.models.moe's
-    shard_map): each device holds a quarter of the expert bytes, and loss and LoRA gradients
+    shard_map): each device holds a quarter of the expert bytes (and of the per-layer input
+    table), and loss and LoRA gradients
     match one device (tests/moe_worker.py, a fresh process). In fp64, so the bar is the
     sharding's and not fp32 rounding's: in fp32 the two meshes differ by ~4e-5 per leaf."""
-    r = subprocess.run([sys.executable, str(ROOT / "tests" / "moe_worker.py"), "sorted", "tiny_gemma4_moe", "float64"],
+    # With per-layer inputs too (the 2B's), whose table the `per_layer` rule splits over fsdp.
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "moe_worker.py"), "sorted", "tiny_gemma4_moe", "float64",
+                        json.dumps({"per_layer_input_dim": 4})],
                        capture_output=True, text=True, timeout=600, env=subprocess_env())
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["expert_bytes"] > 0
     assert got["expert_bytes_per_device"] == [got["expert_bytes"] // 4] * 8
+    assert got["per_layer_table_bytes"] > 0
+    assert got["per_layer_table_bytes_per_device"] == [got["per_layer_table_bytes"] // 4] * 8
     assert got["loss_8"] == pytest.approx(got["loss_1"], rel=1e-10)
     assert got["grad_leaves"] > 0 and got["grad_max_abs"] > 0.1  # gradients that are not ~0
     assert got["grad_rel_diff"] < 1e-10  # measured 3e-14 per leaf (issue 21's bar: 1e-5)

@@ -58,8 +58,8 @@ applies per layer. The flat exchange names (`toolkit.models.layout`):
     final_norm.scale                            (embed,)
 
 head_dim_i / kv_heads_i / mlp_i are `ModelConfig.layer_head_dim(i)` etc. The one
-new logical axis name is `per_layer` (P, and layers * P); it has no mesh rule
-yet, so it is replicated. There is no `v` adapter where there is no `v_proj`
+new logical axis name is `per_layer` (P, and layers * P), split over `fsdp` by the rule
+table (`toolkit.train.mesh`): the 2B's per-layer table is 2.3B of its 5.1B weights. There is no `v` adapter where there is no `v_proj`
 (keras-hub's `enable_lora` likewise finds no "value" layer there).
 """
 

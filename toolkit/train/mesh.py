@@ -1,6 +1,6 @@
 """Device meshes, and the one table that maps the models' logical axes to mesh axes.
 
-Models name their axes (vocab, embed, heads, kv_heads, head_dim, mlp, expert) and
+Models name their axes (vocab, embed, heads, kv_heads, head_dim, mlp, expert, per_layer) and
 know nothing of devices; a run names its mesh (data, fsdp, tensor). The rule
 table below is the only place the two meet, so the same model shards on one
 CPU, a GPU host or a TPU pod without a change.
@@ -36,6 +36,9 @@ LOGICAL_RULES: dict[str, tuple[str, ...]] = {
     # expert parallelism where the frozen weights are already split, with no fourth mesh
     # axis. An expert's own embed dim then stays whole (a mesh axis is used once).
     "expert": ("fsdp",),
+    # Gemma 4's per-layer inputs (2B/4B): its second embedding table, vocab x (layers x 256),
+    # is 2.3B of the 2B's 5.1B weights; split over fsdp like `embed`, not copied to every device.
+    "per_layer": ("fsdp",),
 }
 
 
