@@ -1,6 +1,7 @@
 """bench/first_fit.py end to end on a tiny random model and a synthetic ETHOS file: the cold and
 warm fit processes, the compile log, the steady FLOP rate, and (`--aot-only`) the AOT compile of
-a tiny block-scanned Gemma 4, scanned and unrolled. Timings are not judged, only that each was measured and is sane."""
+a tiny block-scanned Gemma 4, scanned and unrolled. Timings are not judged, only that each was
+measured and is sane."""
 
 from __future__ import annotations
 

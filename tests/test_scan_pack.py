@@ -30,7 +30,7 @@ CLASS_IDS = jnp.array([5, 9, 11])
 
 # Gemma 4 scans over its repeating block of layer types: the 2B-like config with a local/global
 # block of 2 and 8 layers, 4 of them K/V-shared, has two blocks before and two after its shared
-# tail starts (both regions scanned) at two thirds of the cost of a 12-layer one with blocks of 3.
+# tail starts (both regions scanned), with fewer layers to compile than blocks of 3 would need.
 SCAN_CONFIGS = {"tiny_gemma4": dict(num_layers=8, num_kv_shared_layers=4, sliding_window_pattern=2)}
 
 

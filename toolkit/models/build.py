@@ -70,7 +70,7 @@ def from_params(
     # that XLA drops the (unused) random init of the base.
     other_state = jax.jit(lambda: nnx.split(build(), FROZEN_FILTER, ...)[2])()
     lora_state = nnx.state(nnx.merge(graphdef, base_state, other_state), nnx.LoRAParam)
-    stacks = layout.stacking(config, runtime.scans(config))
+    stacks = layout.stacking(config, runtime.scan_layers)
     base_vars = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(base_state)}
     lora_vars = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(lora_state)}
     float_shapes = {k: v.shape for k, v in base_vars.items() if not _is_scale(k, quantized)}

@@ -49,8 +49,8 @@ class Runtime:
     norms, softmaxes and losses stay fp32 whatever is chosen). `scan_layers`: layers under
     `lax.scan`, with weights stacked on a leading `layers` axis (one compiled body), or
     unrolled (one program region per layer: slower to compile, kept to check the scan
-    against). Gemma 4's layers differ in shape by type, so they are always unrolled
-    (`scans`). `base_quant` stores the frozen projections and embedding as int8 / packed
+    against; Gemma 4, whose layers differ in shape by type, scans over its repeating block
+    of layer types, `toolkit.models.layout.blocks`). `base_quant` stores the frozen projections and embedding as int8 / packed
     int4 with float scales, dequantized in each matmul (QLoRA; `toolkit.models.quant`).
     `moe_dispatch`: "auto" (grouped matmul on accelerators, dense einsum on CPU),
     "sorted" or "dense".
@@ -78,10 +78,6 @@ class Runtime:
 
     def replace(self, **changes: Any) -> "Runtime":
         return dataclasses.replace(self, **changes)
-
-    def scans(self, config: "ModelConfig") -> bool:
-        """Whether `config`'s layers run scanned (stacked weights) under this runtime."""
-        return self.scan_layers
 
     def check(self, config: "ModelConfig") -> None:
         """What this runtime cannot do for `config`: int4 packs two values per byte along each

@@ -411,7 +411,7 @@ class Gemma(nnx.Module):
         self.lora = lora
         self.dtype = jnp.dtype(rt.dtype)
         self.embedder = Embedder(config, rt, rngs=rngs)
-        if rt.scans(config):
+        if rt.scan_layers:
             self.layers = DecoderLayer(config, rt, lora=lora, rngs=rngs, stack=config.num_layers)
         else:
             self.layers = nnx.List([DecoderLayer(config, rt, lora=lora, rngs=rngs) for _ in range(config.num_layers)])
@@ -427,8 +427,8 @@ class Gemma(nnx.Module):
 
     @property
     def scanned(self) -> bool:
-        """Whether the layers' weights are stacked on a leading `layers` axis (`Runtime.scans`)."""
-        return self.runtime.scans(self.config)
+        """Whether the layers' weights are stacked on a leading `layers` axis (`Runtime.scan_layers`)."""
+        return self.runtime.scan_layers
 
     @property
     def stacking(self) -> layout.Stacking:
@@ -542,8 +542,7 @@ def quantized_weights(model: nnx.Module) -> dict[str, tuple[int, ...]]:
         elif isinstance(module, Embedder) and module.quant != "none":
             out[f"{name}.input_embedding"] = Embedder.CONTRACTED
         elif getattr(module, "QUANTIZED", None) and module.quant != "none":  # stacked experts (toolkit.models.moe)
-            lead = 1 if module.stacked else 0  # a scanned model's leading `layers` axis
-            out.update({f"{name}.{weight}": tuple(lead + a for a in axes) for weight, axes in module.QUANTIZED.items()})
+            out.update({f"{name}.{weight}": module.contracted_axes(weight) for weight in module.QUANTIZED})
     return out
 
 

@@ -59,8 +59,9 @@ applies per layer. The flat exchange names (`toolkit.models.layout`):
 
 head_dim_i / kv_heads_i / mlp_i are `ModelConfig.layer_head_dim(i)` etc. The one
 new logical axis name is `per_layer` (P, and layers * P), split over `fsdp` by the rule
-table (`toolkit.train.mesh`): the 2B's per-layer table is 2.3B of its 5.1B weights. There is no `v` adapter where there is no `v_proj`
-(keras-hub's `enable_lora` likewise finds no "value" layer there).
+table (`toolkit.train.mesh`): the 2B's per-layer table is 2.3B of its 5.1B weights. There
+is no `v` adapter where there is no `v_proj` (keras-hub's `enable_lora` likewise finds no
+"value" layer there).
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ class Gemma4(Gemma):
     `__call__`; embedding and tied projection are inherited). `lora` adds adapters to the
     chosen projections that exist in each layer.
 
-    Scanned (`Runtime.scans`, the default), the repeating block of layer types runs under
+    Scanned (`Runtime.scan_layers`, the default), the repeating block of layer types runs under
     `lax.scan` (`toolkit.models.layout.blocks`: the layers with their own K/V, then the
     K/V-shared tail): `blocks[g][j]` holds position j of every block of group g, stacked,
     and the few layers in no whole block are `layers[str(i)]`. Unscanned, every layer is
@@ -241,7 +242,7 @@ class Gemma4(Gemma):
         blocks = self._blocks
         self.blocks = nnx.List([nnx.List([Gemma4Layer(config, rt, blk.start + j, lora=lora, rngs=rngs, stack=blk.blocks)
                                           for j in range(blk.period)]) for blk in blocks])
-        in_blocks = {i for blk in blocks for j in range(blk.period) for i in blk.layers(j)}
+        in_blocks = {i for blk in blocks for i in range(blk.start, blk.stop)}
         self.layers = nnx.Dict({str(i): Gemma4Layer(config, rt, i, lora=lora, rngs=rngs)
                                 for i in range(config.num_layers) if i not in in_blocks})
         self.final_norm = RMSNorm(config.embed_dim, "embed", **_norm_kw(config, rt))

@@ -149,8 +149,9 @@ def to_model(flat: Mapping[str, Any], stacks: Stacking) -> dict[str, Any]:
             out[name] = value
         else:
             groups.setdefault((where[int(m.group(1))][0], m.group(2)), {})[int(m.group(1))] = value
+    stack_layers = dict(stacks)
     for (prefix, rest), per_layer in groups.items():
-        layers = dict(stacks)[prefix]
+        layers = stack_layers[prefix]
         missing = [i for i in layers if i not in per_layer]
         if missing:
             raise KeyError(f"layers.{missing[0]}.{rest}")

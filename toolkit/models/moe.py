@@ -182,7 +182,6 @@ class MoE(nnx.Module):
         dt = jnp.dtype(rt.param_dtype)
         self.quant = rt.base_quant
         self.stacked = stack is not None
-        lead = 1 if self.stacked else 0
         shape, axes = _stacked(stack, (d,), ("embed",))
         self.router_scale = _param(jnp.ones(shape, dt), axes)
         shape, axes = _stacked(stack, (d, e), ("embed", "expert"))
@@ -196,7 +195,7 @@ class MoE(nnx.Module):
                 continue
             # Stored int8 / packed int4 with fp32 scales (QLoRA's frozen base): the experts are
             # nearly all of a mixture-of-experts model's bytes.
-            contracted = tuple(lead + a for a in self.QUANTIZED[name])
+            contracted = self.contracted_axes(name)
             q, scale = quant.quantize(_normal(rngs, shape, fan_in), contracted, self.quant, xp=jnp)
             setattr(self, name, _param(q, axes))
             setattr(self, name + quant.SCALE_SUFFIX, _param(scale, quant.scale_axes(axes, shape, contracted, self.quant)))
@@ -204,6 +203,11 @@ class MoE(nnx.Module):
         self.per_expert_scale = _param(jnp.ones(shape, dt), axes)
         self.k, self.eps, self.impl = cfg.experts_per_token, cfg.norm_eps, rt.moe_dispatch
         self.dtype = jnp.dtype(rt.dtype)
+
+    def contracted_axes(self, name: str) -> tuple[int, ...]:
+        """The stored `name` array's contracted axes: `QUANTIZED`'s, after a scanned model's
+        leading `layers` axis (inside the scan a layer's slice has `QUANTIZED`'s own)."""
+        return tuple((1 if self.stacked else 0) + a for a in self.QUANTIZED[name])
 
     def _expert_weight(self, name: str) -> Array:
         """An expert weight in the compute dtype, dequantized when stored quantized. Elementwise
