@@ -19,7 +19,9 @@ from toolkit.models.sampling import greedy_tokens
 from toolkit.weights.keras_preset import keras_backbone_config, set_backbone_weights
 from toolkit.weights.loader import load_pretrained
 
-pytestmark = pytest.mark.slow  # the real 270M: loading, compiling and keras-hub on CPU take minutes together
+# The real 270M: loading, compiling and keras-hub on CPU take minutes together, and its
+# forward runs 2x slower compiled without XLA's optimisations.
+pytestmark = [pytest.mark.slow, pytest.mark.xla_optimized]
 
 PARAGRAPH = (
     "The city council met on Tuesday evening to discuss the new budget. After a long debate, "

@@ -80,12 +80,14 @@ def _forward(model):
 
 
 @pytest.mark.slow
+@pytest.mark.xla_optimized  # builds `flavour`, keras-hub's reference logits, when it runs first
 def test_config_from_backbone_is_ours(flavour):
     cfg, backbone, _, _ = flavour
     assert config_from_backbone(backbone, name=cfg.name, max_seq_len=cfg.max_seq_len) == cfg
 
 
 @pytest.mark.slow
+@pytest.mark.xla_optimized  # issue 21's 1e-4 bar against keras-hub: rounding at -O0 reaches 2.2e-4
 def test_logits_match_keras_hub(flavour):
     cfg, _, params, theirs = flavour
     model = from_params(cfg, params, runtime=FP32, source="keras")
@@ -103,6 +105,7 @@ def test_logits_match_keras_hub(flavour):
 
 
 @pytest.mark.slow
+@pytest.mark.xla_optimized  # issue 21's 1e-4 bar against keras-hub: rounding at -O0 reaches 2.2e-4
 def test_greedy_continuations_match_keras_hub(flavour):
     cfg, backbone, params, _ = flavour
     forward = _forward(from_params(cfg, params, runtime=FP32, source="keras"))
@@ -127,6 +130,7 @@ def test_greedy_continuations_match_keras_hub(flavour):
 
 
 @pytest.mark.slow
+@pytest.mark.xla_optimized  # builds `flavour`, keras-hub's reference logits, when it runs first
 def test_lora_with_zero_b_is_the_base(flavour):
     cfg, _, params, _ = flavour
     tokens, mask = jnp.asarray(TOKENS), jnp.asarray(MASK.astype(bool))
@@ -142,6 +146,7 @@ def test_lora_with_zero_b_is_the_base(flavour):
 
 
 @pytest.mark.slow
+@pytest.mark.xla_optimized  # issue 21's 1e-4 bar against keras-hub: rounding at -O0 reaches 2.2e-4
 def test_lora_matches_keras_hub_lora(flavour):
     """Random adapters on q, v, gate: keras-hub's enable_lora and ours agree."""
     cfg, _, params, _ = flavour
