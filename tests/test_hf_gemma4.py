@@ -29,7 +29,9 @@ from toolkit.weights.loader import load_pretrained
 torch = pytest.importorskip("torch", reason="the transformers parity tests need torch (BUILD.md: a CPU wheel)")
 transformers = pytest.importorskip("transformers")
 
-pytestmark = pytest.mark.slow
+# Issue 21's 1e-4 bar against transformers: our side compiled at the suite's -O0 differs by
+# up to 1.4e-4 (measured), rounding only, so this module compiles with XLA's defaults.
+pytestmark = [pytest.mark.slow, pytest.mark.xla_optimized]
 
 ROPE = {LOCAL: {"rope_type": "default", "rope_theta": 10_000.0},
         GLOBAL: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0}}
