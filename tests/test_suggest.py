@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -107,6 +108,8 @@ def test_a_round_trip_through_label_and_train(tmp_path):
     r = _label("--config", "run.yaml", "--pool", "pool.csv", "--labeled", "labeled.csv", "--k", "6",
                "--out", "round0.csv", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
+    # Scoring the pool shows its progress: batches done of all, elapsed < ETA, the rate.
+    assert re.search(r"score: +100%.*\| *(\d+)/\1 \[[0-9:]+<[0-9:]+, +[0-9.]+ *(batch/s|s/batch)\]", r.stderr), r.stderr[-2000:]
     round0 = pd.read_csv(tmp_path / "round0.csv", keep_default_na=False)
     assert list(round0.columns) == ["text", "predicted", "p_spam", "p_ham", "uncertainty", "reason", "label"]
     assert len(round0) == 6 and not set(round0["text"]) & set(start) and (round0["label"] == "").all()

@@ -44,26 +44,28 @@ def read_ledger(path: Path) -> set[str]:
     return texts
 
 
-def _classifier(classifier: Any, config: str | None, overrides: Sequence[str]) -> Any:
+def _classifier(classifier: Any, config: str | None, overrides: Sequence[str], progress: bool) -> Any:
     if classifier is not None:
         if not isinstance(classifier, (str, Path)):
             return classifier  # already in memory
         from toolkit.export.source import load_classifier
 
-        return load_classifier(classifier, progress=False, flag="--classifier")[0]
+        return load_classifier(classifier, progress=progress, flag="--classifier")[0]
     from toolkit.classifier import AgileClassifier
     from toolkit.config import load_config
 
     cfg = load_config(config, list(overrides))
-    return AgileClassifier.from_config(cfg, progress=False, zero_shot=True)  # of the kind classifier.task says
+    return AgileClassifier.from_config(cfg, progress=progress, zero_shot=True)  # of the kind classifier.task says
 
 
 def label_round(*, pool: str | Path, k: int, out: str | Path = "to_label.csv", classifier: Any = None,
                 config: str | None = None, overrides: Sequence[str] = (), strategy: str = "uncertainty",
                 labeled: Sequence[str | Path] = (), ledger: str | Path | None = None, text_column: str = "text",
-                seed: int = 0, overwrite: bool = False) -> LabelRound:
+                seed: int = 0, overwrite: bool = False, progress: bool = True) -> LabelRound:
     """Suggest `k` texts of `pool` to label next with `classifier` (a directory, or one in
-    memory) or, for round 0, the zero-shot classifier of run `config`; see the module doc."""
+    memory) or, for round 0, the zero-shot classifier of run `config`; see the module doc.
+    Scoring a big pool takes minutes, so a classifier loaded here shows the scorer's
+    progress bar (rate and ETA) unless `progress=False`; one given in memory keeps its own."""
     from toolkit.io_utils import atomic_path, write_text
     from toolkit.predict import predicted_column, read_texts
 
@@ -81,7 +83,7 @@ def label_round(*, pool: str | Path, k: int, out: str | Path = "to_label.csv", c
     exclude = read_ledger(ledger) if ledger.is_file() else set()
     for f in labeled:
         exclude |= set(read_texts(f, text_column)[text_column])
-    clf = _classifier(classifier, config, overrides)
+    clf = _classifier(classifier, config, overrides, progress)
     texts = table[text_column].tolist()
     s = clf.suggest(texts, k, strategy=strategy, exclude=exclude, seed=seed)
     clash = [c for c in [*added, *(f"p_{n}" for n in s.names)] if c in table.columns]
