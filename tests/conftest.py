@@ -53,7 +53,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # keras-hub that rounding can cross, real-model compute that then runs 2x slower) compile with
 # XLA's defaults in this process; `JAX_DISABLE_MOST_OPTIMIZATIONS=0 pytest` runs everything so.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-FAST_COMPILE = os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].lower() in ("1", "true")
+FAST_COMPILE = os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].lower() in ("y", "yes", "t", "true", "on", "1")  # as JAX reads it
 
 # Extra XLA flags for the suite and every process it starts (`subprocess_env`), from
 # AGILE_TOOLKIT_TEST_XLA_FLAGS; none by default.
@@ -256,31 +256,26 @@ def _end_to_end(item: pytest.Item) -> bool:
     return False
 
 
-_OPTIMIZED: set[bool] = set()  # non-empty while marked tests run with XLA's optimisations
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """XLA's default optimisations for a test marked `xla_optimized` (see FAST_COMPILE), over its
     setup too (the module fixtures it builds first, e.g. keras-hub's reference logits). The
     flag is read when a program compiles and is not part of JAX's in-memory cache keys, so the
-    caches are cleared first: an eager operation compiled earlier without optimisations would
-    otherwise be reused."""
+    caches are cleared on switching: an eager operation compiled earlier without optimisations
+    would otherwise be reused. Consecutive marked tests stay switched."""
     if not (FAST_COMPILE and item.get_closest_marker("xla_optimized")):
         yield
         return
     import jax
 
-    if not _OPTIMIZED:  # switching: no previous marked test left it on
+    if jax.config.read("jax_disable_most_optimizations"):  # not left on by the previous marked test
         jax.config.update("jax_disable_most_optimizations", False)
         jax.clear_caches()
-        _OPTIMIZED.add(True)
     try:
         yield
     finally:
         if nextitem is None or not nextitem.get_closest_marker("xla_optimized"):
             jax.config.update("jax_disable_most_optimizations", True)
-            _OPTIMIZED.clear()
 
 
 def pytest_configure(config):
