@@ -295,3 +295,24 @@ def test_every_schedule_trains_from_its_first_step_when_too_short_to_warm_up(tot
     else:
         assert rates[0] == 0.0 and max(rates) == pytest.approx(0.01, rel=0.3)
     assert all(0 <= r <= 0.01 + 1e-9 for r in rates) and (total == 1 or rates[-1] < rates[0] or rates[0] == 0.0)
+
+
+def test_one_train_step_program_serves_every_learning_rate_and_number_of_steps():
+    """The schedule's step counts are optimizer state, like the learning rate: a fit of 5 steps
+    and one of 50 (an agile round with more labels, the next fold) lower to the same program,
+    so the second finds the first's compilation, yet each follows its own schedule."""
+    parts = _parts()
+    batch, classes = _batch(), CLASS_IDS
+    texts, states = [], []
+    for lr, total in ((1e-2, 5), (1e-3, 50)):
+        tx, schedule = make_optimizer(TrainConfig(learning_rate=lr, warmup_ratio=0.2), total)
+        opt = tx.init(parts.lora)
+        step = make_train_step(parts.train_graph, tx)
+        texts.append(step.lower(parts.lora, opt, parts.frozen, parts.rest, batch, classes, None).as_text())
+        states.append((opt, schedule))
+    assert texts[0] == texts[1]
+    (opt5, sched5), (opt50, sched50) = states
+    assert int(opt5[2].total) == 5 and int(opt50[2].total) == 50 and int(opt50[2].warmup) == 10
+    # the rate each fit's history logs is the one its optimizer applies: warm-up, then decay to 0
+    assert float(sched5(1)) == pytest.approx(1e-2) and float(sched50(1)) == pytest.approx(1e-4)
+    assert float(sched5(5)) == pytest.approx(0.0, abs=1e-12) and float(sched50(30)) > 0

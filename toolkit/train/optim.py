@@ -3,38 +3,85 @@ the memory planner all build, so "the optimizer" is one fact."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
 import optax
 
 from toolkit.config import TrainConfig
 
 
+def _warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
+    return int(round(cfg.warmup_ratio * total_steps))
+
+
+def schedule_shape(kind: str, count: jax.Array, total: jax.Array, warmup: jax.Array) -> jax.Array:
+    """The schedule's multiplier (peak 1) at step `count` of `total`, `warmup` of them warming up.
+
+    Linear warm-up from 0, then cosine / linear decay to 0 or constant. The step counts are
+    array values, not Python constants, so the compiled train step is one program for every
+    data size (an agile round with more labels, the next fold, a sweep over train sizes); only
+    `kind` shapes the program. With `warmup == 0` (a fit shorter than 1 / warmup_ratio steps)
+    the first step is at the full rate."""
+    c = jnp.asarray(count, jnp.float32)
+    total, warmup = jnp.asarray(total, jnp.float32), jnp.asarray(warmup, jnp.float32)
+    warm = c / jnp.maximum(warmup, 1.0)
+    after = c - warmup
+    if kind == "cosine":
+        span = jnp.maximum(total, warmup + 1.0) - warmup
+        rest = 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.clip(after, 0.0, span) / span))
+    elif kind == "linear":
+        span = jnp.maximum(total - warmup, 1.0)
+        rest = 1.0 - jnp.clip(after, 0.0, span) / span
+    elif kind == "constant":
+        rest = jnp.ones_like(c)
+    else:
+        raise ValueError(f"train.schedule={kind!r}: use cosine, linear or constant")
+    return jnp.where(c < warmup, warm, rest)
+
+
 def make_schedule(cfg: TrainConfig, total_steps: int, peak: float | None = None) -> optax.Schedule:
-    """Linear warm-up over `warmup_ratio` of the steps, then cosine / linear decay or constant,
-    peaking at `peak` (default: the learning rate)."""
+    """The learning rate at each step (peaking at `peak`, default the learning rate): the
+    same formula the optimizer applies, for logs, plots and the history."""
     lr = cfg.learning_rate if peak is None else peak
-    warmup = int(round(cfg.warmup_ratio * total_steps))
-    if cfg.schedule == "cosine":
-        if warmup == 0:  # a short fit (under 1 / warmup_ratio steps): no step at a learning rate of 0
-            return optax.cosine_decay_schedule(lr, max(total_steps, 1), alpha=0.0)
-        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1), end_value=0.0)
-    after = (optax.constant_schedule(lr) if cfg.schedule == "constant"
-             else optax.linear_schedule(lr, 0.0, max(total_steps - warmup, 1)))
-    if warmup == 0:
-        return after
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
+    warmup = _warmup_steps(cfg, total_steps)
+    return lambda count: lr * schedule_shape(cfg.schedule, count, total_steps, warmup)
+
+
+class ScheduleState(NamedTuple):
+    count: jax.Array  # steps taken (int32)
+    total: jax.Array  # the fit's steps (int32)
+    warmup: jax.Array  # of which warm-up (int32)
+
+
+def scale_by_schedule_shape(kind: str, total_steps: int, warmup_steps: int) -> optax.GradientTransformation:
+    """`optax.scale_by_schedule` with the step counts in the state instead of the program."""
+
+    def init(params: optax.Params) -> ScheduleState:
+        del params
+        return ScheduleState(jnp.zeros([], jnp.int32), jnp.asarray(total_steps, jnp.int32),
+                             jnp.asarray(warmup_steps, jnp.int32))
+
+    def update(updates: optax.Updates, state: ScheduleState, params: optax.Params | None = None):
+        del params
+        m = schedule_shape(kind, state.count, state.total, state.warmup)
+        updates = jax.tree.map(lambda g: m.astype(g.dtype) * g, updates)
+        return updates, state._replace(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
 
 
 def make_optimizer(cfg: TrainConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """AdamW under the schedule, clipped; returns (optimizer, learning-rate schedule).
 
-    The learning rate and weight decay live in the optimizer state (as arrays), and
-    the schedule's shape (peak 1) multiplies the update: the compiled train step is
-    then the same program for every learning rate, so sweep trials that differ only
-    in it reuse each other's compilations (JAX's persistent cache).
+    The learning rate, the weight decay and the schedule's step counts live in the
+    optimizer state (as arrays): the compiled train step is then the same program for
+    every learning rate and every number of steps, so sweep trials, folds and agile
+    rounds reuse each other's compilations (through JAX's persistent cache).
     """
-    shape = make_schedule(cfg, total_steps, peak=1.0)
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
                      optax.inject_hyperparams(optax.adamw)(learning_rate=cfg.learning_rate,
                                                            weight_decay=cfg.weight_decay),
-                     optax.scale_by_schedule(shape))
+                     scale_by_schedule_shape(cfg.schedule, total_steps, _warmup_steps(cfg, total_steps)))
     return tx, make_schedule(cfg, total_steps)
