@@ -135,6 +135,35 @@ def test_fit_learns_a_separable_task_and_reports_history():
 
 
 @pytest.mark.slow
+def test_the_next_fit_of_the_same_architecture_compiles_no_new_step():
+    """An agile round refits the same architecture with more labels and maybe another learning
+    rate, through a new model: its train and score steps are the ones this process already
+    compiled (JAX reports every compilation, a persistent-cache hit too)."""
+    compiled = []
+
+    def listen(event, duration, **kw):
+        if event.endswith("backend_compile_duration"):
+            compiled.append(kw.get("fun_name"))
+
+    rng = np.random.default_rng(3)
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        for n, lr in ((16, 1e-2), (40, 1e-3)):
+            placed = _placed(_parts())  # a new model, as a new classifier builds one
+            ids, y = [[2] + list(rng.integers(20, 400, size=8)) + [7] for _ in range(n)], np.arange(n) % 2
+            lora, hist = fit(placed, ids, y, [5, 9], TrainConfig(epochs=1, batch_size=8, learning_rate=lr),
+                             max_length=16, progress=False)
+            probs = predict_proba(placed, lora, ids, [5, 9], batch_size=16, max_length=16)
+            assert probs.shape == (n, 2) and np.isfinite(hist[-1]["train_loss"])
+            if n == 16:
+                first = len(compiled)
+                assert {"jit(step)", "jit(score)"} <= set(compiled)
+        assert not {"jit(step)", "jit(score)"} & set(compiled[first:]), compiled[first:]
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+
+
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message():
     parts = _placed(_parts())
     ids = [[2, 30, 31, 7]] * 8

@@ -16,6 +16,7 @@ epoch is rebuilt here with the same seed and fast-forwarded.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from typing import Any, Callable, Sequence
@@ -78,11 +79,42 @@ class Placement:
     def score_fn(self, with_hidden: bool = False) -> Callable:
         """The one compiled scorer of this model on this mesh (classes and head are its
         arguments): per-epoch eval and every later predict share it (`with_hidden`, for
-        `suggest`, is a second one that also returns the hidden states)."""
+        `suggest`, is a second one that also returns the hidden states), and so does the
+        next classifier of the same architecture in this process (`_score_step`)."""
         if with_hidden not in self._score:
-            self._score[with_hidden] = make_score_step(self.parts.eval_graph, shardings=self.shardings,
-                                                       with_hidden=with_hidden)
+            self._score[with_hidden] = _score_step(self.parts.eval_graph, _hashable(self.shardings), with_hidden)
         return self._score[with_hidden]
+
+
+# The compiled steps of the last few (architecture, mesh, optimizer shape) in this process.
+# A jitted function traces, lowers and compiles once per input shape; a new one per fit
+# would do all of it again for the next agile round, fold or classifier of the same model
+# (~2 s for a tiny model, and the whole compile when JAX's persistent cache is off, as it is
+# for library users). The key holds no weights: graph definitions, shardings and the
+# optimizer's shape (its numbers are optimizer state: `toolkit.train.optim`). Bounded, so a
+# process that walks through many models keeps only the last ones' executables.
+STEP_CACHE_SIZE = 4
+
+
+def _hashable(tree: Any) -> tuple[Any, tuple[Any, ...]]:
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple(leaves)
+
+
+def _unhashable(key: tuple[Any, tuple[Any, ...]]) -> Any:
+    return jax.tree.unflatten(key[0], key[1])
+
+
+@functools.lru_cache(maxsize=STEP_CACHE_SIZE)
+def _score_step(graph: Any, shardings: Any, with_hidden: bool) -> Callable:
+    return make_score_step(graph, shardings=_unhashable(shardings), with_hidden=with_hidden)
+
+
+@functools.lru_cache(maxsize=STEP_CACHE_SIZE)
+def _train_step(graph: Any, shardings: Any, loss: str, accum_steps: int, schedule: str, grad_clip: float) -> Callable:
+    # Any step count builds the same optimizer update: the counts are in its state.
+    tx, _ = make_optimizer(TrainConfig(schedule=schedule, grad_clip=grad_clip), total_steps=1)
+    return make_train_step(graph, tx, loss, accum_steps=accum_steps, shardings=_unhashable(shardings))
 
 
 def place_parts(parts: ModelParts, mesh: Any, model_config: Any = None, runtime: Any = None) -> Placement:
@@ -205,10 +237,10 @@ def fit(
         _check_batch(cfg, placement.dp)
         epoch_steps = [num_batches(lengths, cfg.batch_size, max_length)] * cfg.epochs
         global_rows = cfg.batch_size
-    state, tx = new_state(placement, cfg, epoch_steps)
+    state, _ = new_state(placement, cfg, epoch_steps)
     shardings = placement.shardings._replace(opt_state=jax.tree.map(lambda x: x.sharding, state.opt_state))
-    step_fn = _oom_guard(make_train_step(parts.train_graph, tx, cfg.loss, accum_steps=cfg.grad_accum_steps,
-                                         shardings=shardings), cfg, mesh, placement.model_config,
+    step_fn = _oom_guard(_train_step(parts.train_graph, _hashable(shardings), cfg.loss, cfg.grad_accum_steps,
+                                     cfg.schedule, float(cfg.grad_clip)), cfg, mesh, placement.model_config,
                          placement.runtime)
     class_arr, head_arg = jnp.asarray(class_ids, jnp.int32), make_head(head)
     slice_index, slice_count = mesh_lib.process_rows(mesh, global_rows)
