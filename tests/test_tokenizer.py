@@ -200,6 +200,18 @@ def test_gguf_with_a_non_sentencepiece_tokenizer(tmp_path):
         Tokenizer.from_gguf(path)
 
 
+def test_a_gguf_tokenizer_is_built_once_per_file_version(tmp_path):
+    """Every `random:` model and classifier of one GGUF asks for its tokenizer again: the same
+    object comes back until the file changes, and then the new vocabulary."""
+    path = _write_gguf(tmp_path / "vocab.gguf", model="llama", tokens=["<pad>", "<eos>", "<bos>", "<unk>", "a", "b"])
+    first = Tokenizer.from_gguf(path)
+    assert Tokenizer.from_gguf(path) is first and first.vocab_size == 6
+    _write_gguf(path, model="llama", tokens=["<pad>", "<eos>", "<bos>", "<unk>", "a", "b", "c"])
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    second = Tokenizer.from_gguf(path)
+    assert second is not first and second.vocab_size == 7 and second.token_to_id("c") == 6
+
+
 def test_gguf_truncated(tmp_path, gguf_270m):
     path = tmp_path / "head.gguf"
     with gguf_270m.open("rb") as f:

@@ -17,6 +17,7 @@ pieces SentencePiece itself would never emit, reach the model as one token.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -106,11 +107,30 @@ class Tokenizer:
 
     @classmethod
     def from_gguf(cls, path: str | os.PathLike[str]) -> "Tokenizer":
-        """From the vocabulary embedded in a llama.cpp GGUF (SentencePiece-type tokenizers only)."""
+        """From the vocabulary embedded in a llama.cpp GGUF (SentencePiece-type tokenizers only).
+
+        Rebuilding the 262k-piece vocabulary costs ~1 s of CPU, and every `random:` model and
+        every classifier of the same GGUF asks for it again (each agile round, fold or sweep
+        trial in one process): a tokenizer never changes once built, so the last few are
+        kept, keyed by the file's path, size and modification time."""
+        path = Path(path)
+        try:
+            st = path.stat()
+        except OSError:
+            return cls._from_gguf(path)  # the reader names the problem
+        return cls._from_gguf_cached(path, st.st_size, st.st_mtime_ns)
+
+    @classmethod
+    @functools.lru_cache(maxsize=4)
+    def _from_gguf_cached(cls, path: Path, size: int, mtime_ns: int) -> "Tokenizer":
+        del size, mtime_ns  # cache key only: a rewritten file is read again
+        return cls._from_gguf(path)
+
+    @classmethod
+    def _from_gguf(cls, path: Path) -> "Tokenizer":
         from toolkit.weights.gguf import read_gguf  # the weights side owns GGUF parsing
 
         meta = read_gguf(path).metadata
-        path = Path(path)
         tokens = meta.get("tokenizer.ggml.tokens")
         if not tokens:
             raise WeightImportError(f"{path}: GGUF has no tokenizer (metadata 'tokenizer.ggml.tokens' is missing)")
