@@ -80,7 +80,7 @@ def from_orbax(directory: Path, *, progress: bool = True) -> tuple[Any, str]:
             raise ExportError(f"{directory}/{step}: the checkpoint carries no run config, so the model it "
                               "adapts is unknown; export the run's classifier/ directory instead")
         clf = AgileClassifier.from_config(cfg, progress=progress)
-        like, _ = new_state(clf.placement, cfg.train, [100])  # the tree's structure, whatever the step count
+        like = new_state(clf.placement, cfg.train, [100])  # the tree's structure, whatever the step count
         state, _ = checkpointer.restore(like.tree(), step)
     finally:
         checkpointer.close()

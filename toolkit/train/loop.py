@@ -33,7 +33,7 @@ from toolkit.data.pipeline import make_epoch, make_packed_epoch, num_batches, pa
 from toolkit.train import mesh as mesh_lib
 from toolkit.train.callbacks import Callback, DivergenceGuard, FitState, Progress, StepMetrics
 from toolkit.train.flops import mfu, train_flops_per_token
-from toolkit.train.optim import make_optimizer, make_schedule  # noqa: F401  (re-exported: loop.make_optimizer)
+from toolkit.train.optim import make_optimizer, make_schedule, optimizer_of, program_key  # noqa: F401  (re-exported: loop.make_optimizer)
 from toolkit.train.step import ModelParts, StepShardings, make_head, make_score_step, make_train_step
 
 log = logging.getLogger(__name__)
@@ -111,10 +111,9 @@ def _score_step(graph: Any, shardings: Any, with_hidden: bool) -> Callable:
 
 
 @functools.lru_cache(maxsize=STEP_CACHE_SIZE)
-def _train_step(graph: Any, shardings: Any, loss: str, accum_steps: int, schedule: str, grad_clip: float) -> Callable:
-    # Any step count builds the same optimizer update: the counts are in its state.
-    tx, _ = make_optimizer(TrainConfig(schedule=schedule, grad_clip=grad_clip), total_steps=1)
-    return make_train_step(graph, tx, loss, accum_steps=accum_steps, shardings=_unhashable(shardings))
+def _train_step(graph: Any, shardings: Any, loss: str, accum_steps: int, optimizer: tuple[Any, ...]) -> Callable:
+    return make_train_step(graph, optimizer_of(optimizer), loss, accum_steps=accum_steps,
+                           shardings=_unhashable(shardings))
 
 
 def place_parts(parts: ModelParts, mesh: Any, model_config: Any = None, runtime: Any = None) -> Placement:
@@ -187,11 +186,9 @@ def _real_tokens(b) -> int:
     return b.real_tokens if hasattr(b, "segment_ids") else int(b.lengths.sum())
 
 
-def new_state(placement: Placement, cfg: TrainConfig, steps_per_epoch: Sequence[int]
-              ) -> tuple[FitState, optax.GradientTransformation]:
+def new_state(placement: Placement, cfg: TrainConfig, steps_per_epoch: Sequence[int]) -> FitState:
     """A fresh fit's state (copies of the adapters and RNG streams, a new optimizer state,
-    every step's learning rate) and its optimizer: also the structure a checkpoint of
-    this model restores into."""
+    every step's learning rate): also the structure a checkpoint of this model restores into."""
     total = sum(steps_per_epoch)
     tx, schedule = make_optimizer(cfg, total)
     lora = jax.tree.map(jnp.copy, placement.parts.lora)  # the step donates its inputs
@@ -203,7 +200,7 @@ def new_state(placement: Placement, cfg: TrainConfig, steps_per_epoch: Sequence[
                      # The learning rate of every step, computed once: no eager device op per step.
                      learning_rates=np.asarray(jax.device_get(jax.vmap(schedule)(jnp.arange(total + 1))), np.float64),
                      device_kind=jax.devices()[0].device_kind, num_devices=jax.device_count())
-    return state, tx
+    return state
 
 
 def fit(
@@ -237,11 +234,10 @@ def fit(
         _check_batch(cfg, placement.dp)
         epoch_steps = [num_batches(lengths, cfg.batch_size, max_length)] * cfg.epochs
         global_rows = cfg.batch_size
-    state, _ = new_state(placement, cfg, epoch_steps)
+    state = new_state(placement, cfg, epoch_steps)
     shardings = placement.shardings._replace(opt_state=jax.tree.map(lambda x: x.sharding, state.opt_state))
     step_fn = _oom_guard(_train_step(parts.train_graph, _hashable(shardings), cfg.loss, cfg.grad_accum_steps,
-                                     cfg.schedule, float(cfg.grad_clip)), cfg, mesh, placement.model_config,
-                         placement.runtime)
+                                     program_key(cfg)), cfg, mesh, placement.model_config, placement.runtime)
     class_arr, head_arg = jnp.asarray(class_ids, jnp.int32), make_head(head)
     slice_index, slice_count = mesh_lib.process_rows(mesh, global_rows)
     callbacks = [DivergenceGuard(), Progress(cfg.log_every_steps, progress and jax.process_index() == 0),

@@ -41,12 +41,11 @@ def schedule_shape(kind: str, count: jax.Array, total: jax.Array, warmup: jax.Ar
     return jnp.where(c < warmup, warm, rest)
 
 
-def make_schedule(cfg: TrainConfig, total_steps: int, peak: float | None = None) -> optax.Schedule:
-    """The learning rate at each step (peaking at `peak`, default the learning rate): the
-    same formula the optimizer applies, for logs, plots and the history."""
-    lr = cfg.learning_rate if peak is None else peak
+def make_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
+    """The learning rate at each step: the same formula the optimizer applies, for logs,
+    plots and the history."""
     warmup = _warmup_steps(cfg, total_steps)
-    return lambda count: lr * schedule_shape(cfg.schedule, count, total_steps, warmup)
+    return lambda count: cfg.learning_rate * schedule_shape(cfg.schedule, count, total_steps, warmup)
 
 
 class ScheduleState(NamedTuple):
@@ -85,3 +84,16 @@ def make_optimizer(cfg: TrainConfig, total_steps: int) -> tuple[optax.GradientTr
                                                            weight_decay=cfg.weight_decay),
                      scale_by_schedule_shape(cfg.schedule, total_steps, _warmup_steps(cfg, total_steps)))
     return tx, make_schedule(cfg, total_steps)
+
+
+def program_key(cfg: TrainConfig) -> tuple[str, float]:
+    """What of `cfg` the optimizer's update compiles in (everything else `make_optimizer`
+    reads is state): the key under which one compiled train step serves many fits."""
+    return cfg.schedule, float(cfg.grad_clip)
+
+
+def optimizer_of(key: tuple[str, float]) -> optax.GradientTransformation:
+    """An optimizer whose update is the one every config of `program_key` `key` compiles
+    (its state's numbers come from the fit's own `make_optimizer(...).init`)."""
+    schedule, grad_clip = key
+    return make_optimizer(TrainConfig(schedule=schedule, grad_clip=grad_clip), total_steps=1)[0]
